@@ -1,0 +1,625 @@
+//! `stitchctl`: query and configure a running stitchd over its control socket.
+//!
+//! Subcommands are named exactly like the JSON-RPC methods, so what an
+//! operator types is what shows up in the daemon's logs and in scripts that
+//! speak to the socket directly. Results print as aligned tables by default;
+//! `--json` prints the raw `result` for scripts. Any result whose shape this
+//! version does not recognise prints as JSON rather than failing, so a newer
+//! daemon stays usable with an older stitchctl.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use stitch_control::protocol::{
+    MacAddParams, MacDelParams, MacListParams, PortSecurityParams, PortsStatsParams,
+};
+use stitch_control::{Client, Mac, Method, DEFAULT_SOCKET_PATH};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stitchctl",
+    version,
+    about = "Query and configure a running stitchd through its control socket",
+    after_help = "Subcommands are the control socket's JSON-RPC methods; `call` sends any method with raw JSON params."
+)]
+struct Cli {
+    /// Path of stitchd's control socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "STITCHD_SOCKET",
+        hide_env_values = true,
+        default_value = DEFAULT_SOCKET_PATH
+    )]
+    socket: PathBuf,
+
+    /// Print the raw JSON result instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the daemon's name, version and DPDK version.
+    #[command(name = "version")]
+    Version,
+
+    /// List ports with their MAC, link state, queues and bridge.
+    #[command(name = "ports.list")]
+    PortsList,
+
+    /// Show per-port and per-queue packet counters.
+    #[command(name = "ports.stats")]
+    PortsStats {
+        /// Only this port (default: every port).
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+    },
+
+    /// Show per-worker counters, non-zero drop reasons and slow-path counters.
+    #[command(name = "stats.get")]
+    StatsGet,
+
+    /// List MAC table entries (learned and static).
+    #[command(name = "mac.list")]
+    MacList {
+        /// Only this bridge (default: every bridge).
+        #[arg(long, value_name = "N")]
+        bridge: Option<u16>,
+    },
+
+    /// Add a static MAC entry: frames to MAC go out of PORT.
+    #[command(name = "mac.add")]
+    MacAdd {
+        /// Destination MAC address, aa:bb:cc:dd:ee:ff.
+        mac: Mac,
+        /// Port id to forward it to.
+        port: u16,
+    },
+
+    /// Remove a MAC entry, static or learned.
+    #[command(name = "mac.del")]
+    MacDel {
+        /// MAC address to remove, aa:bb:cc:dd:ee:ff.
+        mac: Mac,
+        /// Only from this bridge (default: from every bridge).
+        #[arg(long, value_name = "N")]
+        bridge: Option<u16>,
+    },
+
+    /// Set which source MACs a port accepts and whether it learns.
+    ///
+    /// Replaces the port's whole policy: give --allow once per permitted
+    /// source MAC, or --any to accept every source.
+    #[command(name = "port.security.set")]
+    PortSecuritySet {
+        /// Port id.
+        port: u16,
+        /// Accept frames from this source MAC (repeat for several).
+        #[arg(long = "allow", value_name = "MAC", conflicts_with = "any")]
+        allow: Vec<Mac>,
+        /// Accept frames from any source MAC.
+        #[arg(long)]
+        any: bool,
+        /// Do not learn source MACs seen on this port.
+        #[arg(long)]
+        no_learning: bool,
+    },
+
+    /// Ask stitchd to shut down cleanly.
+    #[command(name = "shutdown")]
+    Shutdown,
+
+    /// Call any method with raw JSON params and print the JSON result.
+    Call {
+        /// Method name, e.g. ports.list.
+        method: String,
+        /// Params as a JSON object, e.g. '{"port":1}'.
+        params: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("stitchctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What to call: a typed method (rendered as a table) or a raw one.
+enum Call {
+    Typed(Method),
+    Raw(String, Option<Value>),
+}
+
+fn run(cli: Cli) -> Result<String> {
+    let call = match cli.command {
+        Cmd::Version => Call::Typed(Method::Version),
+        Cmd::PortsList => Call::Typed(Method::PortsList),
+        Cmd::PortsStats { port } => Call::Typed(Method::PortsStats(PortsStatsParams { port })),
+        Cmd::StatsGet => Call::Typed(Method::StatsGet),
+        Cmd::MacList { bridge } => Call::Typed(Method::MacList(MacListParams { bridge })),
+        Cmd::MacAdd { mac, port } => Call::Typed(Method::MacAdd(MacAddParams { mac, port })),
+        Cmd::MacDel { mac, bridge } => Call::Typed(Method::MacDel(MacDelParams { mac, bridge })),
+        Cmd::PortSecuritySet {
+            port,
+            allow,
+            any,
+            no_learning,
+        } => {
+            if allow.is_empty() && !any {
+                usage_error(
+                    "port.security.set",
+                    "port.security.set needs a source policy: give --allow MAC (repeatable) \
+                     to accept only those source MACs, or --any to accept every source",
+                );
+            }
+            Call::Typed(Method::PortSecuritySet(PortSecurityParams {
+                port,
+                allowed_macs: if any { None } else { Some(allow) },
+                learning: !no_learning,
+            }))
+        }
+        Cmd::Shutdown => Call::Typed(Method::Shutdown),
+        Cmd::Call { method, params } => {
+            let params = params
+                .map(|p| serde_json::from_str::<Value>(&p))
+                .transpose()
+                .context("PARAMS_JSON is not valid JSON")?;
+            Call::Raw(method, params)
+        }
+    };
+
+    let mut client = Client::connect(&cli.socket)?;
+    let (result, method) = match call {
+        Call::Typed(m) => (client.call(m.name(), m.params())?, Some(m)),
+        Call::Raw(name, params) => (client.call(&name, params)?, None),
+    };
+    Ok(match method {
+        Some(m) if !cli.json => render(&m, &result),
+        _ => pretty(&result),
+    })
+}
+
+/// Exits with clap's usage-error status (2) and the subcommand's usage line,
+/// for rules clap's derive attributes can't express with a helpful message.
+fn usage_error(subcommand: &str, message: &str) -> ! {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let kind = clap::error::ErrorKind::MissingRequiredArgument;
+    match cmd.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(kind, message).exit(),
+        None => cmd.error(kind, message).exit(),
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
+/// Renders a typed result as text; any shape mismatch falls back to JSON.
+fn render(method: &Method, result: &Value) -> String {
+    let text = match method {
+        Method::Version => shaped(result, render_version),
+        Method::PortsList => shaped(result, render_ports),
+        Method::PortsStats(_) => shaped(result, render_port_stats),
+        Method::StatsGet => shaped(result, render_stats),
+        Method::MacList(_) => shaped(result, render_macs),
+        Method::MacAdd(_) | Method::MacDel(_) | Method::PortSecuritySet(_) | Method::Shutdown => {
+            Some(render_ok(result))
+        }
+    };
+    text.unwrap_or_else(|| pretty(result))
+}
+
+fn shaped<T: DeserializeOwned>(result: &Value, f: fn(T) -> String) -> Option<String> {
+    T::deserialize(result).ok().map(f)
+}
+
+#[derive(Deserialize)]
+struct VersionInfo {
+    name: String,
+    version: String,
+    #[serde(default)]
+    dpdk: Option<String>,
+}
+
+fn render_version(v: VersionInfo) -> String {
+    match v.dpdk {
+        Some(dpdk) => format!("{} {} ({dpdk})\n", v.name, v.version),
+        None => format!("{} {}\n", v.name, v.version),
+    }
+}
+
+#[derive(Deserialize)]
+struct PortList {
+    ports: Vec<PortInfo>,
+}
+
+#[derive(Deserialize)]
+struct PortInfo {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    devargs: Option<String>,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    link: Option<LinkInfo>,
+    #[serde(default)]
+    rx_queues: Option<u64>,
+    #[serde(default)]
+    tx_queues: Option<u64>,
+    #[serde(default)]
+    bridge: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct LinkInfo {
+    up: bool,
+    #[serde(default)]
+    speed_mbps: Option<u64>,
+    #[serde(default)]
+    duplex: Option<String>,
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn render_ports(list: PortList) -> String {
+    let mut t = Table::new(&[
+        "ID", "NAME", "MAC", "LINK", "SPEED", "DUPLEX", "RXQ", "TXQ", "BRIDGE", "DEVARGS",
+    ]);
+    for p in list.ports {
+        let (link, speed, duplex) = match p.link {
+            Some(l) => (
+                if l.up { "up" } else { "down" }.to_owned(),
+                l.speed_mbps.map_or_else(|| "-".to_owned(), format_speed),
+                opt(l.duplex),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        t.row(vec![
+            p.id.to_string(),
+            p.name,
+            opt(p.mac),
+            link,
+            speed,
+            duplex,
+            opt(p.rx_queues),
+            opt(p.tx_queues),
+            opt(p.bridge),
+            opt(p.devargs),
+        ]);
+    }
+    t.render()
+}
+
+fn format_speed(mbps: u64) -> String {
+    match (mbps / 1000, mbps % 1000) {
+        (0, 0) => "-".into(),
+        (gbps, 0) => format!("{gbps}G"),
+        _ => format!("{mbps}M"),
+    }
+}
+
+#[derive(Deserialize)]
+struct PortStatsList {
+    ports: Vec<PortStats>,
+}
+
+#[derive(Deserialize)]
+struct PortStats {
+    id: u64,
+    rx_packets: u64,
+    rx_bytes: u64,
+    #[serde(default)]
+    rx_dropped: u64,
+    #[serde(default)]
+    rx_errors: u64,
+    #[serde(default)]
+    rx_nombuf: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+    #[serde(default)]
+    tx_errors: u64,
+    #[serde(default)]
+    queues: Vec<QueueStats>,
+}
+
+#[derive(Deserialize)]
+struct QueueStats {
+    queue: u64,
+    #[serde(default)]
+    rx_packets: u64,
+    #[serde(default)]
+    rx_bytes: u64,
+    #[serde(default)]
+    tx_packets: u64,
+    #[serde(default)]
+    tx_bytes: u64,
+}
+
+fn render_port_stats(list: PortStatsList) -> String {
+    let mut ports = Table::new(&[
+        "PORT",
+        "RX_PKTS",
+        "RX_BYTES",
+        "RX_DROPPED",
+        "RX_ERRORS",
+        "RX_NOMBUF",
+        "TX_PKTS",
+        "TX_BYTES",
+        "TX_ERRORS",
+    ]);
+    let mut queues = Table::new(&[
+        "PORT", "QUEUE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES",
+    ]);
+    for p in &list.ports {
+        ports.row(vec![
+            p.id.to_string(),
+            p.rx_packets.to_string(),
+            p.rx_bytes.to_string(),
+            p.rx_dropped.to_string(),
+            p.rx_errors.to_string(),
+            p.rx_nombuf.to_string(),
+            p.tx_packets.to_string(),
+            p.tx_bytes.to_string(),
+            p.tx_errors.to_string(),
+        ]);
+        for q in &p.queues {
+            queues.row(vec![
+                p.id.to_string(),
+                q.queue.to_string(),
+                q.rx_packets.to_string(),
+                q.rx_bytes.to_string(),
+                q.tx_packets.to_string(),
+                q.tx_bytes.to_string(),
+            ]);
+        }
+    }
+    let mut out = ports.render();
+    if !queues.rows.is_empty() {
+        out.push('\n');
+        out.push_str(&queues.render());
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct SwitchStats {
+    workers: Vec<WorkerStats>,
+    #[serde(default)]
+    slow_path: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Deserialize)]
+struct WorkerStats {
+    lcore: u64,
+    rx_packets: u64,
+    tx_packets: u64,
+    #[serde(default)]
+    flooded: u64,
+    #[serde(default)]
+    learn_requests: u64,
+    #[serde(default)]
+    learn_dropped: u64,
+    #[serde(default)]
+    drops: BTreeMap<String, u64>,
+}
+
+fn render_drops(drops: &BTreeMap<String, u64>) -> String {
+    let nonzero: Vec<String> = drops
+        .iter()
+        .filter(|(_, &n)| n != 0)
+        .map(|(reason, n)| format!("{reason}={n}"))
+        .collect();
+    if nonzero.is_empty() {
+        "-".into()
+    } else {
+        nonzero.join(" ")
+    }
+}
+
+fn render_stats(stats: SwitchStats) -> String {
+    let mut t = Table::new(&[
+        "LCORE",
+        "RX_PKTS",
+        "TX_PKTS",
+        "FLOODED",
+        "LEARN_REQ",
+        "LEARN_DROP",
+        "DROPS",
+    ]);
+    let (mut rx, mut tx, mut flooded, mut learn, mut learn_dropped) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    for w in &stats.workers {
+        t.row(vec![
+            w.lcore.to_string(),
+            w.rx_packets.to_string(),
+            w.tx_packets.to_string(),
+            w.flooded.to_string(),
+            w.learn_requests.to_string(),
+            w.learn_dropped.to_string(),
+            render_drops(&w.drops),
+        ]);
+        rx = rx.saturating_add(w.rx_packets);
+        tx = tx.saturating_add(w.tx_packets);
+        flooded = flooded.saturating_add(w.flooded);
+        learn = learn.saturating_add(w.learn_requests);
+        learn_dropped = learn_dropped.saturating_add(w.learn_dropped);
+        for (reason, n) in &w.drops {
+            let total = drops.entry(reason.clone()).or_default();
+            *total = total.saturating_add(*n);
+        }
+    }
+    t.row(vec![
+        "total".into(),
+        rx.to_string(),
+        tx.to_string(),
+        flooded.to_string(),
+        learn.to_string(),
+        learn_dropped.to_string(),
+        render_drops(&drops),
+    ]);
+    let mut out = t.render();
+    if let Some(slow) = stats.slow_path {
+        let fields: Vec<String> = slow.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("\nslow path: {}\n", fields.join(" ")));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct MacTable {
+    entries: Vec<MacEntry>,
+    #[serde(default)]
+    capacity: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct MacEntry {
+    bridge: u64,
+    mac: String,
+    port: u64,
+    #[serde(default, rename = "static")]
+    is_static: bool,
+    #[serde(default)]
+    age_secs: Option<u64>,
+}
+
+fn render_macs(table: MacTable) -> String {
+    let mut t = Table::new(&["BRIDGE", "MAC", "PORT", "TYPE", "AGE_S"]);
+    let count = table.entries.len();
+    for e in table.entries {
+        t.row(vec![
+            e.bridge.to_string(),
+            e.mac,
+            e.port.to_string(),
+            if e.is_static { "static" } else { "learned" }.into(),
+            opt(e.age_secs),
+        ]);
+    }
+    let mut out = t.render();
+    match table.capacity {
+        Some(cap) => out.push_str(&format!("{count} entries (capacity {cap})\n")),
+        None => out.push_str(&format!("{count} entries\n")),
+    }
+    out
+}
+
+/// Acknowledgements: "ok", then the object's fields one per line.
+fn render_ok(result: &Value) -> String {
+    let mut out = String::from("ok\n");
+    if let Value::Object(map) = result {
+        for (k, v) in map {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push_str(&format!("  {k}: {v}\n"));
+        }
+    }
+    out
+}
+
+/// A minimal column-aligned table: numeric columns right-aligned, others left,
+/// two spaces between columns.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let cols = self.header.len();
+        let cell = |row: &Vec<String>, i: usize| row.get(i).cloned().unwrap_or_default();
+        let widths: Vec<usize> = (0..cols)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| cell(r, i).chars().count())
+                    .chain([self.header[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let numeric: Vec<bool> = (0..cols)
+            .map(|i| {
+                !self.rows.is_empty()
+                    && self.rows.iter().all(|r| {
+                        let c = cell(r, i);
+                        c == "-" || c.parse::<f64>().is_ok()
+                    })
+            })
+            .collect();
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for i in 0..cols {
+                let c = cell(row, i);
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                if numeric[i] {
+                    line.push_str(&format!("{c:>w$}", w = widths[i]));
+                } else {
+                    line.push_str(&format!("{c:<w$}", w = widths[i]));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_and_right_aligns_numbers() {
+        let mut t = Table::new(&["ID", "NAME"]);
+        t.row(vec!["1".into(), "a".into()]);
+        t.row(vec!["100".into(), "long-name".into()]);
+        assert_eq!(t.render(), " ID  NAME\n  1  a\n100  long-name\n");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (README "Tests"; .ci/run calls exactly this): installs what is missing,
+# checks formatting and lints, builds the binaries, and runs every test, including the
+# pmd-tests that start stitchd on real DPDK PMDs and real Linux TCP in network namespaces.
+# Run as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+cargo test --workspace

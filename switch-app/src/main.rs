@@ -1,0 +1,293 @@
+//! stitchd: the switch daemon.
+//!
+//! Start-up order matters: EAL, mempool, ports configured and started, tables and port
+//! settings published, workers launched, and only then the control socket is created, so a
+//! socket that exists means every port is started (tests and scripts wait for it).
+//! Shutdown (SIGINT, SIGTERM or `shutdown`) runs it backwards: workers stop and flush,
+//! ports stop and close, the socket is removed, the EAL is cleaned up.
+
+mod config;
+mod slowpath;
+mod stats;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use crossbeam_queue::ArrayQueue;
+use dpdk::{Eal, Mempool, Port, PortConfig as DpdkPortConfig, TxBuffer};
+use stitch_control::server::ControlServer;
+use switch_core::l2::pipeline::{L2Ports, PortL2};
+use switch_core::l2::security::PortSecurity;
+use switch_core::l2::table::{mac_table, InsertOutcome, MacTableWriter};
+use switch_core::{BridgeId, MacAddr, PortId};
+
+use crate::config::Config;
+use crate::slowpath::{ControlBridge, PortState, SlowPath};
+use crate::stats::WorkerStats;
+use crate::worker::Worker;
+
+const AFTER_HELP: &str = "\
+USAGE FORMS:
+  stitchd --config FILE                      ports, lcores and EAL settings from FILE
+  stitchd [EAL args] -- [OPTIONS]            DPDK style: EAL arguments before `--`
+
+Without --config, every DPDK port the EAL finds (e.g. from --vdev) joins bridge 0 with
+defaults (1 rx queue, learning on, any source MAC). The first lcore is the main lcore
+(slow path and control socket); every other lcore is a poll-mode worker. With no
+free hugepages, stitchd adds `--no-huge -m 1024` unless --no-huge is given.
+
+EXAMPLE:
+  stitchd --no-huge -m 1024 --no-pci -l 0-1 --vdev=net_tap0 --vdev=net_tap1 -- \\
+          --control-socket /tmp/s.sock
+
+Stop with SIGINT/SIGTERM or `stitchctl shutdown`.";
+
+/// stitchd: a DPDK userspace L2 switch that can stitch TCP connections.
+#[derive(Debug, Parser)]
+#[command(name = "stitchd", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// TOML configuration file (see README "Configuration").
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Control socket path (overrides the config; default /run/stitchd/stitchd.sock).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Parse and validate the configuration, print the EAL arguments, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("stitchd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Splits `argv[1..]` into EAL arguments (before `--`) and stitchd's own (after). Without
+/// `--`, everything is stitchd's own.
+fn split_args(args: Vec<String>) -> (Vec<String>, Vec<String>) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (vec![], args),
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args();
+    let prog = args.next().unwrap_or_else(|| "stitchd".into());
+    let (cli_eal, own) = split_args(args.collect());
+    let cli = Cli::parse_from(std::iter::once(prog).chain(own));
+
+    let cfg = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let eal_args = cfg.eal_args(&cli_eal, config::hugepages_available());
+    if cli.check_config {
+        println!("configuration ok; EAL arguments: {}", eal_args[1..].join(" "));
+        return Ok(());
+    }
+    let socket = cli.control_socket.clone().unwrap_or_else(|| cfg.control.socket.clone());
+
+    let eal = Eal::init(&eal_args).with_context(|| format!("EAL arguments were: {}", eal_args[1..].join(" ")))?;
+    let result = run_with_eal(&eal, &cfg, socket);
+    drop(eal);
+    result
+}
+
+/// A port to set up: its DPDK handle and its settings.
+struct Planned {
+    port: Port,
+    devargs: String,
+    rx_queues: u16,
+    rx_desc: u16,
+    tx_desc: u16,
+    l2: PortL2,
+}
+
+fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
+    if cfg.ports.is_empty() {
+        let ports = Port::all(eal);
+        if ports.is_empty() {
+            bail!("no DPDK ports: give --vdev=... EAL arguments (before `--`) or [[ports]] in a --config file");
+        }
+        return ports
+            .into_iter()
+            .map(|p| {
+                let name = p.info()?.name;
+                Ok(Planned {
+                    port: p,
+                    devargs: name,
+                    rx_queues: 1,
+                    rx_desc: 1024,
+                    tx_desc: 1024,
+                    l2: PortL2 { bridge: Some(BridgeId(0)), security: PortSecurity::open() },
+                })
+            })
+            .collect();
+    }
+    cfg.ports
+        .iter()
+        .map(|pc| {
+            let port = Port::by_name(eal, pc.device_name())?;
+            let security = match &pc.allowed_macs {
+                None => PortSecurity::open(),
+                Some(m) => PortSecurity::restricted(m.clone()).map_err(|e| anyhow::anyhow!("port {}: {e}", pc.devargs))?,
+            }
+            .with_learning(pc.learning);
+            Ok(Planned {
+                port,
+                devargs: pc.devargs.clone(),
+                rx_queues: pc.rx_queues,
+                rx_desc: pc.rx_desc,
+                tx_desc: pc.tx_desc,
+                l2: PortL2 { bridge: Some(BridgeId(pc.bridge)), security },
+            })
+        })
+        .collect()
+}
+
+fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
+    let lcores = eal.worker_lcores();
+    if lcores.is_empty() {
+        bail!("no worker lcore: stitchd needs at least two lcores (e.g. -l 0-1); the first runs the slow path");
+    }
+    let planned = plan_ports(eal, cfg)?;
+    // Every (port, rx queue), dealt round-robin to the workers; workers left without a
+    // queue are not started.
+    let mut assignment: Vec<Vec<(Port, u16)>> = vec![vec![]; lcores.len()];
+    let mut k = 0;
+    for p in &planned {
+        for q in 0..p.rx_queues {
+            assignment[k % lcores.len()].push((p.port, q));
+            k += 1;
+        }
+    }
+    let active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)> = lcores.into_iter().zip(assignment).filter(|(_, a)| !a.is_empty()).collect();
+    let n_workers = active.len() as u16;
+
+    let pool = Mempool::new(eal, "stitchd_mbufs", cfg.mempool.mbufs, cfg.mempool.cache, eal.socket_id())?;
+    let mut started: Vec<Port> = Vec::new();
+    let outcome = (|| -> Result<()> {
+        let mut states = Vec::new();
+        for p in &planned {
+            let pc = DpdkPortConfig { rx_queues: p.rx_queues, tx_queues: n_workers, rx_desc: p.rx_desc, tx_desc: p.tx_desc, promiscuous: true };
+            p.port.configure(&pc, &pool).with_context(|| format!("setting up port {} ({})", p.port.0, p.devargs))?;
+            p.port.start().with_context(|| format!("starting port {} ({})", p.port.0, p.devargs))?;
+            started.push(p.port);
+            states.push(PortState {
+                port: p.port,
+                info: p.port.info()?,
+                devargs: p.devargs.clone(),
+                mac: MacAddr(p.port.mac()?),
+                rx_queues: p.rx_queues,
+                tx_queues: n_workers,
+            });
+        }
+        serve(eal, cfg, socket, &planned, states, active)
+    })();
+    for p in started {
+        if let Err(e) = p.stop() {
+            eprintln!("stitchd: warning: {e}");
+        }
+        if let Err(e) = p.close() {
+            eprintln!("stitchd: warning: {e}");
+        }
+    }
+    drop(pool);
+    outcome
+}
+
+fn serve(
+    eal: &Eal,
+    cfg: &Config,
+    socket: PathBuf,
+    planned: &[Planned],
+    states: Vec<PortState>,
+    active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)>,
+) -> Result<()> {
+    let max_port = planned.iter().map(|p| usize::from(p.port.0)).max().unwrap_or(0);
+    let mut l2_ports = vec![PortL2 { bridge: None, security: PortSecurity::open() }; max_port + 1];
+    for p in planned {
+        l2_ports[usize::from(p.port.0)] = p.l2.clone();
+    }
+    let l2 = L2Ports::new(l2_ports);
+    let l2_pub = Arc::new(ArcSwap::from_pointee(l2.clone()));
+
+    let max_bridge = planned.iter().filter_map(|p| p.l2.bridge).map(|b| usize::from(b.0)).max().unwrap_or(0);
+    let mut writers: Vec<Option<MacTableWriter>> = (0..=max_bridge).map(|_| None).collect();
+    for p in planned {
+        if let Some(b) = p.l2.bridge {
+            if writers[usize::from(b.0)].is_none() {
+                writers[usize::from(b.0)] = Some(mac_table(cfg.l2.mac_table_size).0);
+            }
+        }
+    }
+    for s in &cfg.l2.static_macs {
+        let p = &planned[usize::from(s.port)];
+        let b = p.l2.bridge.map(|b| usize::from(b.0)).unwrap_or(0);
+        if let Some(Some(w)) = writers.get_mut(b) {
+            match w.add_static(s.mac, PortId(p.port.0)) {
+                InsertOutcome::Full => bail!("l2.static_macs: MAC table full adding {}", s.mac),
+                InsertOutcome::Invalid => bail!("l2.static_macs: {} cannot be a static entry", s.mac),
+                InsertOutcome::Inserted | InsertOutcome::Replaced => {}
+            }
+        }
+    }
+    let readers: Vec<Option<_>> = writers.iter().map(|w| w.as_ref().map(MacTableWriter::reader)).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()).context("installing SIGINT handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).context("installing SIGTERM handler")?;
+
+    let tsc_hz = dpdk::tsc_hz();
+    let tsc_start = dpdk::tsc();
+    let mut slow = SlowPath::new(eal.version(), states, l2, l2_pub.clone(), writers, cfg.l2.aging_secs, tsc_start, tsc_hz, stop.clone());
+
+    // The control socket before the workers: if it cannot be created, nothing has run yet.
+    let server = ControlServer::bind(&socket).with_context(|| format!("creating control socket {}", socket.display()))?;
+    let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
+
+    let n_ports = max_port + 1;
+    for (i, (lcore, rx)) in active.into_iter().enumerate() {
+        let learn = Arc::new(ArrayQueue::new(4096));
+        let stats = Arc::new(WorkerStats::new(lcore.id));
+        slow.learn_queues.push(learn.clone());
+        slow.worker_stats.push(stats.clone());
+        let w = Worker {
+            rx,
+            tx: (0..n_ports).map(|p| TxBuffer::new(Port(p as u16), i as u16)).collect(),
+            l2: l2_pub.clone(),
+            tables: readers.clone(),
+            learn,
+            stats,
+            stop: stop.clone(),
+            tsc_start,
+            tsc_hz,
+        };
+        if let Err(e) = eal.launch(lcore, move || w.run()) {
+            stop.store(true, Ordering::SeqCst);
+            eal.wait_workers();
+            return Err(e).context(format!("launching worker on lcore {}", lcore.id));
+        }
+    }
+    let handle = server.serve(Arc::new(ControlBridge { tx: req_tx }));
+    println!(
+        "stitchd ready: {} ports, {} workers, control socket {}",
+        slow.ports.len(),
+        slow.worker_stats.len(),
+        socket.display()
+    );
+    slow.run(&req_rx);
+    eprintln!("stitchd: stopping");
+    stop.store(true, Ordering::SeqCst);
+    eal.wait_workers();
+    handle.shutdown();
+    Ok(())
+}

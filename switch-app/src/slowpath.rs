@@ -1,0 +1,373 @@
+//! The slow path on the main lcore: the only owner and writer of the switch's state.
+//!
+//! It applies learning requests from the workers, ages the MAC tables, publishes port
+//! settings for the workers (copy, change, swap: workers see a whole snapshot between
+//! bursts), and executes control-socket requests one at a time, so two clients can never
+//! interleave half-applied changes. Control threads never touch DPDK or the tables; they
+//! send a [`Request`] here and wait for the answer.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
+use dpdk::{Port, PortInfo};
+use serde_json::{json, Value};
+use stitch_control::protocol::{Method, RpcError};
+use stitch_control::server::Handler;
+use switch_core::l2::pipeline::{L2Ports, LearnRequest};
+use switch_core::l2::security::PortSecurity;
+use switch_core::l2::table::{InsertOutcome, LearnOutcome, MacTableWriter};
+use switch_core::{BridgeId, MacAddr, PortId};
+
+use crate::stats::WorkerStats;
+
+/// A control request and where its answer goes.
+pub type Request = (Method, SyncSender<Result<Value, RpcError>>);
+
+/// One started port, as `ports.list` shows it.
+#[derive(Debug, Clone)]
+pub struct PortState {
+    pub port: Port,
+    pub info: PortInfo,
+    pub devargs: String,
+    pub mac: MacAddr,
+    pub rx_queues: u16,
+    pub tx_queues: u16,
+}
+
+/// Slow-path counters (`stats.get` -> `slow_path`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    learned: u64,
+    refreshed: u64,
+    moves: u64,
+    static_kept: u64,
+    table_full: u64,
+    invalid: u64,
+    aged: u64,
+}
+
+/// The slow path's state.
+pub struct SlowPath {
+    pub dpdk_version: String,
+    pub ports: Vec<PortState>,
+    pub l2: L2Ports,
+    pub l2_pub: Arc<ArcSwap<L2Ports>>,
+    pub writers: Vec<Option<MacTableWriter>>,
+    pub learn_queues: Vec<Arc<ArrayQueue<LearnRequest>>>,
+    pub worker_stats: Vec<Arc<WorkerStats>>,
+    pub aging_secs: u32,
+    pub tsc_start: u64,
+    pub tsc_hz: u64,
+    pub stop: Arc<AtomicBool>,
+    counters: Counters,
+    /// Snapshots replaced recently: kept alive a while so that the last reference is never
+    /// dropped (and freed) by a worker on its hot path.
+    retired: VecDeque<(Instant, Arc<L2Ports>)>,
+}
+
+impl SlowPath {
+    /// Assembles the slow path; `l2` is what is already published in `l2_pub`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dpdk_version: String,
+        ports: Vec<PortState>,
+        l2: L2Ports,
+        l2_pub: Arc<ArcSwap<L2Ports>>,
+        writers: Vec<Option<MacTableWriter>>,
+        aging_secs: u32,
+        tsc_start: u64,
+        tsc_hz: u64,
+        stop: Arc<AtomicBool>,
+    ) -> SlowPath {
+        SlowPath {
+            dpdk_version,
+            ports,
+            l2,
+            l2_pub,
+            writers,
+            learn_queues: vec![],
+            worker_stats: vec![],
+            aging_secs,
+            tsc_start,
+            tsc_hz,
+            stop,
+            counters: Counters::default(),
+            retired: VecDeque::new(),
+        }
+    }
+
+    fn now(&self) -> u32 {
+        (dpdk::tsc().wrapping_sub(self.tsc_start) / self.tsc_hz.max(1)) as u32
+    }
+
+    /// Runs until the stop flag is set (signal or `shutdown`).
+    pub fn run(&mut self, requests: &Receiver<Request>) {
+        let mut last_age = self.now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let learned = self.apply_learning();
+            let now = self.now();
+            if now != last_age {
+                last_age = now;
+                self.age(now);
+                let cutoff = Instant::now() - Duration::from_secs(1);
+                while self.retired.front().is_some_and(|(t, _)| *t < cutoff) {
+                    self.retired.pop_front();
+                }
+            }
+            // Wait for a control request, briefly: learning latency stays well under a
+            // millisecond without burning the main lcore's CPU.
+            let wait = if learned > 0 { Duration::from_micros(0) } else { Duration::from_micros(200) };
+            match requests.recv_timeout(wait) {
+                Ok((method, reply)) => {
+                    let answer = self.handle(method);
+                    let _ = reply.send(answer);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+
+    fn apply_learning(&mut self) -> usize {
+        let now = self.now();
+        let mut n = 0;
+        for q in &self.learn_queues {
+            while let Some(req) = q.pop() {
+                n += 1;
+                let Some(bridge) = self.l2.get(req.port).and_then(|p| p.bridge) else { continue };
+                let Some(Some(w)) = self.writers.get_mut(usize::from(bridge.0)) else { continue };
+                match w.learn(req.mac, req.port, now) {
+                    LearnOutcome::Learned => self.counters.learned += 1,
+                    LearnOutcome::Refreshed => self.counters.refreshed += 1,
+                    LearnOutcome::Moved { .. } => self.counters.moves += 1,
+                    LearnOutcome::StaticKept => self.counters.static_kept += 1,
+                    LearnOutcome::Full => self.counters.table_full += 1,
+                    LearnOutcome::Invalid => self.counters.invalid += 1,
+                }
+            }
+        }
+        n
+    }
+
+    fn age(&mut self, now: u32) {
+        for w in self.writers.iter_mut().flatten() {
+            self.counters.aged += w.age(now, self.aging_secs) as u64;
+        }
+    }
+
+    fn port(&self, id: u16) -> Result<&PortState, RpcError> {
+        self.ports
+            .iter()
+            .find(|p| p.port.0 == id)
+            .ok_or_else(|| RpcError::app(format!("port {id} does not exist (ports: {})", self.port_ids())))
+    }
+
+    fn port_ids(&self) -> String {
+        self.ports.iter().map(|p| p.port.0.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn bridge_of(&self, port: u16) -> Result<BridgeId, RpcError> {
+        self.port(port)?;
+        self.l2.get(PortId(port)).and_then(|p| p.bridge).ok_or_else(|| RpcError::app(format!("port {port} is in no bridge")))
+    }
+
+    fn publish(&mut self) {
+        let old = self.l2_pub.swap(Arc::new(self.l2.clone()));
+        self.retired.push_back((Instant::now(), old));
+    }
+
+    /// Executes one control request. A request that fails changes nothing.
+    pub fn handle(&mut self, method: Method) -> Result<Value, RpcError> {
+        match method {
+            Method::Version => Ok(json!({
+                "name": "stitchd",
+                "version": env!("CARGO_PKG_VERSION"),
+                "dpdk": self.dpdk_version,
+            })),
+            Method::PortsList => {
+                let ports: Vec<Value> = self
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let link = match p.port.link() {
+                            Ok(l) => json!({"up": l.up, "speed_mbps": l.speed_mbps, "duplex": if l.full_duplex {"full"} else {"half"}}),
+                            Err(e) => json!({"error": e.to_string()}),
+                        };
+                        json!({
+                            "id": p.port.0,
+                            "name": p.info.name,
+                            "driver": p.info.driver,
+                            "devargs": p.devargs,
+                            "mac": p.mac.to_string(),
+                            "link": link,
+                            "rx_queues": p.rx_queues,
+                            "tx_queues": p.tx_queues,
+                            "bridge": self.l2.get(PortId(p.port.0)).and_then(|l| l.bridge).map(|b| b.0),
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "ports": ports }))
+            }
+            Method::PortsStats(p) => {
+                let selected: Vec<&PortState> = match p.port {
+                    Some(id) => vec![self.port(id)?],
+                    None => self.ports.iter().collect(),
+                };
+                let mut out = Vec::new();
+                for ps in selected {
+                    let s = ps.port.stats(ps.rx_queues.max(ps.tx_queues)).map_err(|e| RpcError::app(e.to_string()))?;
+                    let queues: Vec<Value> = s
+                        .queues
+                        .iter()
+                        .enumerate()
+                        .map(|(q, qs)| json!({"queue": q, "rx_packets": qs.rx_packets, "rx_bytes": qs.rx_bytes, "tx_packets": qs.tx_packets, "tx_bytes": qs.tx_bytes, "errors": qs.errors}))
+                        .collect();
+                    out.push(json!({
+                        "id": ps.port.0,
+                        "name": ps.info.name,
+                        "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
+                        "rx_dropped": s.rx_missed, "rx_errors": s.rx_errors, "rx_nombuf": s.rx_nombuf,
+                        "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes, "tx_errors": s.tx_errors,
+                        "queues": queues,
+                    }));
+                }
+                Ok(json!({ "ports": out }))
+            }
+            Method::StatsGet => {
+                let workers: Vec<Value> = self.worker_stats.iter().map(|w| w.to_json()).collect();
+                let c = self.counters;
+                let pending: usize = self.learn_queues.iter().map(|q| q.len()).sum();
+                Ok(json!({
+                    "workers": workers,
+                    "slow_path": {
+                        "learned": c.learned, "refreshed": c.refreshed, "moves": c.moves,
+                        "static_kept": c.static_kept, "table_full": c.table_full,
+                        "invalid": c.invalid, "aged": c.aged, "learn_pending": pending,
+                    }
+                }))
+            }
+            Method::MacList(p) => {
+                let now = self.now();
+                let mut entries = Vec::new();
+                let mut capacity = 0;
+                for (b, w) in self.writers.iter().enumerate() {
+                    let Some(w) = w else { continue };
+                    if p.bridge.is_some_and(|x| usize::from(x) != b) {
+                        continue;
+                    }
+                    capacity += w.capacity();
+                    let mut es = w.entries();
+                    es.sort_by_key(|e| (e.port, e.mac));
+                    for e in es {
+                        entries.push(json!({
+                            "bridge": b, "mac": e.mac.to_string(), "port": e.port.0,
+                            "static": e.is_static,
+                            "age_secs": if e.is_static { 0 } else { now.saturating_sub(e.last_seen) },
+                        }));
+                    }
+                }
+                if let Some(b) = p.bridge {
+                    if self.writers.get(usize::from(b)).is_none_or(Option::is_none) {
+                        return Err(RpcError::app(format!("bridge {b} does not exist")));
+                    }
+                }
+                Ok(json!({ "entries": entries, "capacity": capacity }))
+            }
+            Method::MacAdd(p) => {
+                let mac = MacAddr(p.mac.0);
+                if !mac.is_unicast() || mac.is_zero() {
+                    return Err(RpcError::app(format!("{mac} is not a unicast address; only unicast MACs can be static entries")));
+                }
+                let bridge = self.bridge_of(p.port)?;
+                let Some(Some(w)) = self.writers.get_mut(usize::from(bridge.0)) else {
+                    return Err(RpcError::app(format!("bridge {} has no MAC table", bridge.0)));
+                };
+                match w.add_static(mac, PortId(p.port)) {
+                    InsertOutcome::Inserted => Ok(json!({"mac": mac.to_string(), "port": p.port, "bridge": bridge.0, "outcome": "inserted"})),
+                    InsertOutcome::Replaced => Ok(json!({"mac": mac.to_string(), "port": p.port, "bridge": bridge.0, "outcome": "replaced"})),
+                    InsertOutcome::Invalid => Err(RpcError::app(format!("{mac} on port {} cannot be stored (unicast MAC and port < 4096 required)", p.port))),
+                    InsertOutcome::Full => Err(RpcError::app(format!("MAC table of bridge {} is full ({} entries); nothing was changed", bridge.0, w.capacity()))),
+                }
+            }
+            Method::MacDel(p) => {
+                let mac = MacAddr(p.mac.0);
+                if let Some(b) = p.bridge {
+                    if self.writers.get(usize::from(b)).is_none_or(Option::is_none) {
+                        return Err(RpcError::app(format!("bridge {b} does not exist")));
+                    }
+                }
+                let mut removed = 0;
+                for (b, w) in self.writers.iter_mut().enumerate() {
+                    let Some(w) = w else { continue };
+                    if p.bridge.is_some_and(|x| usize::from(x) != b) {
+                        continue;
+                    }
+                    if w.remove(mac) {
+                        removed += 1;
+                    }
+                }
+                if removed == 0 {
+                    return Err(RpcError::app(format!("{mac} is not in the MAC table")));
+                }
+                Ok(json!({"mac": mac.to_string(), "removed": removed}))
+            }
+            Method::PortSecuritySet(p) => {
+                self.port(p.port)?;
+                let sec = match &p.allowed_macs {
+                    None => PortSecurity::open(),
+                    Some(list) => {
+                        let macs: Vec<MacAddr> = list.iter().map(|m| MacAddr(m.0)).collect();
+                        if let Some(bad) = macs.iter().find(|m| !m.is_unicast() || m.is_zero()) {
+                            return Err(RpcError::app(format!("allowed_macs: {bad} is not a unicast address")));
+                        }
+                        PortSecurity::restricted(macs).map_err(|e| RpcError::app(format!("allowed_macs: {e}")))?
+                    }
+                }
+                .with_learning(p.learning);
+                let port = PortId(p.port);
+                self.l2.set_security(port, sec.clone());
+                self.publish();
+                // Forget what was learned on the port under the old policy: a MAC the new
+                // policy refuses must not keep receiving traffic.
+                let mut flushed = 0;
+                if let Some(Some(w)) = self.l2.get(port).and_then(|l| l.bridge).map(|b| self.writers.get_mut(usize::from(b.0))) {
+                    if let Some(w) = w.as_mut() {
+                        flushed = w.flush_port(port);
+                    }
+                }
+                Ok(json!({
+                    "port": p.port,
+                    "allowed_macs": sec.allowed().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                    "learning": sec.learning(),
+                    "flushed": flushed,
+                }))
+            }
+            Method::Shutdown => {
+                self.stop.store(true, Ordering::SeqCst);
+                Ok(json!({"shutting_down": true}))
+            }
+        }
+    }
+}
+
+/// The control server's side: hands each request to the slow path and waits.
+pub struct ControlBridge {
+    pub tx: SyncSender<Request>,
+}
+
+impl Handler for ControlBridge {
+    fn call(&self, method: Method) -> Result<Value, RpcError> {
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send((method, reply_tx))
+            .map_err(|_| RpcError::app("stitchd is shutting down"))?;
+        reply_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| RpcError::app("stitchd did not answer within 10 s (shutting down or overloaded)"))?
+    }
+}

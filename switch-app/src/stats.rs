@@ -1,0 +1,64 @@
+//! Per-worker counters: written by exactly one worker (load + store, no locked
+//! read-modify-write on the hot path), read by the control plane at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde_json::{json, Map, Value};
+use switch_core::verdict::DropReason;
+
+/// One worker's counters, on their own cache lines.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    /// EAL lcore the worker runs on.
+    pub lcore: u32,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub flooded: AtomicU64,
+    pub learn_requests: AtomicU64,
+    pub learn_dropped: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+/// Adds `n` to a counter only this thread writes.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    if n != 0 {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+}
+
+impl WorkerStats {
+    /// Zeroed counters for the worker on `lcore`.
+    pub fn new(lcore: u32) -> WorkerStats {
+        WorkerStats {
+            lcore,
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            flooded: AtomicU64::new(0),
+            learn_requests: AtomicU64::new(0),
+            learn_dropped: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// The counters as `stats.get` reports them; every drop reason appears by name.
+    pub fn to_json(&self) -> Value {
+        let mut drops = Map::new();
+        for r in DropReason::ALL {
+            drops.insert(r.name().to_string(), json!(self.drops[r.index()].load(Relaxed)));
+        }
+        json!({
+            "lcore": self.lcore,
+            "rx_packets": self.rx_packets.load(Relaxed),
+            "rx_bytes": self.rx_bytes.load(Relaxed),
+            "tx_packets": self.tx_packets.load(Relaxed),
+            "flooded": self.flooded.load(Relaxed),
+            "learn_requests": self.learn_requests.load(Relaxed),
+            "learn_dropped": self.learn_dropped.load(Relaxed),
+            "drops": drops,
+        })
+    }
+}
