@@ -29,14 +29,22 @@ fn main() {
         .collect();
 
     let mut build = cc::Build::new();
-    build.file("shim.c").include(".").opt_level(3).warnings(false);
+    build
+        .file("shim.c")
+        .include(".")
+        .opt_level(3)
+        .warnings(false);
     for f in &cflags {
         build.flag(f);
     }
     build.compile("dpdk_shim");
 
     // `-march` only matters for code generation; bindgen gets the rest.
-    let clang_args: Vec<String> = cflags.iter().filter(|f| !f.starts_with("-march")).cloned().collect();
+    let clang_args: Vec<String> = cflags
+        .iter()
+        .filter(|f| !f.starts_with("-march"))
+        .cloned()
+        .collect();
     let bindings = bindgen::Builder::default()
         .header("shim.h")
         .clang_args(&clang_args)

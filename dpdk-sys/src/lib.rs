@@ -2,7 +2,12 @@
 //! plus `shim_*` C functions for DPDK's static inline fast-path API (rx/tx burst, mbuf
 //! alloc/free, `rte_errno`, TSC). Nothing here is safe to call directly: the `dpdk` crate
 //! is the one safe wrapper, and the only other place `unsafe` appears.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
 #![allow(improper_ctypes, unsafe_op_in_unsafe_fn)]
 

@@ -33,7 +33,10 @@ impl Eal {
     /// was already started in this process.
     pub fn init(args: &[String]) -> Result<Eal, DpdkError> {
         if STARTED.swap(true, Ordering::SeqCst) {
-            return Err(DpdkError::EalInit { code: libc_ealready(), reason: "the EAL is already initialised in this process".into() });
+            return Err(DpdkError::EalInit {
+                code: libc_ealready(),
+                reason: "the EAL is already initialised in this process".into(),
+            });
         }
         let cargs: Vec<CString> = args
             .iter()
@@ -50,7 +53,10 @@ impl Eal {
         if ret < 0 {
             STARTED.store(false, Ordering::SeqCst);
             let code = rte_errno();
-            return Err(DpdkError::EalInit { code, reason: strerror(code) });
+            return Err(DpdkError::EalInit {
+                code,
+                reason: strerror(code),
+            });
         }
         Ok(Eal { _private: () })
     }
@@ -58,7 +64,11 @@ impl Eal {
     /// DPDK's version string, e.g. "DPDK 22.11.11".
     pub fn version(&self) -> String {
         // SAFETY: rte_version returns a pointer to a static NUL-terminated string.
-        unsafe { CStr::from_ptr(dpdk_sys::rte_version()).to_string_lossy().into_owned() }
+        unsafe {
+            CStr::from_ptr(dpdk_sys::rte_version())
+                .to_string_lossy()
+                .into_owned()
+        }
     }
 
     /// The main lcore (the one running this thread after init).
@@ -98,7 +108,11 @@ impl Eal {
         if ret < 0 {
             // SAFETY: the launch failed, so the trampoline never ran; reclaim the box here.
             drop(unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() -> i32 + Send>) });
-            return Err(DpdkError::Call { op: format!("launch on lcore {}", lcore.id), code: -ret, reason: strerror(ret) });
+            return Err(DpdkError::Call {
+                op: format!("launch on lcore {}", lcore.id),
+                code: -ret,
+                reason: strerror(ret),
+            });
         }
         Ok(())
     }

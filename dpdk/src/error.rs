@@ -10,7 +10,11 @@ pub enum DpdkError {
     EalInit { code: i32, reason: String },
     /// A DPDK call returned a negative errno.
     #[error("{op} failed: {reason} (errno {code})")]
-    Call { op: String, code: i32, reason: String },
+    Call {
+        op: String,
+        code: i32,
+        reason: String,
+    },
     /// A port named in the configuration does not exist after EAL start.
     #[error("no DPDK port named '{0}' (is the devargs right, and is its PMD installed?)")]
     NoSuchPort(String),
@@ -41,7 +45,11 @@ pub(crate) fn rte_errno() -> i32 {
 /// Turns a DPDK "negative errno on failure" return into a `Result`.
 pub(crate) fn check(ret: i32, op: impl FnOnce() -> String) -> Result<i32, DpdkError> {
     if ret < 0 {
-        Err(DpdkError::Call { op: op(), code: -ret, reason: strerror(ret) })
+        Err(DpdkError::Call {
+            op: op(),
+            code: -ret,
+            reason: strerror(ret),
+        })
     } else {
         Ok(ret)
     }
@@ -50,5 +58,9 @@ pub(crate) fn check(ret: i32, op: impl FnOnce() -> String) -> Result<i32, DpdkEr
 /// For calls that return a null pointer and set `rte_errno`.
 pub(crate) fn errno_error(op: impl FnOnce() -> String) -> DpdkError {
     let code = rte_errno();
-    DpdkError::Call { op: op(), code, reason: strerror(code) }
+    DpdkError::Call {
+        op: op(),
+        code,
+        reason: strerror(code),
+    }
 }

@@ -42,7 +42,10 @@ impl Mbuf {
         // mbuf invariant DPDK maintains); we hold a reference so it stays alive while &self
         // is borrowed.
         unsafe {
-            std::slice::from_raw_parts((m.buf_addr as *const u8).add(usize::from(m.data_off)), usize::from(m.data_len))
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
         }
     }
 
@@ -54,7 +57,11 @@ impl Mbuf {
             return None;
         }
         let m = self.raw();
-        let (addr, off, len) = (m.buf_addr as *mut u8, usize::from(m.data_off), usize::from(m.data_len));
+        let (addr, off, len) = (
+            m.buf_addr as *mut u8,
+            usize::from(m.data_off),
+            usize::from(m.data_len),
+        );
         // SAFETY: as in `data`, and refcnt == 1 means nobody else can read or write it.
         Some(unsafe { std::slice::from_raw_parts_mut(addr.add(off), len) })
     }
@@ -95,7 +102,9 @@ impl Mbuf {
     pub fn from_slice(pool: &Mempool, bytes: &[u8]) -> Result<Mbuf, DpdkError> {
         // SAFETY: pool is live; null means empty.
         let p = unsafe { dpdk_sys::shim_pktmbuf_alloc(pool.as_ptr()) };
-        let m = Mbuf(NonNull::new(p).ok_or_else(|| crate::error::errno_error(|| format!("allocating an mbuf from '{}'", pool.name())))?);
+        let m = Mbuf(NonNull::new(p).ok_or_else(|| {
+            crate::error::errno_error(|| format!("allocating an mbuf from '{}'", pool.name()))
+        })?);
         let len = u16::try_from(bytes.len()).map_err(|_| too_long(bytes.len()))?;
         // SAFETY: m is a fresh single-segment mbuf; append returns null when it lacks room.
         let dst = unsafe { dpdk_sys::shim_pktmbuf_append(m.0.as_ptr(), len) };
@@ -109,7 +118,11 @@ impl Mbuf {
 }
 
 fn too_long(n: usize) -> DpdkError {
-    DpdkError::Call { op: format!("building a {n}-byte packet"), code: 90, reason: "does not fit one mbuf segment".into() }
+    DpdkError::Call {
+        op: format!("building a {n}-byte packet"),
+        code: 90,
+        reason: "does not fit one mbuf segment".into(),
+    }
 }
 
 impl Drop for Mbuf {
@@ -130,7 +143,10 @@ pub struct RxBurst {
 
 impl Default for RxBurst {
     fn default() -> Self {
-        RxBurst { slots: std::array::from_fn(|_| None), len: 0 }
+        RxBurst {
+            slots: std::array::from_fn(|_| None),
+            len: 0,
+        }
     }
 }
 
@@ -198,7 +214,12 @@ pub struct TxResult {
 impl TxBuffer {
     /// An empty buffer for `port`/`queue`.
     pub fn new(port: Port, queue: u16) -> TxBuffer {
-        TxBuffer { port, queue, slots: std::array::from_fn(|_| None), len: 0 }
+        TxBuffer {
+            port,
+            queue,
+            slots: std::array::from_fn(|_| None),
+            len: 0,
+        }
     }
 
     /// The port this buffer sends on.
@@ -241,7 +262,8 @@ impl TxBuffer {
         let ptr = self.slots.as_mut_ptr() as *mut *mut rte_mbuf;
         // SAFETY: the first n slots hold owned mbuf references laid out as `rte_mbuf *`;
         // the PMD takes ownership of the first `sent` of them.
-        let sent = usize::from(unsafe { dpdk_sys::shim_tx_burst(self.port.0, self.queue, ptr, n as u16) });
+        let sent =
+            usize::from(unsafe { dpdk_sys::shim_tx_burst(self.port.0, self.queue, ptr, n as u16) });
         for s in &mut self.slots[..sent] {
             // Owned by the PMD now: forget our handle without freeing.
             if let Some(m) = s.take() {
@@ -252,7 +274,10 @@ impl TxBuffer {
             drop(s.take());
         }
         self.len = 0;
-        TxResult { sent: sent as u32, dropped: (n - sent) as u32 }
+        TxResult {
+            sent: sent as u32,
+            dropped: (n - sent) as u32,
+        }
     }
 }
 

@@ -26,14 +26,26 @@ impl Mempool {
     ///
     /// # Errors
     /// When DPDK cannot allocate the pool (not enough memory for `-m`, name taken, ...).
-    pub fn new(_eal: &Eal, name: &str, n: u32, cache: u32, socket: i32) -> Result<Mempool, DpdkError> {
+    pub fn new(
+        _eal: &Eal,
+        name: &str,
+        n: u32,
+        cache: u32,
+        socket: i32,
+    ) -> Result<Mempool, DpdkError> {
         let cname = CString::new(name).map_err(|_| DpdkError::NulInArgument(name.into()))?;
         let data_room = (dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE) as u16;
         // SAFETY: cname is a valid C string for the duration of the call; other arguments
         // are plain values. A null return means failure with rte_errno set.
-        let p = unsafe { dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
-        let raw = NonNull::new(p).ok_or_else(|| errno_error(|| format!("creating mempool '{name}' of {n} mbufs")))?;
-        Ok(Mempool { raw, name: name.to_owned() })
+        let p = unsafe {
+            dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket)
+        };
+        let raw = NonNull::new(p)
+            .ok_or_else(|| errno_error(|| format!("creating mempool '{name}' of {n} mbufs")))?;
+        Ok(Mempool {
+            raw,
+            name: name.to_owned(),
+        })
     }
 
     /// The pool's name.

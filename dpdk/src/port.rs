@@ -116,14 +116,23 @@ impl Port {
         let ret = unsafe { dpdk_sys::rte_eth_dev_get_name_by_port(self.0, name.as_mut_ptr()) };
         check(ret, || format!("rte_eth_dev_get_name_by_port({})", self.0))?;
         // SAFETY: DPDK wrote a NUL-terminated string into `name`.
-        let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         let driver = if info.driver_name.is_null() {
             String::new()
         } else {
             // SAFETY: driver_name points at the PMD's static name string.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
         };
-        Ok(PortInfo { name, driver, max_rx_queues: info.max_rx_queues, max_tx_queues: info.max_tx_queues })
+        Ok(PortInfo {
+            name,
+            driver,
+            max_rx_queues: info.max_rx_queues,
+            max_tx_queues: info.max_tx_queues,
+        })
     }
 
     /// NUMA socket of the device (0 when unknown).
@@ -143,7 +152,12 @@ impl Port {
             return Err(DpdkError::Call {
                 op: format!(
                     "configure port {} ({}) with {} rx / {} tx queues (the PMD allows {} / {})",
-                    self.0, info.name, cfg.rx_queues, cfg.tx_queues, info.max_rx_queues, info.max_tx_queues
+                    self.0,
+                    info.name,
+                    cfg.rx_queues,
+                    cfg.tx_queues,
+                    info.max_rx_queues,
+                    info.max_tx_queues
                 ),
                 code: 22,
                 reason: "Invalid argument".into(),
@@ -151,19 +165,29 @@ impl Port {
         }
         let conf = dpdk_sys::rte_eth_conf::default();
         // SAFETY: conf is a valid, zeroed (defaults) configuration that DPDK only reads.
-        let ret = unsafe { dpdk_sys::rte_eth_dev_configure(self.0, cfg.rx_queues, cfg.tx_queues, &conf) };
+        let ret =
+            unsafe { dpdk_sys::rte_eth_dev_configure(self.0, cfg.rx_queues, cfg.tx_queues, &conf) };
         check(ret, || format!("rte_eth_dev_configure(port {})", self.0))?;
         let socket = self.socket() as u32;
         for q in 0..cfg.rx_queues {
             // SAFETY: null rx_conf means PMD defaults; the pool outlives the port by contract.
             let ret = unsafe {
-                dpdk_sys::rte_eth_rx_queue_setup(self.0, q, cfg.rx_desc, socket, std::ptr::null(), pool.as_ptr())
+                dpdk_sys::rte_eth_rx_queue_setup(
+                    self.0,
+                    q,
+                    cfg.rx_desc,
+                    socket,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
             };
             check(ret, || format!("rx queue {q} setup on port {}", self.0))?;
         }
         for q in 0..cfg.tx_queues {
             // SAFETY: null tx_conf means PMD defaults.
-            let ret = unsafe { dpdk_sys::rte_eth_tx_queue_setup(self.0, q, cfg.tx_desc, socket, std::ptr::null()) };
+            let ret = unsafe {
+                dpdk_sys::rte_eth_tx_queue_setup(self.0, q, cfg.tx_desc, socket, std::ptr::null())
+            };
             check(ret, || format!("tx queue {q} setup on port {}", self.0))?;
         }
         if cfg.promiscuous {

@@ -43,7 +43,10 @@ pub fn require_cmd(cmd: &str, package: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
         .unwrap_or(false);
-    assert!(found, "'{cmd}' not found: install it with `apt-get install {package}` (or run scripts/setup.sh)");
+    assert!(
+        found,
+        "'{cmd}' not found: install it with `apt-get install {package}` (or run scripts/setup.sh)"
+    );
 }
 
 /// A short name unique to this process and call (interface names must stay <= 15 bytes).
@@ -60,13 +63,20 @@ pub fn stitchd_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("stitchd");
-    assert!(bin.is_file(), "{} not found: build it first with `cargo build --workspace --bins` (scripts/test.sh does)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
 /// Runs a command; fails the test with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
     assert!(
         out.status.success(),
         "`{cmd} {}` failed: {}\n{}",
@@ -104,7 +114,12 @@ impl Stitchd {
         let prefix = format!("st{id}");
         let socket = dir.join("ctl.sock");
         let log = dir.join("stitchd.log");
-        let mut args: Vec<String> = vec!["--no-huge".into(), "-m".into(), "512".into(), format!("--file-prefix={prefix}")];
+        let mut args: Vec<String> = vec![
+            "--no-huge".into(),
+            "-m".into(),
+            "512".into(),
+            format!("--file-prefix={prefix}"),
+        ];
         args.extend(eal.iter().cloned());
         args.push("--".into());
         args.push("--control-socket".into());
@@ -118,7 +133,13 @@ impl Stitchd {
             .stderr(logf)
             .spawn()
             .expect("spawn stitchd");
-        let mut s = Stitchd { child: Some(child), socket, dir, prefix, log };
+        let mut s = Stitchd {
+            child: Some(child),
+            socket,
+            dir,
+            prefix,
+            log,
+        };
         s.wait_ready(&args);
         s
     }
@@ -129,13 +150,25 @@ impl Stitchd {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
-                panic!("stitchd {} exited with {st} before it was ready:\n{}", args.join(" "), self.log_text());
+                panic!(
+                    "stitchd {} exited with {st} before it was ready:\n{}",
+                    args.join(" "),
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("stitchd did not create {} within 30 s:\n{}", self.socket.display(), self.log_text());
+        panic!(
+            "stitchd did not create {} within 30 s:\n{}",
+            self.socket.display(),
+            self.log_text()
+        );
     }
 
     /// What stitchd printed so far.
@@ -149,36 +182,55 @@ impl Stitchd {
     }
 
     /// One JSON-RPC call on a new connection.
-    pub fn call(&self, method: &str, params: Option<Value>) -> Result<Value, stitch_control::client::ClientError> {
+    pub fn call(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, stitch_control::client::ClientError> {
         let mut c = Client::connect(&self.socket)?;
         c.call(method, params)
     }
 
     /// Like [`Stitchd::call`], failing the test on error.
     pub fn ok(&self, method: &str, params: Option<Value>) -> Value {
-        self.call(method, params).unwrap_or_else(|e| panic!("{method} failed: {e}\nstitchd log:\n{}", self.log_text()))
+        self.call(method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}\nstitchd log:\n{}", self.log_text()))
     }
 
     /// Sends raw bytes on a connection and reads one response line.
     pub fn raw(&self, bytes: &[u8]) -> Value {
         let mut s = UnixStream::connect(&self.socket).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s.write_all(bytes).expect("write");
         let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line).expect("read response");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .expect("read response");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
     }
 
     /// Sum of a worker counter over all workers.
     pub fn worker_sum(&self, field: &str) -> u64 {
         let st = self.ok("stats.get", None);
-        st["workers"].as_array().map(|w| w.iter().map(|x| x[field].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
+        st["workers"]
+            .as_array()
+            .map(|w| w.iter().map(|x| x[field].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0)
     }
 
     /// Sum of a drop reason over all workers.
     pub fn drops(&self, reason: &str) -> u64 {
         let st = self.ok("stats.get", None);
-        st["workers"].as_array().map(|w| w.iter().map(|x| x["drops"][reason].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
+        st["workers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .map(|x| x["drops"][reason].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Polls `f` until it is true or `secs` pass.
@@ -190,13 +242,21 @@ impl Stitchd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("timed out waiting for {what}\nstats: {}\nstitchd log:\n{}", self.call("stats.get", None).map(|v| v.to_string()).unwrap_or_default(), self.log_text());
+        panic!(
+            "timed out waiting for {what}\nstats: {}\nstitchd log:\n{}",
+            self.call("stats.get", None)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            self.log_text()
+        );
     }
 
     /// Stops stitchd: SIGTERM to its pid, SIGKILL after 15 s. Returns whether it exited
     /// cleanly (status 0).
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         wait_or_kill(&mut child, Duration::from_secs(15))
@@ -204,7 +264,9 @@ impl Stitchd {
 
     /// Waits for a stitchd that was told to shut down over the control socket.
     pub fn wait_exit(&mut self, secs: u64) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         wait_or_kill(&mut child, Duration::from_secs(secs))
     }
 }
@@ -245,7 +307,9 @@ impl Netns {
     pub fn new(name: &str) -> Netns {
         require_cmd("ip", "iproute2");
         sh("ip", &["netns", "add", name]);
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -261,7 +325,10 @@ impl Netns {
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
         let mut a = vec!["netns", "exec", &self.name, cmd];
         a.extend_from_slice(args);
-        Command::new("ip").args(&a).output().unwrap_or_else(|e| panic!("cannot run {cmd} in {}: {e}", self.name))
+        Command::new("ip")
+            .args(&a)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd} in {}: {e}", self.name))
     }
 
     /// Moves interface `ifname` into this namespace, sets `mac` (if given) and `addr`, and
@@ -284,7 +351,8 @@ impl Netns {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
             f()
         })
     }
@@ -292,7 +360,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

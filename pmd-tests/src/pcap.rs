@@ -26,7 +26,12 @@ pub fn write(path: &Path, frames: &[Vec<u8>]) {
 /// Reads every frame of a pcap file (micro- or nanosecond, either byte order).
 pub fn read(path: &Path) -> Vec<Vec<u8>> {
     let data = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert!(data.len() >= 24, "{} is not a pcap file ({} bytes)", path.display(), data.len());
+    assert!(
+        data.len() >= 24,
+        "{} is not a pcap file ({} bytes)",
+        path.display(),
+        data.len()
+    );
     let magic = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
     let le = match magic {
         0xa1b2_c3d4 | 0xa1b2_3c4d => true,
@@ -46,7 +51,11 @@ pub fn read(path: &Path) -> Vec<Vec<u8>> {
     while off + 16 <= data.len() {
         let incl = u32_at(off + 8) as usize;
         off += 16;
-        assert!(off + incl <= data.len(), "{}: truncated record", path.display());
+        assert!(
+            off + incl <= data.len(),
+            "{}: truncated record",
+            path.display()
+        );
         frames.push(data[off..off + incl].to_vec());
         off += incl;
     }

@@ -64,7 +64,13 @@ pub struct EalConfig {
 
 impl Default for EalConfig {
     fn default() -> Self {
-        EalConfig { file_prefix: "stitchd".into(), lcores: None, hugepages: Hugepages::Auto, memory_mb: 1024, extra_args: vec![] }
+        EalConfig {
+            file_prefix: "stitchd".into(),
+            lcores: None,
+            hugepages: Hugepages::Auto,
+            memory_mb: 1024,
+            extra_args: vec![],
+        }
     }
 }
 
@@ -130,7 +136,10 @@ pub struct MempoolConfig {
 
 impl Default for MempoolConfig {
     fn default() -> Self {
-        MempoolConfig { mbufs: 16383, cache: 256 }
+        MempoolConfig {
+            mbufs: 16383,
+            cache: 256,
+        }
     }
 }
 
@@ -144,7 +153,9 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { socket: PathBuf::from(DEFAULT_SOCKET) }
+        ControlConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
     }
 }
 
@@ -162,7 +173,11 @@ pub struct L2Config {
 
 impl Default for L2Config {
     fn default() -> Self {
-        L2Config { mac_table_size: 65536, aging_secs: 300, static_macs: vec![] }
+        L2Config {
+            mac_table_size: 65536,
+            aging_secs: 300,
+            static_macs: vec![],
+        }
     }
 }
 
@@ -181,7 +196,10 @@ pub struct StaticMac {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// TOML syntax or schema error (the message has line and column).
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -196,8 +214,14 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] saying which file, where, and what is wrong.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -213,7 +237,10 @@ impl Config {
                 return bad(format!("ports[{i}].devargs is empty"));
             }
             if p.rx_queues == 0 || p.rx_queues > 16 {
-                return bad(format!("ports[{i}].rx_queues = {} (must be 1-16)", p.rx_queues));
+                return bad(format!(
+                    "ports[{i}].rx_queues = {} (must be 1-16)",
+                    p.rx_queues
+                ));
             }
             if p.bridge >= 64 {
                 return bad(format!("ports[{i}].bridge = {} (must be 0-63)", p.bridge));
@@ -223,28 +250,54 @@ impl Config {
             }
             if let Some(m) = &p.allowed_macs {
                 if m.len() > 64 {
-                    return bad(format!("ports[{i}].allowed_macs has {} entries (at most 64)", m.len()));
+                    return bad(format!(
+                        "ports[{i}].allowed_macs has {} entries (at most 64)",
+                        m.len()
+                    ));
                 }
             }
-            if self.ports[..i].iter().any(|q| q.device_name() == p.device_name()) {
-                return bad(format!("ports[{i}]: device name '{}' used twice", p.device_name()));
+            if self.ports[..i]
+                .iter()
+                .any(|q| q.device_name() == p.device_name())
+            {
+                return bad(format!(
+                    "ports[{i}]: device name '{}' used twice",
+                    p.device_name()
+                ));
             }
         }
         if self.ports.len() > 32 {
-            return bad(format!("{} ports configured (DPDK here supports 32)", self.ports.len()));
+            return bad(format!(
+                "{} ports configured (DPDK here supports 32)",
+                self.ports.len()
+            ));
         }
         if self.mempool.mbufs < 1023 {
-            return bad(format!("mempool.mbufs = {} (at least 1023)", self.mempool.mbufs));
+            return bad(format!(
+                "mempool.mbufs = {} (at least 1023)",
+                self.mempool.mbufs
+            ));
         }
         if self.l2.mac_table_size == 0 || self.l2.mac_table_size > (1 << 24) {
-            return bad(format!("l2.mac_table_size = {} (must be 1 - 16777216)", self.l2.mac_table_size));
+            return bad(format!(
+                "l2.mac_table_size = {} (must be 1 - 16777216)",
+                self.l2.mac_table_size
+            ));
         }
         for s in &self.l2.static_macs {
             if !self.ports.is_empty() && usize::from(s.port) >= self.ports.len() {
-                return bad(format!("l2.static_macs: {} on port {} but only {} ports are configured", s.mac, s.port, self.ports.len()));
+                return bad(format!(
+                    "l2.static_macs: {} on port {} but only {} ports are configured",
+                    s.mac,
+                    s.port,
+                    self.ports.len()
+                ));
             }
             if !s.mac.is_unicast() || s.mac.is_zero() {
-                return bad(format!("l2.static_macs: {} is not a unicast address", s.mac));
+                return bad(format!(
+                    "l2.static_macs: {} is not a unicast address",
+                    s.mac
+                ));
             }
         }
         if self.eal.file_prefix.is_empty() || self.eal.file_prefix.contains('/') {
@@ -257,7 +310,12 @@ impl Config {
     /// on the command line before `--`), starting with the program name.
     pub fn eal_args(&self, cli_eal: &[String], hugepages_free: bool) -> Vec<String> {
         let mut a = vec!["stitchd".to_string()];
-        let has = |flag: &str| cli_eal.iter().chain(&self.eal.extra_args).any(|x| x == flag || x.starts_with(&format!("{flag}=")));
+        let has = |flag: &str| {
+            cli_eal
+                .iter()
+                .chain(&self.eal.extra_args)
+                .any(|x| x == flag || x.starts_with(&format!("{flag}=")))
+        };
         if let Some(l) = &self.eal.lcores {
             a.push("-l".into());
             a.push(l.clone());
@@ -277,8 +335,10 @@ impl Config {
             a.push("-m".into());
             a.push(self.eal.memory_mb.to_string());
         }
-        let any_pci = self.ports.iter().any(|p| !p.is_vdev());
-        if !any_pci && !has("--no-pci") && !has("-a") && !has("-b") {
+        // A file that names only virtual devices needs no PCI scan; without a file the
+        // user's EAL arguments decide (a real NIC must stay visible).
+        let only_vdevs = !self.ports.is_empty() && self.ports.iter().all(PortConfig::is_vdev);
+        if only_vdevs && !has("--no-pci") && !has("-a") && !has("-b") {
             a.push("--no-pci".into());
         }
         for p in &self.ports {
@@ -298,12 +358,16 @@ impl Config {
 /// True when the kernel has free 2 MiB (or 1 GiB) hugepages and hugetlbfs is mounted.
 pub fn hugepages_available() -> bool {
     let free = |size: &str| {
-        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-{size}/free_hugepages"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        std::fs::read_to_string(format!(
+            "/sys/kernel/mm/hugepages/hugepages-{size}/free_hugepages"
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
     };
-    let mounted = std::fs::read_to_string("/proc/mounts").map(|m| m.lines().any(|l| l.contains(" hugetlbfs "))).unwrap_or(false);
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.contains(" hugetlbfs ")))
+        .unwrap_or(false);
     mounted && (free("2048kB") >= 64 || free("1048576kB") >= 1)
 }
 
@@ -340,7 +404,10 @@ mod tests {
         assert_eq!(c.ports[0].rx_queues, 1);
         assert!(c.ports[0].learning);
         assert!(!c.ports[1].learning);
-        assert_eq!(c.ports[1].allowed_macs.as_ref().unwrap()[0].to_string(), "02:00:00:00:00:01");
+        assert_eq!(
+            c.ports[1].allowed_macs.as_ref().unwrap()[0].to_string(),
+            "02:00:00:00:00:01"
+        );
         assert_eq!(c.l2.mac_table_size, 65536);
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
     }
@@ -353,9 +420,17 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused() {
-        assert!(parse("[[ports]]\ndevargs = \"net_tap0\"\nrx_queues = 0\n").unwrap_err().contains("rx_queues"));
-        assert!(parse("[[ports]]\ndevargs = \"net_tap0\"\nbridge = 64\n").unwrap_err().contains("bridge"));
-        assert!(parse("[[ports]]\ndevargs = \"net_tap0\"\n[[ports]]\ndevargs = \"net_tap0,iface=x\"\n").unwrap_err().contains("twice"));
+        assert!(parse("[[ports]]\ndevargs = \"net_tap0\"\nrx_queues = 0\n")
+            .unwrap_err()
+            .contains("rx_queues"));
+        assert!(parse("[[ports]]\ndevargs = \"net_tap0\"\nbridge = 64\n")
+            .unwrap_err()
+            .contains("bridge"));
+        assert!(parse(
+            "[[ports]]\ndevargs = \"net_tap0\"\n[[ports]]\ndevargs = \"net_tap0,iface=x\"\n"
+        )
+        .unwrap_err()
+        .contains("twice"));
         assert!(parse("[[ports]]\ndevargs = \"net_tap0\"\n[l2]\nstatic_macs = [{ mac = \"02:00:00:00:00:01\", port = 3 }]\n")
             .unwrap_err()
             .contains("port 3"));
@@ -364,11 +439,34 @@ mod tests {
 
     #[test]
     fn eal_args_use_vdev_and_no_huge_when_no_hugepages() {
-        let c = parse("[eal]\nfile_prefix = \"x\"\nlcores = \"0-1\"\n[[ports]]\ndevargs = \"net_ring0\"\n").unwrap();
+        let c = parse(
+            "[eal]\nfile_prefix = \"x\"\nlcores = \"0-1\"\n[[ports]]\ndevargs = \"net_ring0\"\n",
+        )
+        .unwrap();
         let a = c.eal_args(&[], false);
-        assert_eq!(a, ["stitchd", "-l", "0-1", "--file-prefix=x", "--no-huge", "-m", "1024", "--no-pci", "--vdev=net_ring0"]);
+        assert_eq!(
+            a,
+            [
+                "stitchd",
+                "-l",
+                "0-1",
+                "--file-prefix=x",
+                "--no-huge",
+                "-m",
+                "1024",
+                "--no-pci",
+                "--vdev=net_ring0"
+            ]
+        );
         let a = c.eal_args(&[], true);
         assert!(!a.contains(&"--no-huge".to_string()));
+    }
+
+    #[test]
+    fn without_ports_the_pci_scan_is_left_to_the_user() {
+        let a = Config::default().eal_args(&["--vdev=net_tap0".into()], true);
+        assert!(!a.contains(&"--no-pci".to_string()), "{a:?}");
+        assert_eq!(a.last().map(String::as_str), Some("--vdev=net_tap0"));
     }
 
     #[test]

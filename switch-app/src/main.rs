@@ -90,12 +90,19 @@ fn run() -> Result<()> {
     };
     let eal_args = cfg.eal_args(&cli_eal, config::hugepages_available());
     if cli.check_config {
-        println!("configuration ok; EAL arguments: {}", eal_args[1..].join(" "));
+        println!(
+            "configuration ok; EAL arguments: {}",
+            eal_args[1..].join(" ")
+        );
         return Ok(());
     }
-    let socket = cli.control_socket.clone().unwrap_or_else(|| cfg.control.socket.clone());
+    let socket = cli
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| cfg.control.socket.clone());
 
-    let eal = Eal::init(&eal_args).with_context(|| format!("EAL arguments were: {}", eal_args[1..].join(" ")))?;
+    let eal = Eal::init(&eal_args)
+        .with_context(|| format!("EAL arguments were: {}", eal_args[1..].join(" ")))?;
     let result = run_with_eal(&eal, &cfg, socket);
     drop(eal);
     result
@@ -127,7 +134,10 @@ fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
                     rx_queues: 1,
                     rx_desc: 1024,
                     tx_desc: 1024,
-                    l2: PortL2 { bridge: Some(BridgeId(0)), security: PortSecurity::open() },
+                    l2: PortL2 {
+                        bridge: Some(BridgeId(0)),
+                        security: PortSecurity::open(),
+                    },
                 })
             })
             .collect();
@@ -138,7 +148,8 @@ fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
             let port = Port::by_name(eal, pc.device_name())?;
             let security = match &pc.allowed_macs {
                 None => PortSecurity::open(),
-                Some(m) => PortSecurity::restricted(m.clone()).map_err(|e| anyhow::anyhow!("port {}: {e}", pc.devargs))?,
+                Some(m) => PortSecurity::restricted(m.clone())
+                    .map_err(|e| anyhow::anyhow!("port {}: {e}", pc.devargs))?,
             }
             .with_learning(pc.learning);
             Ok(Planned {
@@ -147,7 +158,10 @@ fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
                 rx_queues: pc.rx_queues,
                 rx_desc: pc.rx_desc,
                 tx_desc: pc.tx_desc,
-                l2: PortL2 { bridge: Some(BridgeId(pc.bridge)), security },
+                l2: PortL2 {
+                    bridge: Some(BridgeId(pc.bridge)),
+                    security,
+                },
             })
         })
         .collect()
@@ -169,17 +183,37 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
             k += 1;
         }
     }
-    let active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)> = lcores.into_iter().zip(assignment).filter(|(_, a)| !a.is_empty()).collect();
+    let active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)> = lcores
+        .into_iter()
+        .zip(assignment)
+        .filter(|(_, a)| !a.is_empty())
+        .collect();
     let n_workers = active.len() as u16;
 
-    let pool = Mempool::new(eal, "stitchd_mbufs", cfg.mempool.mbufs, cfg.mempool.cache, eal.socket_id())?;
+    let pool = Mempool::new(
+        eal,
+        "stitchd_mbufs",
+        cfg.mempool.mbufs,
+        cfg.mempool.cache,
+        eal.socket_id(),
+    )?;
     let mut started: Vec<Port> = Vec::new();
     let outcome = (|| -> Result<()> {
         let mut states = Vec::new();
         for p in &planned {
-            let pc = DpdkPortConfig { rx_queues: p.rx_queues, tx_queues: n_workers, rx_desc: p.rx_desc, tx_desc: p.tx_desc, promiscuous: true };
-            p.port.configure(&pc, &pool).with_context(|| format!("setting up port {} ({})", p.port.0, p.devargs))?;
-            p.port.start().with_context(|| format!("starting port {} ({})", p.port.0, p.devargs))?;
+            let pc = DpdkPortConfig {
+                rx_queues: p.rx_queues,
+                tx_queues: n_workers,
+                rx_desc: p.rx_desc,
+                tx_desc: p.tx_desc,
+                promiscuous: true,
+            };
+            p.port
+                .configure(&pc, &pool)
+                .with_context(|| format!("setting up port {} ({})", p.port.0, p.devargs))?;
+            p.port
+                .start()
+                .with_context(|| format!("starting port {} ({})", p.port.0, p.devargs))?;
             started.push(p.port);
             states.push(PortState {
                 port: p.port,
@@ -212,15 +246,30 @@ fn serve(
     states: Vec<PortState>,
     active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)>,
 ) -> Result<()> {
-    let max_port = planned.iter().map(|p| usize::from(p.port.0)).max().unwrap_or(0);
-    let mut l2_ports = vec![PortL2 { bridge: None, security: PortSecurity::open() }; max_port + 1];
+    let max_port = planned
+        .iter()
+        .map(|p| usize::from(p.port.0))
+        .max()
+        .unwrap_or(0);
+    let mut l2_ports = vec![
+        PortL2 {
+            bridge: None,
+            security: PortSecurity::open()
+        };
+        max_port + 1
+    ];
     for p in planned {
         l2_ports[usize::from(p.port.0)] = p.l2.clone();
     }
     let l2 = L2Ports::new(l2_ports);
     let l2_pub = Arc::new(ArcSwap::from_pointee(l2.clone()));
 
-    let max_bridge = planned.iter().filter_map(|p| p.l2.bridge).map(|b| usize::from(b.0)).max().unwrap_or(0);
+    let max_bridge = planned
+        .iter()
+        .filter_map(|p| p.l2.bridge)
+        .map(|b| usize::from(b.0))
+        .max()
+        .unwrap_or(0);
     let mut writers: Vec<Option<MacTableWriter>> = (0..=max_bridge).map(|_| None).collect();
     for p in planned {
         if let Some(b) = p.l2.bridge {
@@ -235,23 +284,41 @@ fn serve(
         if let Some(Some(w)) = writers.get_mut(b) {
             match w.add_static(s.mac, PortId(p.port.0)) {
                 InsertOutcome::Full => bail!("l2.static_macs: MAC table full adding {}", s.mac),
-                InsertOutcome::Invalid => bail!("l2.static_macs: {} cannot be a static entry", s.mac),
+                InsertOutcome::Invalid => {
+                    bail!("l2.static_macs: {} cannot be a static entry", s.mac)
+                }
                 InsertOutcome::Inserted | InsertOutcome::Replaced => {}
             }
         }
     }
-    let readers: Vec<Option<_>> = writers.iter().map(|w| w.as_ref().map(MacTableWriter::reader)).collect();
+    let readers: Vec<Option<_>> = writers
+        .iter()
+        .map(|w| w.as_ref().map(MacTableWriter::reader))
+        .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()).context("installing SIGINT handler")?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).context("installing SIGTERM handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())
+        .context("installing SIGINT handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())
+        .context("installing SIGTERM handler")?;
 
     let tsc_hz = dpdk::tsc_hz();
     let tsc_start = dpdk::tsc();
-    let mut slow = SlowPath::new(eal.version(), states, l2, l2_pub.clone(), writers, cfg.l2.aging_secs, tsc_start, tsc_hz, stop.clone());
+    let mut slow = SlowPath::new(
+        eal.version(),
+        states,
+        l2,
+        l2_pub.clone(),
+        writers,
+        cfg.l2.aging_secs,
+        tsc_start,
+        tsc_hz,
+        stop.clone(),
+    );
 
     // The control socket before the workers: if it cannot be created, nothing has run yet.
-    let server = ControlServer::bind(&socket).with_context(|| format!("creating control socket {}", socket.display()))?;
+    let server = ControlServer::bind(&socket)
+        .with_context(|| format!("creating control socket {}", socket.display()))?;
     let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
 
     let n_ports = max_port + 1;
@@ -262,7 +329,9 @@ fn serve(
         slow.worker_stats.push(stats.clone());
         let w = Worker {
             rx,
-            tx: (0..n_ports).map(|p| TxBuffer::new(Port(p as u16), i as u16)).collect(),
+            tx: (0..n_ports)
+                .map(|p| TxBuffer::new(Port(p as u16), i as u16))
+                .collect(),
             l2: l2_pub.clone(),
             tables: readers.clone(),
             learn,

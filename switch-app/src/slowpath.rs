@@ -121,14 +121,20 @@ impl SlowPath {
             }
             // Wait for a control request, briefly: learning latency stays well under a
             // millisecond without burning the main lcore's CPU.
-            let wait = if learned > 0 { Duration::from_micros(0) } else { Duration::from_micros(200) };
+            let wait = if learned > 0 {
+                Duration::from_micros(0)
+            } else {
+                Duration::from_micros(200)
+            };
             match requests.recv_timeout(wait) {
                 Ok((method, reply)) => {
                     let answer = self.handle(method);
                     let _ = reply.send(answer);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_micros(200)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
             }
         }
     }
@@ -139,8 +145,12 @@ impl SlowPath {
         for q in &self.learn_queues {
             while let Some(req) = q.pop() {
                 n += 1;
-                let Some(bridge) = self.l2.get(req.port).and_then(|p| p.bridge) else { continue };
-                let Some(Some(w)) = self.writers.get_mut(usize::from(bridge.0)) else { continue };
+                let Some(bridge) = self.l2.get(req.port).and_then(|p| p.bridge) else {
+                    continue;
+                };
+                let Some(Some(w)) = self.writers.get_mut(usize::from(bridge.0)) else {
+                    continue;
+                };
                 match w.learn(req.mac, req.port, now) {
                     LearnOutcome::Learned => self.counters.learned += 1,
                     LearnOutcome::Refreshed => self.counters.refreshed += 1,
@@ -161,19 +171,28 @@ impl SlowPath {
     }
 
     fn port(&self, id: u16) -> Result<&PortState, RpcError> {
-        self.ports
-            .iter()
-            .find(|p| p.port.0 == id)
-            .ok_or_else(|| RpcError::app(format!("port {id} does not exist (ports: {})", self.port_ids())))
+        self.ports.iter().find(|p| p.port.0 == id).ok_or_else(|| {
+            RpcError::app(format!(
+                "port {id} does not exist (ports: {})",
+                self.port_ids()
+            ))
+        })
     }
 
     fn port_ids(&self) -> String {
-        self.ports.iter().map(|p| p.port.0.to_string()).collect::<Vec<_>>().join(", ")
+        self.ports
+            .iter()
+            .map(|p| p.port.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn bridge_of(&self, port: u16) -> Result<BridgeId, RpcError> {
         self.port(port)?;
-        self.l2.get(PortId(port)).and_then(|p| p.bridge).ok_or_else(|| RpcError::app(format!("port {port} is in no bridge")))
+        self.l2
+            .get(PortId(port))
+            .and_then(|p| p.bridge)
+            .ok_or_else(|| RpcError::app(format!("port {port} is in no bridge")))
     }
 
     fn publish(&mut self) {
@@ -220,7 +239,10 @@ impl SlowPath {
                 };
                 let mut out = Vec::new();
                 for ps in selected {
-                    let s = ps.port.stats(ps.rx_queues.max(ps.tx_queues)).map_err(|e| RpcError::app(e.to_string()))?;
+                    let s = ps
+                        .port
+                        .stats(ps.rx_queues.max(ps.tx_queues))
+                        .map_err(|e| RpcError::app(e.to_string()))?;
                     let queues: Vec<Value> = s
                         .queues
                         .iter()
@@ -281,17 +303,33 @@ impl SlowPath {
             Method::MacAdd(p) => {
                 let mac = MacAddr(p.mac.0);
                 if !mac.is_unicast() || mac.is_zero() {
-                    return Err(RpcError::app(format!("{mac} is not a unicast address; only unicast MACs can be static entries")));
+                    return Err(RpcError::app(format!(
+                        "{mac} is not a unicast address; only unicast MACs can be static entries"
+                    )));
                 }
                 let bridge = self.bridge_of(p.port)?;
                 let Some(Some(w)) = self.writers.get_mut(usize::from(bridge.0)) else {
-                    return Err(RpcError::app(format!("bridge {} has no MAC table", bridge.0)));
+                    return Err(RpcError::app(format!(
+                        "bridge {} has no MAC table",
+                        bridge.0
+                    )));
                 };
                 match w.add_static(mac, PortId(p.port)) {
-                    InsertOutcome::Inserted => Ok(json!({"mac": mac.to_string(), "port": p.port, "bridge": bridge.0, "outcome": "inserted"})),
-                    InsertOutcome::Replaced => Ok(json!({"mac": mac.to_string(), "port": p.port, "bridge": bridge.0, "outcome": "replaced"})),
-                    InsertOutcome::Invalid => Err(RpcError::app(format!("{mac} on port {} cannot be stored (unicast MAC and port < 4096 required)", p.port))),
-                    InsertOutcome::Full => Err(RpcError::app(format!("MAC table of bridge {} is full ({} entries); nothing was changed", bridge.0, w.capacity()))),
+                    InsertOutcome::Inserted => Ok(
+                        json!({"mac": mac.to_string(), "port": p.port, "bridge": bridge.0, "outcome": "inserted"}),
+                    ),
+                    InsertOutcome::Replaced => Ok(
+                        json!({"mac": mac.to_string(), "port": p.port, "bridge": bridge.0, "outcome": "replaced"}),
+                    ),
+                    InsertOutcome::Invalid => Err(RpcError::app(format!(
+                        "{mac} on port {} cannot be stored (unicast MAC and port < 4096 required)",
+                        p.port
+                    ))),
+                    InsertOutcome::Full => Err(RpcError::app(format!(
+                        "MAC table of bridge {} is full ({} entries); nothing was changed",
+                        bridge.0,
+                        w.capacity()
+                    ))),
                 }
             }
             Method::MacDel(p) => {
@@ -323,9 +361,12 @@ impl SlowPath {
                     Some(list) => {
                         let macs: Vec<MacAddr> = list.iter().map(|m| MacAddr(m.0)).collect();
                         if let Some(bad) = macs.iter().find(|m| !m.is_unicast() || m.is_zero()) {
-                            return Err(RpcError::app(format!("allowed_macs: {bad} is not a unicast address")));
+                            return Err(RpcError::app(format!(
+                                "allowed_macs: {bad} is not a unicast address"
+                            )));
                         }
-                        PortSecurity::restricted(macs).map_err(|e| RpcError::app(format!("allowed_macs: {e}")))?
+                        PortSecurity::restricted(macs)
+                            .map_err(|e| RpcError::app(format!("allowed_macs: {e}")))?
                     }
                 }
                 .with_learning(p.learning);
@@ -335,7 +376,12 @@ impl SlowPath {
                 // Forget what was learned on the port under the old policy: a MAC the new
                 // policy refuses must not keep receiving traffic.
                 let mut flushed = 0;
-                if let Some(Some(w)) = self.l2.get(port).and_then(|l| l.bridge).map(|b| self.writers.get_mut(usize::from(b.0))) {
+                if let Some(Some(w)) = self
+                    .l2
+                    .get(port)
+                    .and_then(|l| l.bridge)
+                    .map(|b| self.writers.get_mut(usize::from(b.0)))
+                {
                     if let Some(w) = w.as_mut() {
                         flushed = w.flush_port(port);
                     }
@@ -368,6 +414,8 @@ impl Handler for ControlBridge {
             .map_err(|_| RpcError::app("stitchd is shutting down"))?;
         reply_rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| RpcError::app("stitchd did not answer within 10 s (shutting down or overloaded)"))?
+            .map_err(|_| {
+                RpcError::app("stitchd did not answer within 10 s (shutting down or overloaded)")
+            })?
     }
 }

@@ -48,7 +48,10 @@ impl WorkerStats {
     pub fn to_json(&self) -> Value {
         let mut drops = Map::new();
         for r in DropReason::ALL {
-            drops.insert(r.name().to_string(), json!(self.drops[r.index()].load(Relaxed)));
+            drops.insert(
+                r.name().to_string(),
+                json!(self.drops[r.index()].load(Relaxed)),
+            );
         }
         json!({
             "lcore": self.lcore,

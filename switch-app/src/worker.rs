@@ -55,14 +55,25 @@ impl Worker {
             let ports = self.l2.load();
             let now_tsc = dpdk::tsc();
             let now = (now_tsc.wrapping_sub(self.tsc_start) / hz) as u32;
-            let (mut rx_pkts, mut rx_bytes, mut tx_pkts, mut flooded, mut learn_req, mut learn_drop) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+            let (
+                mut rx_pkts,
+                mut rx_bytes,
+                mut tx_pkts,
+                mut flooded,
+                mut learn_req,
+                mut learn_drop,
+            ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
             let mut drops = [0u64; DropReason::COUNT];
             for &(port, queue) in &self.rx {
                 if burst.rx(port, queue) == 0 {
                     continue;
                 }
                 let in_port = PortId(port.0);
-                let table = ports.get(in_port).and_then(|p| p.bridge).and_then(|b| self.tables.get(usize::from(b.0))).and_then(Option::as_ref);
+                let table = ports
+                    .get(in_port)
+                    .and_then(|p| p.bridge)
+                    .and_then(|b| self.tables.get(usize::from(b.0)))
+                    .and_then(Option::as_ref);
                 for m in burst.drain() {
                     rx_pkts += 1;
                     rx_bytes += u64::from(m.pkt_len());
@@ -71,7 +82,15 @@ impl Worker {
                         continue;
                     };
                     let mut learn = None;
-                    let outcome = classify(m.data(), in_port, &ports, table, &mut cache, now, &mut learn);
+                    let outcome = classify(
+                        m.data(),
+                        in_port,
+                        &ports,
+                        table,
+                        &mut cache,
+                        now,
+                        &mut learn,
+                    );
                     if let Some(req) = learn {
                         if self.learn.push(req).is_ok() {
                             learn_req += 1;
@@ -130,7 +149,10 @@ impl Worker {
         for tx in &mut self.tx {
             let r = tx.flush();
             bump(&self.stats.tx_packets, u64::from(r.sent));
-            bump(&self.stats.drops[DropReason::TxFull.index()], u64::from(r.dropped));
+            bump(
+                &self.stats.drops[DropReason::TxFull.index()],
+                u64::from(r.dropped),
+            );
         }
         0
     }

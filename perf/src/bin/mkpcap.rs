@@ -10,8 +10,13 @@ use anyhow::{bail, Context, Result};
 use etherparse::PacketBuilder;
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().context("bad MAC")?;
-    v.try_into().map_err(|_| anyhow::anyhow!("MAC needs 6 bytes: {s}"))
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .context("bad MAC")?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("MAC needs 6 bytes: {s}"))
 }
 
 fn main() -> Result<()> {
@@ -20,8 +25,18 @@ fn main() -> Result<()> {
         println!("usage: stitch-mkpcap OUT.pcap [FLOWS=1000] [FRAME_SIZE=60] [DST_MAC=02:00:00:ff:00:01]");
         return Ok(());
     }
-    let flows: u32 = args.get(2).map(|s| s.parse()).transpose().context("FLOWS")?.unwrap_or(1000);
-    let size: usize = args.get(3).map(|s| s.parse()).transpose().context("FRAME_SIZE")?.unwrap_or(60);
+    let flows: u32 = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()
+        .context("FLOWS")?
+        .unwrap_or(1000);
+    let size: usize = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()
+        .context("FRAME_SIZE")?
+        .unwrap_or(60);
     let dst = parse_mac(args.get(4).map_or("02:00:00:ff:00:01", String::as_str))?;
     if !(54..=1514).contains(&size) {
         bail!("FRAME_SIZE must be 54-1514");
