@@ -12,7 +12,7 @@ pid=""
 cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$dir" /var/run/dpdk/bench$$*; }
 trap cleanup EXIT
 
-command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: apt-get install dpdk" >&2; exit 1; }
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: apt-get install dpdk-dev" >&2; exit 1; }
 cargo build --release --bins -q
 bin=target/release
 "$bin/stitch-mkpcap" "$dir/flows.pcap" "$flows" 60 02:00:00:ff:00:01
@@ -23,7 +23,10 @@ eal=(-l 0,1 --no-huge -m 1024 --no-pci)
 # Reference: testpmd io forwarding, pps read from its per-second stats (port 0 Rx-pps).
 timeout -s INT $((secs + 3)) dpdk-testpmd "${eal[@]}" --file-prefix=bench$$t "${ports[@]}" -- \
     --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 --stats-period 1 > "$dir/testpmd.log" 2>&1 || true
-ref=$(grep -A4 "statistics for port 0" "$dir/testpmd.log" | grep -o 'Rx-pps: *[0-9]*' | awk '{print $2}' | tail -n +3 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+# Port 1 (net_null, no-rx) always shows 0: keep the non-zero samples, drop the first
+# (partial second), take the median.
+ref=$(grep -o 'Rx-pps: *[0-9]*' "$dir/testpmd.log" | awk '$2 > 0 {print $2}' | tail -n +2 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+[ -n "$ref" ] || { echo "testpmd produced no rate:"; cat "$dir/testpmd.log"; exit 1; }
 
 # stitchd: the destination MAC is a static entry on port 1; the 1k source MACs are learned.
 cat > "$dir/stitchd.toml" <<TOML

@@ -4,7 +4,7 @@
 # Run as root.
 set -euo pipefail
 
-PKGS=(libdpdk-dev dpdk pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
+PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
       procps kmod ca-certificates)
 
 if [ "$(id -u)" -ne 0 ]; then
