@@ -12,6 +12,7 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod stitch_params;
 
 pub use client::{Client, ClientError};
 pub use protocol::{Mac, Method, RpcError, METHODS};

@@ -79,6 +79,8 @@ use serde::de::{self, DeserializeOwned, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+pub use crate::stitch_params::*;
+
 /// The only protocol version spoken, sent in every message's `jsonrpc` member.
 pub const JSONRPC_VERSION: &str = "2.0";
 
@@ -113,6 +115,15 @@ pub const METHODS: &[&str] = &[
     "mac.del",
     "port.security.set",
     "shutdown",
+    "stitch.prepare",
+    "stitch.freeze",
+    "stitch.commit",
+    "stitch.abort",
+    "stitch.list",
+    "stitch.get",
+    "stitch.delete",
+    "events.subscribe",
+    "port.fault.set",
 ];
 
 /// A JSON-RPC error object. Also the error type of [`Method::parse`] and of
@@ -408,6 +419,24 @@ pub enum Method {
     PortSecuritySet(PortSecurityParams),
     /// `shutdown`: stop the daemon.
     Shutdown,
+    /// `stitch.prepare`: start watching two legs; returns the stitch id.
+    StitchPrepare(StitchPrepareParams),
+    /// `stitch.freeze`: hold data towards the shell.
+    StitchFreeze(StitchIdParams),
+    /// `stitch.commit`: check the shell's state and go live.
+    StitchCommit(StitchCommitParams),
+    /// `stitch.abort`: back to the shell, untouched.
+    StitchAbort(StitchIdParams),
+    /// `stitch.list`: every stitch.
+    StitchList,
+    /// `stitch.get`: one stitch in detail.
+    StitchGet(StitchIdParams),
+    /// `stitch.delete`: remove a stitch now.
+    StitchDelete(StitchIdParams),
+    /// `events.subscribe`: the connection becomes a stream of event notifications.
+    EventsSubscribe,
+    /// `port.fault.set`: inject drops, reordering, duplicates on a port's TX.
+    PortFaultSet(PortFaultParams),
 }
 
 impl Method {
@@ -429,6 +458,15 @@ impl Method {
             "mac.del" => Method::MacDel(typed_params(method, params)?),
             "port.security.set" => Method::PortSecuritySet(typed_params(method, params)?),
             "shutdown" => no_params(method, params).map(|()| Method::Shutdown)?,
+            "stitch.prepare" => Method::StitchPrepare(typed_params(method, params)?),
+            "stitch.freeze" => Method::StitchFreeze(typed_params(method, params)?),
+            "stitch.commit" => Method::StitchCommit(typed_params(method, params)?),
+            "stitch.abort" => Method::StitchAbort(typed_params(method, params)?),
+            "stitch.list" => no_params(method, params).map(|()| Method::StitchList)?,
+            "stitch.get" => Method::StitchGet(typed_params(method, params)?),
+            "stitch.delete" => Method::StitchDelete(typed_params(method, params)?),
+            "events.subscribe" => no_params(method, params).map(|()| Method::EventsSubscribe)?,
+            "port.fault.set" => Method::PortFaultSet(typed_params(method, params)?),
             _ => return Err(RpcError::method_not_found(method)),
         })
     }
@@ -445,6 +483,15 @@ impl Method {
             Method::MacDel(_) => "mac.del",
             Method::PortSecuritySet(_) => "port.security.set",
             Method::Shutdown => "shutdown",
+            Method::StitchPrepare(_) => "stitch.prepare",
+            Method::StitchFreeze(_) => "stitch.freeze",
+            Method::StitchCommit(_) => "stitch.commit",
+            Method::StitchAbort(_) => "stitch.abort",
+            Method::StitchList => "stitch.list",
+            Method::StitchGet(_) => "stitch.get",
+            Method::StitchDelete(_) => "stitch.delete",
+            Method::EventsSubscribe => "events.subscribe",
+            Method::PortFaultSet(_) => "port.fault.set",
         }
     }
 
@@ -455,7 +502,19 @@ impl Method {
         // Serializing these plain structs cannot fail (string keys, no maps
         // with non-string keys), so `ok()` loses nothing.
         match self {
-            Method::Version | Method::PortsList | Method::StatsGet | Method::Shutdown => None,
+            Method::Version
+            | Method::PortsList
+            | Method::StatsGet
+            | Method::Shutdown
+            | Method::StitchList
+            | Method::EventsSubscribe => None,
+            Method::StitchPrepare(p) => serde_json::to_value(p).ok(),
+            Method::StitchFreeze(p)
+            | Method::StitchAbort(p)
+            | Method::StitchGet(p)
+            | Method::StitchDelete(p) => serde_json::to_value(p).ok(),
+            Method::StitchCommit(p) => serde_json::to_value(p).ok(),
+            Method::PortFaultSet(p) => serde_json::to_value(p).ok(),
             Method::PortsStats(p) => serde_json::to_value(p).ok(),
             Method::MacList(p) => serde_json::to_value(p).ok(),
             Method::MacAdd(p) => serde_json::to_value(p).ok(),

@@ -58,6 +58,14 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// An [`RpcError`], usually [`RpcError::app`], sent to the client as is.
     fn call(&self, method: Method) -> Result<Value, RpcError>;
+
+    /// A stream of events for a client that called `events.subscribe` successfully;
+    /// `None` when the handler has no events. Each value is sent as a JSON-RPC
+    /// notification `{"jsonrpc":"2.0","method":"event","params":VALUE}`; the stream ends
+    /// when the sender side is dropped or the client goes away.
+    fn subscribe(&self) -> Option<std::sync::mpsc::Receiver<Value>> {
+        None
+    }
 }
 
 /// Why the control socket could not be set up. Every message names the path.
@@ -363,12 +371,32 @@ fn serve_connection(stream: UnixStream, handler: &dyn Handler) -> io::Result<()>
                 )
                 .to_line(),
             ),
-            LineRead::Line => dispatch_line(&line, handler),
+            LineRead::Line => {
+                let (reply, subscribed) = dispatch(&line, handler);
+                if subscribed {
+                    if let Some(reply) = reply {
+                        writer.write_all(reply.as_bytes())?;
+                    }
+                    return stream_events(&mut writer, handler);
+                }
+                reply
+            }
         };
         if let Some(reply) = reply {
             writer.write_all(reply.as_bytes())?;
         }
     }
+}
+
+/// After a successful `events.subscribe` the connection carries only event
+/// notifications, one per line, until either side goes away.
+fn stream_events(writer: &mut UnixStream, handler: &dyn Handler) -> io::Result<()> {
+    let Some(events) = handler.subscribe() else { return Ok(()) };
+    for ev in events {
+        let line = serde_json::json!({"jsonrpc": "2.0", "method": "event", "params": ev});
+        writer.write_all(format!("{line}\n").as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Handles one request line (without its newline) and returns the response
@@ -377,15 +405,23 @@ fn serve_connection(stream: UnixStream, handler: &dyn Handler) -> io::Result<()>
 /// Exposed so other transports and tests can use the exact dispatch the
 /// socket server uses.
 pub fn dispatch_line(line: &[u8], handler: &dyn Handler) -> Option<String> {
+    dispatch(line, handler).0
+}
+
+/// Like [`dispatch_line`], also saying whether the line was a successful
+/// `events.subscribe` (after which the connection streams events).
+fn dispatch(line: &[u8], handler: &dyn Handler) -> (Option<String>, bool) {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return (None, false);
     }
     match decode_request(line) {
         Ok(req) => {
+            let subscribe = req.method == Method::EventsSubscribe;
             let outcome = handler.call(req.method);
-            req.id.map(|id| Response::new(id, outcome).to_line())
+            let ok = outcome.is_ok();
+            (req.id.map(|id| Response::new(id, outcome).to_line()), subscribe && ok)
         }
-        Err(rej) => rej.id.map(|id| Response::new(id, Err(rej.error)).to_line()),
+        Err(rej) => (rej.id.map(|id| Response::new(id, Err(rej.error)).to_line()), false),
     }
 }
 

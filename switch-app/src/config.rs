@@ -31,6 +31,23 @@ pub struct Config {
     /// L2 switching.
     #[serde(default)]
     pub l2: L2Config,
+    /// Stitching.
+    #[serde(default)]
+    pub stitch: StitchConfig,
+}
+
+/// `[stitch]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StitchConfig {
+    /// Flow-table entries (each stitch uses four: both directions of both legs).
+    pub flow_table_size: usize,
+}
+
+impl Default for StitchConfig {
+    fn default() -> Self {
+        StitchConfig { flow_table_size: 1 << 20 }
+    }
 }
 
 /// Whether to use hugepages.
@@ -299,6 +316,9 @@ impl Config {
                     s.mac
                 ));
             }
+        }
+        if self.stitch.flow_table_size < 4 || self.stitch.flow_table_size > (1 << 24) {
+            return bad(format!("stitch.flow_table_size = {} (must be 4 - 16777216)", self.stitch.flow_table_size));
         }
         if self.eal.file_prefix.is_empty() || self.eal.file_prefix.contains('/') {
             return bad("eal.file_prefix must be a non-empty name without '/'".into());

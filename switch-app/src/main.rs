@@ -7,12 +7,14 @@
 //! ports stop and close, the socket is removed, the EAL is cleaned up.
 
 mod config;
+mod fault;
 mod slowpath;
 mod stats;
+mod stitch;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +28,12 @@ use switch_core::l2::security::PortSecurity;
 use switch_core::l2::table::{mac_table, InsertOutcome, MacTableWriter};
 use switch_core::{BridgeId, MacAddr, PortId};
 
+use switch_core::flow::table::flow_table;
+
 use crate::config::Config;
+use crate::fault::PortFault;
+use crate::stitch::manager::Stitcher;
+use crate::stitch::rule::FlowRule;
 use crate::slowpath::{ControlBridge, PortState, SlowPath};
 use crate::stats::WorkerStats;
 use crate::worker::Worker;
@@ -190,20 +197,21 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
         .collect();
     let n_workers = active.len() as u16;
 
-    let pool = Mempool::new(
+    let pool = Arc::new(Mempool::new(
         eal,
         "stitchd_mbufs",
         cfg.mempool.mbufs,
         cfg.mempool.cache,
         eal.socket_id(),
-    )?;
+    )?);
     let mut started: Vec<Port> = Vec::new();
     let outcome = (|| -> Result<()> {
         let mut states = Vec::new();
         for p in &planned {
+            // One TX queue per worker, plus one for the slow path.
             let pc = DpdkPortConfig {
                 rx_queues: p.rx_queues,
-                tx_queues: n_workers,
+                tx_queues: n_workers + 1,
                 rx_desc: p.rx_desc,
                 tx_desc: p.tx_desc,
                 promiscuous: true,
@@ -221,10 +229,10 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
                 devargs: p.devargs.clone(),
                 mac: MacAddr(p.port.mac()?),
                 rx_queues: p.rx_queues,
-                tx_queues: n_workers,
+                tx_queues: n_workers + 1,
             });
         }
-        serve(eal, cfg, socket, &planned, states, active)
+        serve(eal, cfg, socket, &planned, states, active, pool.clone())
     })();
     for p in started {
         if let Err(e) = p.stop() {
@@ -245,6 +253,7 @@ fn serve(
     planned: &[Planned],
     states: Vec<PortState>,
     active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)>,
+    pool: Arc<Mempool>,
 ) -> Result<()> {
     let max_port = planned
         .iter()
@@ -304,6 +313,14 @@ fn serve(
 
     let tsc_hz = dpdk::tsc_hz();
     let tsc_start = dpdk::tsc();
+    let n_ports = max_port + 1;
+    let n_workers = active.len();
+    let (flow_writer, flow_reader) = flow_table::<FlowRule>(cfg.stitch.flow_table_size);
+    let flow_count = Arc::new(AtomicUsize::new(0));
+    let stitcher = Stitcher::new(flow_writer, flow_count.clone());
+    let subscribers = stitcher.subscribers.clone();
+    let faults: Arc<Vec<PortFault>> = Arc::new((0..n_ports).map(|_| PortFault::default()).collect());
+    let slow_tx = (0..n_ports).map(|p| TxBuffer::new(Port(p as u16), n_workers as u16)).collect();
     let mut slow = SlowPath::new(
         eal.version(),
         states,
@@ -314,6 +331,10 @@ fn serve(
         tsc_start,
         tsc_hz,
         stop.clone(),
+        stitcher,
+        slow_tx,
+        pool,
+        faults.clone(),
     );
 
     // The control socket before the workers: if it cannot be created, nothing has run yet.
@@ -321,11 +342,12 @@ fn serve(
         .with_context(|| format!("creating control socket {}", socket.display()))?;
     let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
 
-    let n_ports = max_port + 1;
     for (i, (lcore, rx)) in active.into_iter().enumerate() {
         let learn = Arc::new(ArrayQueue::new(4096));
+        let punt = Arc::new(ArrayQueue::new(4096));
         let stats = Arc::new(WorkerStats::new(lcore.id));
         slow.learn_queues.push(learn.clone());
+        slow.punt_queues.push(punt.clone());
         slow.worker_stats.push(stats.clone());
         let w = Worker {
             rx,
@@ -335,6 +357,10 @@ fn serve(
             l2: l2_pub.clone(),
             tables: readers.clone(),
             learn,
+            flows: flow_reader.clone(),
+            flow_count: flow_count.clone(),
+            punt,
+            faults: faults.clone(),
             stats,
             stop: stop.clone(),
             tsc_start,
@@ -346,7 +372,7 @@ fn serve(
             return Err(e).context(format!("launching worker on lcore {}", lcore.id));
         }
     }
-    let handle = server.serve(Arc::new(ControlBridge { tx: req_tx }));
+    let handle = server.serve(Arc::new(ControlBridge { tx: req_tx, subscribers }));
     println!(
         "stitchd ready: {} ports, {} workers, control socket {}",
         slow.ports.len(),

@@ -23,7 +23,10 @@ use switch_core::l2::security::PortSecurity;
 use switch_core::l2::table::{InsertOutcome, LearnOutcome, MacTableWriter};
 use switch_core::{BridgeId, MacAddr, PortId};
 
+use crate::fault::PortFault;
 use crate::stats::WorkerStats;
+use crate::stitch::manager::{drain_punts, Io, Stitcher};
+use crate::worker::Punt;
 
 /// A control request and where its answer goes.
 pub type Request = (Method, SyncSender<Result<Value, RpcError>>);
@@ -64,6 +67,16 @@ pub struct SlowPath {
     pub tsc_start: u64,
     pub tsc_hz: u64,
     pub stop: Arc<AtomicBool>,
+    /// Stitches and the flow table writer.
+    pub stitcher: Stitcher,
+    /// Held packets and notices from the workers.
+    pub punt_queues: Vec<Arc<ArrayQueue<Punt>>>,
+    /// The slow path's own TX queue on every port (by port id).
+    pub tx: Vec<dpdk::TxBuffer>,
+    /// Buffers for packets the slow path builds.
+    pub pool: Arc<dpdk::Mempool>,
+    /// Fault injection settings, read by the workers.
+    pub faults: Arc<Vec<PortFault>>,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -83,6 +96,10 @@ impl SlowPath {
         tsc_start: u64,
         tsc_hz: u64,
         stop: Arc<AtomicBool>,
+        stitcher: Stitcher,
+        tx: Vec<dpdk::TxBuffer>,
+        pool: Arc<dpdk::Mempool>,
+        faults: Arc<Vec<PortFault>>,
     ) -> SlowPath {
         SlowPath {
             dpdk_version,
@@ -96,6 +113,11 @@ impl SlowPath {
             tsc_start,
             tsc_hz,
             stop,
+            stitcher,
+            punt_queues: vec![],
+            tx,
+            pool,
+            faults,
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -109,11 +131,14 @@ impl SlowPath {
     pub fn run(&mut self, requests: &Receiver<Request>) {
         let mut last_age = self.now();
         while !self.stop.load(Ordering::Relaxed) {
-            let learned = self.apply_learning();
+            let learned = self.apply_learning() + self.apply_punts();
             let now = self.now();
             if now != last_age {
                 last_age = now;
                 self.age(now);
+                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                self.stitcher.tick(&mut io);
+                flush(&mut self.tx);
                 let cutoff = Instant::now() - Duration::from_secs(1);
                 while self.retired.front().is_some_and(|(t, _)| *t < cutoff) {
                     self.retired.pop_front();
@@ -129,6 +154,7 @@ impl SlowPath {
             match requests.recv_timeout(wait) {
                 Ok((method, reply)) => {
                     let answer = self.handle(method);
+                    flush(&mut self.tx);
                     let _ = reply.send(answer);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -162,6 +188,11 @@ impl SlowPath {
             }
         }
         n
+    }
+
+    fn apply_punts(&mut self) -> usize {
+        let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+        drain_punts(&self.punt_queues, &mut self.stitcher, &mut io)
     }
 
     fn age(&mut self, now: u32) {
@@ -270,7 +301,8 @@ impl SlowPath {
                         "learned": c.learned, "refreshed": c.refreshed, "moves": c.moves,
                         "static_kept": c.static_kept, "table_full": c.table_full,
                         "invalid": c.invalid, "aged": c.aged, "learn_pending": pending,
-                    }
+                    },
+                    "stitch": self.stitcher.stats(),
                 }))
             }
             Method::MacList(p) => {
@@ -397,13 +429,54 @@ impl SlowPath {
                 self.stop.store(true, Ordering::SeqCst);
                 Ok(json!({"shutting_down": true}))
             }
+            Method::StitchPrepare(p) => self.stitcher.prepare(p),
+            Method::StitchFreeze(p) => {
+                let io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                self.stitcher.freeze(p.id, &io)
+            }
+            Method::StitchCommit(p) => {
+                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                self.stitcher.commit(p, &mut io)
+            }
+            Method::StitchAbort(p) => {
+                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                self.stitcher.abort(p.id, &mut io)
+            }
+            Method::StitchDelete(p) => {
+                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                self.stitcher.delete(p.id, &mut io)
+            }
+            Method::StitchList => Ok(self.stitcher.list()),
+            Method::StitchGet(p) => self.stitcher.get(p.id),
+            Method::EventsSubscribe => Ok(json!({"subscribed": true})),
+            Method::PortFaultSet(p) => {
+                self.port(p.port)?;
+                let total = u64::from(p.drop_ppm) + u64::from(p.reorder_ppm) + u64::from(p.duplicate_ppm);
+                if total > 1_000_000 {
+                    return Err(RpcError::app(format!("drop_ppm + reorder_ppm + duplicate_ppm = {total}: at most 1000000")));
+                }
+                let f = &self.faults[usize::from(p.port)];
+                f.drop_ppm.store(p.drop_ppm, Ordering::Relaxed);
+                f.reorder_ppm.store(p.reorder_ppm, Ordering::Relaxed);
+                f.duplicate_ppm.store(p.duplicate_ppm, Ordering::Relaxed);
+                Ok(json!({"port": p.port, "drop_ppm": p.drop_ppm, "reorder_ppm": p.reorder_ppm, "duplicate_ppm": p.duplicate_ppm}))
+            }
         }
+    }
+}
+
+/// Sends what the slow path's TX buffers hold.
+fn flush(tx: &mut [dpdk::TxBuffer]) {
+    for t in tx {
+        t.flush();
     }
 }
 
 /// The control server's side: hands each request to the slow path and waits.
 pub struct ControlBridge {
     pub tx: SyncSender<Request>,
+    /// Where event subscribers register (shared with the stitcher).
+    pub subscribers: Arc<std::sync::Mutex<Vec<std::sync::mpsc::Sender<Value>>>>,
 }
 
 impl Handler for ControlBridge {
@@ -417,5 +490,11 @@ impl Handler for ControlBridge {
             .map_err(|_| {
                 RpcError::app("stitchd did not answer within 10 s (shutting down or overloaded)")
             })?
+    }
+
+    fn subscribe(&self) -> Option<std::sync::mpsc::Receiver<Value>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tx);
+        Some(rx)
     }
 }

@@ -18,6 +18,15 @@ pub struct WorkerStats {
     pub flooded: AtomicU64,
     pub learn_requests: AtomicU64,
     pub learn_dropped: AtomicU64,
+    /// Packets translated by a stitch rule.
+    pub stitched: AtomicU64,
+    /// Packets handed to the slow path (held).
+    pub punted: AtomicU64,
+    pub fault_reordered: AtomicU64,
+    pub fault_duplicated: AtomicU64,
+    /// Poll rounds completed: the slow path waits for every worker's count to move to
+    /// know that a change it published is seen (freeze, rule removal).
+    pub iterations: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -40,6 +49,11 @@ impl WorkerStats {
             flooded: AtomicU64::new(0),
             learn_requests: AtomicU64::new(0),
             learn_dropped: AtomicU64::new(0),
+            stitched: AtomicU64::new(0),
+            punted: AtomicU64::new(0),
+            fault_reordered: AtomicU64::new(0),
+            fault_duplicated: AtomicU64::new(0),
+            iterations: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -61,6 +75,10 @@ impl WorkerStats {
             "flooded": self.flooded.load(Relaxed),
             "learn_requests": self.learn_requests.load(Relaxed),
             "learn_dropped": self.learn_dropped.load(Relaxed),
+            "stitched": self.stitched.load(Relaxed),
+            "punted": self.punted.load(Relaxed),
+            "fault_reordered": self.fault_reordered.load(Relaxed),
+            "fault_duplicated": self.fault_duplicated.load(Relaxed),
             "drops": drops,
         })
     }

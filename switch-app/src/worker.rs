@@ -1,22 +1,48 @@
 //! The poll-mode worker: one per set of (port, rx queue), pinned to its lcore.
 //!
-//! rx_burst -> L2 decision (switch-core) -> per-output-port TX buffer; buffers go out when
-//! full or when ~100 us passed since the last drain. Learning requests go to the slow path
-//! over a lock-free queue. No allocation, no lock, no syscall, no log in the loop: the
-//! published port settings are read through `arc_swap` once per poll round.
+//! rx_burst -> (stitch rule? translate / hold / drop) -> else L2 decision (switch-core)
+//! -> per-output-port TX buffer; buffers go out when full or when ~100 us passed since
+//! the last drain. Learning requests, held packets and teardown notices go to the slow
+//! path over lock-free queues. No allocation, no lock, no syscall, no log in the loop: the
+//! published port settings are read through `arc_swap` once per poll round, and the flow
+//! table is looked up only while at least one stitch exists.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Port, RxBurst, TxBuffer};
+use dpdk::{Mbuf, Port, RxBurst, TxBuffer};
+use switch_core::flow::key::parse_flow;
+use switch_core::flow::table::FlowTableReader;
 use switch_core::l2::pipeline::{classify, L2Outcome, L2Ports, LearnCache, LearnRequest};
 use switch_core::l2::table::MacTableReader;
 use switch_core::verdict::DropReason;
-use switch_core::PortId;
+use switch_core::{MacAddr, PortId};
 
+use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
+use crate::stitch::fastpath::{process, StitchVerdict};
+use crate::stitch::rule::{Dir, FlowRule};
+
+/// Why a packet went to the slow path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PuntKind {
+    /// Held: data towards the shell of a frozen stitch.
+    Hold,
+    /// A FIN or RST on a stitched flow (the packet itself was sent on; `mbuf` is None).
+    Notice,
+}
+
+/// One item on a worker's queue to the slow path.
+#[derive(Debug)]
+pub struct Punt {
+    pub stitch: u32,
+    pub dir: Dir,
+    pub kind: PuntKind,
+    pub tcp_flags: u8,
+    pub mbuf: Option<Mbuf>,
+}
 
 /// Everything a worker owns or reads.
 pub struct Worker {
@@ -30,6 +56,13 @@ pub struct Worker {
     pub tables: Vec<Option<MacTableReader>>,
     /// Learning requests to the slow path.
     pub learn: Arc<ArrayQueue<LearnRequest>>,
+    /// The stitch flow table, and how many entries it has (0: skip the lookup).
+    pub flows: FlowTableReader<FlowRule>,
+    pub flow_count: Arc<AtomicUsize>,
+    /// Held packets and notices to the slow path.
+    pub punt: Arc<ArrayQueue<Punt>>,
+    /// Fault injection per port id.
+    pub faults: Arc<Vec<PortFault>>,
     /// Counters.
     pub stats: Arc<WorkerStats>,
     /// Set by the main lcore to stop.
@@ -42,118 +75,209 @@ pub struct Worker {
 /// Drain interval: the longest a packet waits in a TX buffer.
 const DRAIN_US: u64 = 100;
 
+/// Per-round counters, added to the shared ones once per round.
+#[derive(Default)]
+struct Round {
+    rx_pkts: u64,
+    rx_bytes: u64,
+    tx_pkts: u64,
+    flooded: u64,
+    learn_req: u64,
+    learn_drop: u64,
+    stitched: u64,
+    punted: u64,
+    fault_reordered: u64,
+    fault_duplicated: u64,
+    drops: [u64; DropReason::COUNT],
+}
+
+/// TX side of a worker: buffers, the packets the fault injector delays, its generator.
+struct Output {
+    tx: Vec<TxBuffer>,
+    delayed: Vec<Option<Mbuf>>,
+    faults: Arc<Vec<PortFault>>,
+    rng: Rng,
+}
+
+impl Output {
+    #[inline]
+    fn push(&mut self, port: usize, m: Mbuf, r: &mut Round) {
+        let Some(tx) = self.tx.get_mut(port) else {
+            r.drops[DropReason::NoBridge.index()] += 1;
+            return;
+        };
+        if let Some(f) = self.faults.get(port).filter(|f| f.active()) {
+            match draw(f, &mut self.rng) {
+                Fault::Drop => {
+                    r.drops[DropReason::FaultInjected.index()] += 1;
+                    return;
+                }
+                Fault::Reorder if self.delayed[port].is_none() => {
+                    // Sent after the next packet for this port (or at the next drain).
+                    self.delayed[port] = Some(m);
+                    r.fault_reordered += 1;
+                    return;
+                }
+                Fault::Duplicate => {
+                    let res = tx.push(m.share());
+                    r.tx_pkts += u64::from(res.sent);
+                    r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+                    r.fault_duplicated += 1;
+                }
+                _ => {}
+            }
+        }
+        let res = tx.push(m);
+        r.tx_pkts += u64::from(res.sent);
+        r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+        if let Some(d) = self.delayed[port].take() {
+            let res = tx.push(d);
+            r.tx_pkts += u64::from(res.sent);
+            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+        }
+    }
+
+    fn drain(&mut self, r: &mut Round) {
+        for (port, tx) in self.tx.iter_mut().enumerate() {
+            if let Some(d) = self.delayed[port].take() {
+                let res = tx.push(d);
+                r.tx_pkts += u64::from(res.sent);
+                r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            }
+            let res = tx.flush();
+            r.tx_pkts += u64::from(res.sent);
+            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+        }
+    }
+}
+
 impl Worker {
     /// Polls until told to stop; then sends what is buffered. Returns 0 (lcore exit code).
-    pub fn run(mut self) -> i32 {
+    pub fn run(self) -> i32 {
+        let Worker { rx, tx, l2, tables, learn, flows, flow_count, punt, faults, stats, stop, tsc_start, tsc_hz } = self;
+        let n_ports = tx.len();
+        let mut out = Output { tx, delayed: (0..n_ports).map(|_| None).collect(), faults, rng: Rng::new(tsc_start ^ u64::from(stats.lcore)) };
         let mut burst = RxBurst::default();
         let mut cache = LearnCache::new();
         let mut targets = [PortId(0); 32];
-        let drain_cycles = (self.tsc_hz / 1_000_000).max(1) * DRAIN_US;
+        let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
-        let hz = self.tsc_hz.max(1);
-        while !self.stop.load(Ordering::Relaxed) {
-            let ports = self.l2.load();
+        let hz = tsc_hz.max(1);
+        while !stop.load(Ordering::Relaxed) {
+            let ports = l2.load();
             let now_tsc = dpdk::tsc();
-            let now = (now_tsc.wrapping_sub(self.tsc_start) / hz) as u32;
-            let (
-                mut rx_pkts,
-                mut rx_bytes,
-                mut tx_pkts,
-                mut flooded,
-                mut learn_req,
-                mut learn_drop,
-            ) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-            let mut drops = [0u64; DropReason::COUNT];
-            for &(port, queue) in &self.rx {
+            let now = (now_tsc.wrapping_sub(tsc_start) / hz) as u32;
+            let stitching = flow_count.load(Ordering::Relaxed) > 0;
+            let mut r = Round::default();
+            for &(port, queue) in &rx {
                 if burst.rx(port, queue) == 0 {
                     continue;
                 }
                 let in_port = PortId(port.0);
-                let table = ports
-                    .get(in_port)
-                    .and_then(|p| p.bridge)
-                    .and_then(|b| self.tables.get(usize::from(b.0)))
-                    .and_then(Option::as_ref);
-                for m in burst.drain() {
-                    rx_pkts += 1;
-                    rx_bytes += u64::from(m.pkt_len());
+                let in_l2 = ports.get(in_port);
+                let table = in_l2.and_then(|p| p.bridge).and_then(|b| tables.get(usize::from(b.0))).and_then(Option::as_ref);
+                for mut m in burst.drain() {
+                    r.rx_pkts += 1;
+                    r.rx_bytes += u64::from(m.pkt_len());
+                    if stitching {
+                        if let Some(l4) = parse_flow(m.data()) {
+                            let d = m.data();
+                            let src = MacAddr([d[6], d[7], d[8], d[9], d[10], d[11]]);
+                            if in_l2.is_some_and(|p| !p.security.permits(src)) {
+                                r.drops[DropReason::PortSecurity.index()] += 1;
+                                continue;
+                            }
+                            let hit = flows.with(&l4.key, |e| {
+                                let frame = m.data_mut()?;
+                                Some((process(frame, &l4, &e.rule, in_port), e.rule.stitch, e.rule.dir))
+                            });
+                            if let Some(Some((dec, stitch, dir))) = hit {
+                                if dec.notify {
+                                    let n = Punt { stitch, dir, kind: PuntKind::Notice, tcp_flags: l4.tcp_flags, mbuf: None };
+                                    if punt.push(n).is_err() {
+                                        r.drops[DropReason::PuntFull.index()] += 1;
+                                    }
+                                }
+                                match dec.verdict {
+                                    StitchVerdict::L2 => {}
+                                    StitchVerdict::Out(p) => {
+                                        r.stitched += 1;
+                                        out.push(usize::from(p.0), m, &mut r);
+                                        continue;
+                                    }
+                                    StitchVerdict::Hold => {
+                                        let h = Punt { stitch, dir, kind: PuntKind::Hold, tcp_flags: l4.tcp_flags, mbuf: Some(m) };
+                                        match punt.push(h) {
+                                            Ok(()) => r.punted += 1,
+                                            Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                                        }
+                                        continue;
+                                    }
+                                    StitchVerdict::Drop(reason) => {
+                                        r.drops[reason.index()] += 1;
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                    }
                     let Some(table) = table else {
-                        drops[DropReason::NoBridge.index()] += 1;
+                        r.drops[DropReason::NoBridge.index()] += 1;
                         continue;
                     };
-                    let mut learn = None;
-                    let outcome = classify(
-                        m.data(),
-                        in_port,
-                        &ports,
-                        table,
-                        &mut cache,
-                        now,
-                        &mut learn,
-                    );
-                    if let Some(req) = learn {
-                        if self.learn.push(req).is_ok() {
-                            learn_req += 1;
+                    let mut learn_req = None;
+                    let outcome = classify(m.data(), in_port, &ports, table, &mut cache, now, &mut learn_req);
+                    if let Some(req) = learn_req {
+                        if learn.push(req).is_ok() {
+                            r.learn_req += 1;
                         } else {
-                            learn_drop += 1;
+                            r.learn_drop += 1;
                         }
                     }
                     match outcome {
-                        L2Outcome::Forward(out) => match self.tx.get_mut(usize::from(out.0)) {
-                            Some(tx) => {
-                                let r = tx.push(m);
-                                tx_pkts += u64::from(r.sent);
-                                drops[DropReason::TxFull.index()] += u64::from(r.dropped);
-                            }
-                            None => drops[DropReason::NoBridge.index()] += 1,
-                        },
+                        L2Outcome::Forward(p) => out.push(usize::from(p.0), m, &mut r),
                         L2Outcome::Flood => {
                             let k = ports.flood_targets(in_port, &mut targets);
                             if k == 0 {
-                                drops[DropReason::NoBridge.index()] += 1;
+                                r.drops[DropReason::NoBridge.index()] += 1;
                                 continue;
                             }
-                            flooded += 1;
+                            r.flooded += 1;
                             for t in &targets[..k - 1] {
-                                let r = self.tx[usize::from(t.0)].push(m.share());
-                                tx_pkts += u64::from(r.sent);
-                                drops[DropReason::TxFull.index()] += u64::from(r.dropped);
+                                out.push(usize::from(t.0), m.share(), &mut r);
                             }
-                            let r = self.tx[usize::from(targets[k - 1].0)].push(m);
-                            tx_pkts += u64::from(r.sent);
-                            drops[DropReason::TxFull.index()] += u64::from(r.dropped);
+                            out.push(usize::from(targets[k - 1].0), m, &mut r);
                         }
-                        L2Outcome::Drop(reason) => drops[reason.index()] += 1,
+                        L2Outcome::Drop(reason) => r.drops[reason.index()] += 1,
                     }
                 }
             }
             if now_tsc.wrapping_sub(last_drain) >= drain_cycles {
-                for tx in &mut self.tx {
-                    let r = tx.flush();
-                    tx_pkts += u64::from(r.sent);
-                    drops[DropReason::TxFull.index()] += u64::from(r.dropped);
-                }
+                out.drain(&mut r);
                 last_drain = now_tsc;
             }
-            let s = &self.stats;
-            bump(&s.rx_packets, rx_pkts);
-            bump(&s.rx_bytes, rx_bytes);
-            bump(&s.tx_packets, tx_pkts);
-            bump(&s.flooded, flooded);
-            bump(&s.learn_requests, learn_req);
-            bump(&s.learn_dropped, learn_drop);
-            for (c, n) in s.drops.iter().zip(drops) {
-                bump(c, n);
-            }
+            publish(&stats, &r);
         }
-        for tx in &mut self.tx {
-            let r = tx.flush();
-            bump(&self.stats.tx_packets, u64::from(r.sent));
-            bump(
-                &self.stats.drops[DropReason::TxFull.index()],
-                u64::from(r.dropped),
-            );
-        }
+        let mut r = Round::default();
+        out.drain(&mut r);
+        publish(&stats, &r);
         0
+    }
+}
+
+fn publish(s: &WorkerStats, r: &Round) {
+    bump(&s.iterations, 1);
+    bump(&s.rx_packets, r.rx_pkts);
+    bump(&s.rx_bytes, r.rx_bytes);
+    bump(&s.tx_packets, r.tx_pkts);
+    bump(&s.flooded, r.flooded);
+    bump(&s.learn_requests, r.learn_req);
+    bump(&s.learn_dropped, r.learn_drop);
+    bump(&s.stitched, r.stitched);
+    bump(&s.punted, r.punted);
+    bump(&s.fault_reordered, r.fault_reordered);
+    bump(&s.fault_duplicated, r.fault_duplicated);
+    for (c, n) in s.drops.iter().zip(r.drops) {
+        bump(c, n);
     }
 }

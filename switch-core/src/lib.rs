@@ -14,7 +14,9 @@
 //! What it must not do: depend on DPDK, read clocks, or spawn threads.
 #![forbid(unsafe_code)]
 
+pub mod flow;
 pub mod l2;
+pub mod stitch;
 pub mod types;
 pub mod verdict;
 pub mod wire;

@@ -38,11 +38,22 @@ pub enum DropReason {
     TxFull = 5,
     /// The egress port's link is down.
     LinkDown = 6,
+    /// The shell sent on a leg that is stitched: after commit only the switch speaks
+    /// for the shell, so what the shell still sends is dropped.
+    ShellAfterCommit = 7,
+    /// A frozen stitch already holds as many packets as it may; the sender retransmits.
+    HoldFull = 8,
+    /// The queue to the slow path was full.
+    PuntFull = 9,
+    /// A stitched packet could not be translated (malformed options, wrong family).
+    TranslateError = 10,
+    /// Dropped on purpose by the fault injector (`port.fault.set`).
+    FaultInjected = 11,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 12;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -53,6 +64,11 @@ impl DropReason {
         DropReason::NoBridge,
         DropReason::TxFull,
         DropReason::LinkDown,
+        DropReason::ShellAfterCommit,
+        DropReason::HoldFull,
+        DropReason::PuntFull,
+        DropReason::TranslateError,
+        DropReason::FaultInjected,
     ];
 
     /// The stable snake_case name used in stats and metrics.
@@ -65,6 +81,11 @@ impl DropReason {
             DropReason::NoBridge => "no_bridge",
             DropReason::TxFull => "tx_full",
             DropReason::LinkDown => "link_down",
+            DropReason::ShellAfterCommit => "shell_after_commit",
+            DropReason::HoldFull => "hold_full",
+            DropReason::PuntFull => "punt_full",
+            DropReason::TranslateError => "translate_error",
+            DropReason::FaultInjected => "fault_injected",
         }
     }
 
@@ -158,7 +179,12 @@ mod tests {
                 "hairpin",
                 "no_bridge",
                 "tx_full",
-                "link_down"
+                "link_down",
+                "shell_after_commit",
+                "hold_full",
+                "punt_full",
+                "translate_error",
+                "fault_injected"
             ]
         );
         assert_eq!(

@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 use stitch_control::protocol::{
-    MacAddParams, MacDelParams, MacListParams, PortSecurityParams, PortsStatsParams,
+    MacAddParams, MacDelParams, MacListParams, PerEndpoint, PortFaultParams, PortSecurityParams,
+    PortsStatsParams, StitchCommitParams, StitchIdParams,
 };
 use stitch_control::{Client, Mac, Method, DEFAULT_SOCKET_PATH};
 
@@ -120,6 +121,115 @@ enum Cmd {
     #[command(name = "shutdown")]
     Shutdown,
 
+    /// Start watching two TCP (or UDP) legs for a stitch; prints the stitch id.
+    ///
+    /// Leg A is client C <-> shell A (A1); leg B is shell A (A2) <-> core B. Addresses
+    /// are ip:port as the packets carry them ([v6]:port for IPv6).
+    #[command(name = "stitch.prepare")]
+    StitchPrepare {
+        /// C's address, e.g. 198.18.0.1:40000.
+        #[arg(long, value_name = "IP:PORT")]
+        client: std::net::SocketAddr,
+        /// The shell's address on leg A (A1), e.g. 198.18.0.2:7000.
+        #[arg(long, value_name = "IP:PORT")]
+        shell_a: std::net::SocketAddr,
+        /// The shell's address on leg B (A2).
+        #[arg(long, value_name = "IP:PORT")]
+        shell_b: std::net::SocketAddr,
+        /// The core's address, e.g. 198.18.0.3:8000.
+        #[arg(long, value_name = "IP:PORT")]
+        core: std::net::SocketAddr,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+        proto: String,
+        /// Teardown variant: 4B, 4C, 4D or 4E.
+        #[arg(long, default_value = "4E", value_parser = ["4B", "4C", "4D", "4E"])]
+        teardown: String,
+        /// Seconds without packets before the stitch is removed (default 300).
+        #[arg(long, value_name = "SECS")]
+        idle_timeout: Option<u32>,
+        /// Seconds the entry lingers after both FINs (default 2).
+        #[arg(long, value_name = "SECS")]
+        linger: Option<u32>,
+    },
+
+    /// Hold data towards the shell (pure ACKs still reach it); returns once every worker applies it.
+    #[command(name = "stitch.freeze")]
+    StitchFreeze {
+        /// Stitch id.
+        id: u32,
+    },
+
+    /// Check the shell's sequence state and go live (TCP: --s1 --r1 --s2 --r2 required).
+    #[command(name = "stitch.commit")]
+    StitchCommit {
+        /// Stitch id.
+        id: u32,
+        /// Next sequence number the shell sends on leg A.
+        #[arg(long)]
+        s1: Option<u32>,
+        /// Next sequence number the shell expects on leg A.
+        #[arg(long)]
+        r1: Option<u32>,
+        /// Next sequence number the shell sends on leg B.
+        #[arg(long)]
+        s2: Option<u32>,
+        /// Next sequence number the shell expects on leg B.
+        #[arg(long)]
+        r2: Option<u32>,
+        /// Window-scale shifts announced by C,A1,A2,B (e.g. 7,7,7,7).
+        #[arg(long, value_name = "C,A1,A2,B")]
+        wscale: Option<String>,
+        /// MSS announced by C,A1,A2,B.
+        #[arg(long, value_name = "C,A1,A2,B")]
+        mss: Option<String>,
+    },
+
+    /// Give the connection back to the shell; held packets are released untouched.
+    #[command(name = "stitch.abort")]
+    StitchAbort {
+        /// Stitch id.
+        id: u32,
+    },
+
+    /// List stitches.
+    #[command(name = "stitch.list")]
+    StitchList,
+
+    /// Show one stitch: state, learned options, deltas, per-direction counters.
+    #[command(name = "stitch.get")]
+    StitchGet {
+        /// Stitch id.
+        id: u32,
+    },
+
+    /// Remove a stitch now.
+    #[command(name = "stitch.delete")]
+    StitchDelete {
+        /// Stitch id.
+        id: u32,
+    },
+
+    /// Print stitch events as they happen (one JSON object a line) until interrupted.
+    #[command(name = "events.subscribe")]
+    EventsSubscribe,
+
+    /// Inject faults on a port's TX (parts per million); all zero turns them off.
+    #[command(name = "port.fault.set")]
+    PortFaultSet {
+        /// Port id.
+        port: u16,
+        /// Drop this many packets per million.
+        #[arg(long, default_value_t = 0)]
+        drop_ppm: u32,
+        /// Delay this many packets per million behind the next one.
+        #[arg(long, default_value_t = 0)]
+        reorder_ppm: u32,
+        /// Send this many packets per million twice.
+        #[arg(long, default_value_t = 0)]
+        duplicate_ppm: u32,
+    },
+
     /// Call any method with raw JSON params and print the JSON result.
     Call {
         /// Method name, e.g. ports.list.
@@ -178,6 +288,32 @@ fn run(cli: Cli) -> Result<String> {
             }))
         }
         Cmd::Shutdown => Call::Typed(Method::Shutdown),
+        Cmd::StitchPrepare { client, shell_a, shell_b, core, proto, teardown, idle_timeout, linger } => {
+            let params = serde_json::json!({
+                "leg_a": {"client": client, "shell": shell_a},
+                "leg_b": {"shell": shell_b, "core": core},
+                "proto": proto, "teardown": teardown,
+                "idle_timeout": idle_timeout, "linger": linger,
+            });
+            let params = strip_nulls(params);
+            Call::Typed(Method::parse("stitch.prepare", Some(params)).map_err(|e| anyhow::anyhow!(e.message))?)
+        }
+        Cmd::StitchFreeze { id } => Call::Typed(Method::StitchFreeze(StitchIdParams { id })),
+        Cmd::StitchCommit { id, s1, r1, s2, r2, wscale, mss } => {
+            let wscale = wscale.map(|w| four::<u8>(&w, "--wscale")).transpose()?;
+            let mss = mss.map(|m| four::<u16>(&m, "--mss")).transpose()?;
+            Call::Typed(Method::StitchCommit(StitchCommitParams {
+                id, s1, r1, s2, r2, wscale, mss, timestamps: None, sack: None,
+            }))
+        }
+        Cmd::StitchAbort { id } => Call::Typed(Method::StitchAbort(StitchIdParams { id })),
+        Cmd::StitchList => Call::Typed(Method::StitchList),
+        Cmd::StitchGet { id } => Call::Typed(Method::StitchGet(StitchIdParams { id })),
+        Cmd::StitchDelete { id } => Call::Typed(Method::StitchDelete(StitchIdParams { id })),
+        Cmd::EventsSubscribe => return subscribe(&cli.socket),
+        Cmd::PortFaultSet { port, drop_ppm, reorder_ppm, duplicate_ppm } => {
+            Call::Typed(Method::PortFaultSet(PortFaultParams { port, drop_ppm, reorder_ppm, duplicate_ppm }))
+        }
         Cmd::Call { method, params } => {
             let params = params
                 .map(|p| serde_json::from_str::<Value>(&p))
@@ -210,6 +346,85 @@ fn usage_error(subcommand: &str, message: &str) -> ! {
     }
 }
 
+/// Drops null members so optional params are simply absent.
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+/// Parses "c,a1,a2,b".
+fn four<T: std::str::FromStr>(s: &str, what: &str) -> Result<PerEndpoint<T>> {
+    let v: Vec<T> = s
+        .split(',')
+        .map(|x| x.trim().parse::<T>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("{what} wants four numbers C,A1,A2,B, got '{s}'"))?;
+    let [c, a1, a2, b]: [T; 4] = v.try_into().map_err(|_| anyhow::anyhow!("{what} wants four numbers C,A1,A2,B, got '{s}'"))?;
+    Ok(PerEndpoint { c, a1, a2, b })
+}
+
+/// `events.subscribe`: prints each event as one JSON line until the daemon or the user ends it.
+fn subscribe(socket: &std::path::Path) -> Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to stitchd control socket {} (is stitchd running? use --socket)", socket.display()))?;
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\"}\n")?;
+    let mut lines = BufReader::new(s).lines();
+    let first = lines.next().context("stitchd closed the connection")??;
+    let v: Value = serde_json::from_str(&first).context("bad response")?;
+    if let Some(e) = v.get("error") {
+        anyhow::bail!("{}", e["message"].as_str().unwrap_or("events.subscribe failed"));
+    }
+    let stdout = std::io::stdout();
+    for line in lines {
+        let line = line?;
+        let v: Value = serde_json::from_str(&line).context("bad event line")?;
+        let mut out = stdout.lock();
+        writeln!(out, "{}", v["params"])?;
+        out.flush()?;
+    }
+    Ok(String::new())
+}
+
+#[derive(Deserialize)]
+struct StitchRow {
+    id: u32,
+    state: String,
+    proto: String,
+    leg_a: Value,
+    leg_b: Value,
+    teardown: String,
+}
+
+#[derive(Deserialize)]
+struct StitchListResult {
+    stitches: Vec<StitchRow>,
+}
+
+fn render_stitches(r: StitchListResult) -> String {
+    let ep = |v: &Value, k: &str| v[k].as_str().unwrap_or("?").to_string();
+    let mut rows = vec![vec!["ID".to_string(), "STATE".into(), "PROTO".into(), "CLIENT".into(), "SHELL_A".into(), "SHELL_B".into(), "CORE".into(), "TEARDOWN".into()]];
+    for s in &r.stitches {
+        rows.push(vec![s.id.to_string(), s.state.clone(), s.proto.clone(), ep(&s.leg_a, "client"), ep(&s.leg_a, "shell"), ep(&s.leg_b, "shell"), ep(&s.leg_b, "core"), s.teardown.clone()]);
+    }
+    let mut widths = vec![0; 8];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!("{} stitches\n", r.stitches.len()));
+    out
+}
+
 fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     s.push('\n');
@@ -224,9 +439,19 @@ fn render(method: &Method, result: &Value) -> String {
         Method::PortsStats(_) => shaped(result, render_port_stats),
         Method::StatsGet => shaped(result, render_stats),
         Method::MacList(_) => shaped(result, render_macs),
-        Method::MacAdd(_) | Method::MacDel(_) | Method::PortSecuritySet(_) | Method::Shutdown => {
-            Some(render_ok(result))
-        }
+        Method::MacAdd(_)
+        | Method::MacDel(_)
+        | Method::PortSecuritySet(_)
+        | Method::Shutdown
+        | Method::StitchPrepare(_)
+        | Method::StitchFreeze(_)
+        | Method::StitchCommit(_)
+        | Method::StitchAbort(_)
+        | Method::StitchDelete(_)
+        | Method::EventsSubscribe
+        | Method::PortFaultSet(_) => Some(render_ok(result)),
+        Method::StitchList => shaped(result, render_stitches),
+        Method::StitchGet(_) => None,
     };
     text.unwrap_or_else(|| pretty(result))
 }

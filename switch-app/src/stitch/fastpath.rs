@@ -1,0 +1,132 @@
+//! The per-packet part of stitching, run by the workers for packets that hit the flow
+//! table. No allocation, no lock, no syscall: it reads the rule, updates atomics in the
+//! rule's shared state, and rewrites the frame in place.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use switch_core::flow::key::L4Info;
+use switch_core::stitch::translate::translate;
+use switch_core::verdict::DropReason;
+use switch_core::wire::tcp::{TcpOption, TcpOptionsIter};
+use switch_core::{MacAddr, PortId};
+
+use super::rule::{add, Action, DirState, FlowRule};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// What the worker does next with a packet that matched a stitch rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StitchVerdict {
+    /// Switch it by L2 as usual (watched, not held).
+    L2,
+    /// Translated in place: send it out of this port.
+    Out(PortId),
+    /// Give it to the slow path to hold (frozen stitch, data towards the shell).
+    Hold,
+    /// Drop it and count the reason.
+    Drop(DropReason),
+}
+
+/// A packet's fate plus whether the slow path must hear of it (FIN or RST on a stitched
+/// flow: teardown is the slow path's business).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: StitchVerdict,
+    pub notify: bool,
+}
+
+/// Decides (and for translated flows, rewrites) one packet of a stitch.
+pub fn process(frame: &mut [u8], l4: &L4Info, rule: &FlowRule, in_port: PortId) -> Decision {
+    let st = &rule.state;
+    add(&st.packets, 1);
+    add(&st.bytes, frame.len() as u64);
+    let flags = l4.tcp_flags;
+    let is_tcp = l4.key.proto == 6;
+    let ends = is_tcp && flags & (FIN | RST) != 0;
+    if ends {
+        if flags & RST != 0 {
+            add(&st.rsts, 1);
+        } else {
+            add(&st.fins, 1);
+        }
+    }
+    match &rule.action {
+        Action::Watch => {
+            observe(frame, l4, st, in_port);
+            let has_data = l4.payload_len > 0 || flags & (SYN | FIN) != 0;
+            let frozen = rule.dir.towards_shell() && st.frozen.load(Relaxed);
+            if frozen && (has_data || !is_tcp) {
+                add(&st.held, 1);
+                return Decision { verdict: StitchVerdict::Hold, notify: false };
+            }
+            if is_tcp && flags & (SYN | RST) == 0 {
+                // Only what actually goes on to the shell counts as forwarded data.
+                let end = tcp_seq(frame, l4).wrapping_add(l4.payload_len as u32 + u32::from(flags & FIN != 0));
+                st.advance_seq(end);
+            }
+            Decision { verdict: StitchVerdict::L2, notify: false }
+        }
+        Action::Translate { t, out_port } => match translate(frame, t) {
+            Ok(_) => Decision { verdict: StitchVerdict::Out(*out_port), notify: ends },
+            Err(_) => {
+                add(&st.dropped, 1);
+                Decision { verdict: StitchVerdict::Drop(DropReason::TranslateError), notify: false }
+            }
+        },
+        Action::DropShell => {
+            add(&st.dropped, 1);
+            Decision { verdict: StitchVerdict::Drop(DropReason::ShellAfterCommit), notify: false }
+        }
+    }
+}
+
+fn tcp_seq(frame: &[u8], l4: &L4Info) -> u32 {
+    let o = l4.l4_offset + 4;
+    u32::from_be_bytes([frame[o], frame[o + 1], frame[o + 2], frame[o + 3]])
+}
+
+fn tcp_ack(frame: &[u8], l4: &L4Info) -> u32 {
+    let o = l4.l4_offset + 8;
+    u32::from_be_bytes([frame[o], frame[o + 1], frame[o + 2], frame[o + 3]])
+}
+
+/// Records what a watched packet says about its sender: where it lives, how far it has
+/// sent and acknowledged, its clock, and (from a SYN) its options.
+fn observe(frame: &[u8], l4: &L4Info, st: &DirState, in_port: PortId) {
+    st.in_port.store(u32::from(in_port.0), Relaxed);
+    let mac = |o: usize| MacAddr([frame[o], frame[o + 1], frame[o + 2], frame[o + 3], frame[o + 4], frame[o + 5]]).to_u64();
+    st.dst_mac.store(mac(0), Relaxed);
+    st.src_mac.store(mac(6), Relaxed);
+    st.seen.store(true, Relaxed);
+    if l4.key.proto != 6 {
+        return;
+    }
+    let flags = l4.tcp_flags;
+    if flags & ACK != 0 {
+        st.advance_ack(tcp_ack(frame, l4));
+    }
+    // parse_flow checked the data offset against the frame, so the options slice is in bounds.
+    let off = l4.l4_offset;
+    let hlen = usize::from(frame[off + 12] >> 4) * 4;
+    let opts = &frame[off + 20..off + hlen];
+    let syn = flags & SYN != 0;
+    if syn {
+        st.syn_seen.store(true, Relaxed);
+    }
+    for opt in TcpOptionsIter::new(opts) {
+        match opt {
+            Ok(TcpOption::Timestamp { tsval, .. }) => {
+                st.tsval.store(tsval, Relaxed);
+                st.ts_seen.store(true, Relaxed);
+            }
+            Ok(TcpOption::Mss(m)) if syn => st.syn_mss.store(u32::from(m), Relaxed),
+            Ok(TcpOption::WindowScale(w)) if syn => st.syn_wscale.store(u32::from(w), Relaxed),
+            Ok(TcpOption::SackPermitted) if syn => st.syn_sack.store(true, Relaxed),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+}

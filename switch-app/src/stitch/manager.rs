@@ -1,0 +1,623 @@
+//! The stitch lifecycle, on the slow path: prepare -> freeze -> commit (or abort), then
+//! teardown, linger and removal. The slow path is the only writer of the flow table; it
+//! publishes rules and waits for the workers where a step needs it (freeze returns only
+//! once every worker has finished the poll round it was in, so none still forwards data
+//! to the shell under the old rule).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use dpdk::{Mbuf, Mempool, TxBuffer};
+use serde_json::{json, Value};
+use stitch_control::protocol::{Proto, RpcError, StitchCommitParams, StitchPrepareParams, Teardown};
+use switch_core::flow::key::FlowKey;
+use switch_core::flow::table::{FlowInsert, FlowTableWriter};
+use switch_core::stitch::pair::{check_compat, stitch_pair, Endpoint, MssParams, StitchCompat, StitchParams, TsParams, WscaleParams};
+use switch_core::stitch::seq::SeqNumber;
+use switch_core::stitch::translate::{translate, Translation};
+use switch_core::{MacAddr, PortId};
+
+use super::ack::pure_ack;
+use super::rule::{Action, Dir, DirState, FlowRule};
+use crate::stats::WorkerStats;
+use crate::worker::{Punt, PuntKind};
+
+/// Most packets a frozen stitch holds; beyond, data is dropped (the sender retransmits).
+pub const MAX_HELD: usize = 4096;
+
+/// Where a stitch is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Watching both legs.
+    Watching,
+    /// Data towards the shell held.
+    Frozen,
+    /// Translating; the shell is out of the path.
+    Stitched,
+    /// Both FINs seen (or RST): lingering until removal.
+    Closing,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Watching => "watching",
+            Phase::Frozen => "frozen",
+            Phase::Stitched => "stitched",
+            Phase::Closing => "closing",
+        }
+    }
+}
+
+struct Stitch {
+    id: u32,
+    params: StitchPrepareParams,
+    keys: [FlowKey; 4],
+    states: [Arc<DirState>; 4],
+    phase: Phase,
+    held: VecDeque<(Dir, Mbuf)>,
+    held_dropped: u64,
+    /// C->B and B->C rewrites with their output ports, once committed.
+    live: Option<(Translation, PortId, Translation, PortId)>,
+    commit_info: Option<Value>,
+    fin_from_c: bool,
+    fin_from_b: bool,
+    closing_since: Option<Instant>,
+    last_packets: u64,
+    last_activity: Instant,
+}
+
+impl Stitch {
+    fn state(&self, d: Dir) -> &DirState {
+        &self.states[d.index()]
+    }
+
+    fn packets(&self) -> u64 {
+        self.states.iter().map(|s| s.packets.load(Relaxed)).sum()
+    }
+
+    fn summary(&self) -> Value {
+        json!({
+            "id": self.id,
+            "state": self.phase.name(),
+            "proto": match self.params.proto { Proto::Tcp => "tcp", Proto::Udp => "udp" },
+            "leg_a": {"client": self.params.leg_a.client.to_string(), "shell": self.params.leg_a.shell.to_string()},
+            "leg_b": {"shell": self.params.leg_b.shell.to_string(), "core": self.params.leg_b.core.to_string()},
+            "teardown": teardown_name(self.params.teardown),
+        })
+    }
+
+    fn detail(&self) -> Value {
+        let mut v = self.summary();
+        let dirs: serde_json::Map<String, Value> = Dir::ALL.iter().map(|d| (d.name().to_string(), self.state(*d).to_json())).collect();
+        v["directions"] = Value::Object(dirs);
+        v["held"] = json!(self.held.len());
+        v["held_dropped"] = json!(self.held_dropped);
+        v["commit"] = self.commit_info.clone().unwrap_or(Value::Null);
+        v["idle_timeout"] = json!(self.params.idle_timeout.unwrap_or(300));
+        v["linger"] = json!(self.params.linger.unwrap_or(2));
+        v
+    }
+}
+
+fn teardown_name(t: Teardown) -> &'static str {
+    match t {
+        Teardown::B => "4B",
+        Teardown::C => "4C",
+        Teardown::D => "4D",
+        Teardown::E => "4E",
+    }
+}
+
+/// Everything the stitcher needs from the slow path to act on packets.
+pub struct Io<'a> {
+    /// The slow path's own TX queue on every port, by port id.
+    pub tx: &'a mut [TxBuffer],
+    /// For building pure ACKs.
+    pub pool: &'a Mempool,
+    /// To wait for the workers.
+    pub workers: &'a [Arc<WorkerStats>],
+}
+
+/// The slow path's stitch state and the flow table's writer.
+pub struct Stitcher {
+    table: FlowTableWriter<FlowRule>,
+    count: Arc<AtomicUsize>,
+    stitches: BTreeMap<u32, Stitch>,
+    next_id: u32,
+    /// Event subscribers (control connections that called `events.subscribe`).
+    pub subscribers: Arc<Mutex<Vec<Sender<Value>>>>,
+    started: Instant,
+    /// Counters for `stats.get`.
+    pub table_full: u64,
+    pub held_total: u64,
+    pub acks_sent: u64,
+}
+
+fn err(msg: impl Into<String>) -> RpcError {
+    RpcError::app(msg)
+}
+
+fn key_of(from: SocketAddr, to: SocketAddr, proto: u8) -> FlowKey {
+    FlowKey::new(from.ip(), from.port(), to.ip(), to.port(), proto)
+}
+
+impl Stitcher {
+    /// A stitcher owning the flow table's writer; `count` mirrors the number of entries
+    /// for the workers (0 lets them skip the lookup).
+    pub fn new(table: FlowTableWriter<FlowRule>, count: Arc<AtomicUsize>) -> Stitcher {
+        Stitcher {
+            table,
+            count,
+            stitches: BTreeMap::new(),
+            next_id: 1,
+            subscribers: Arc::new(Mutex::new(Vec::new())),
+            started: Instant::now(),
+            table_full: 0,
+            held_total: 0,
+            acks_sent: 0,
+        }
+    }
+
+    fn sync_count(&self) {
+        self.count.store(self.table.len(), Relaxed);
+    }
+
+    /// Sends an event to every subscriber; forgets the ones that went away.
+    pub fn emit(&self, event: Value) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
+        subs.retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    /// Flow table facts for `stats.get`.
+    pub fn stats(&self) -> Value {
+        json!({
+            "stitches": self.stitches.len(),
+            "flow_entries": self.table.len(),
+            "flow_capacity": self.table.capacity(),
+            "table_full": self.table_full,
+            "held_total": self.held_total,
+            "acks_to_shell": self.acks_sent,
+        })
+    }
+
+    /// `stitch.prepare`
+    pub fn prepare(&mut self, p: StitchPrepareParams) -> Result<Value, RpcError> {
+        if matches!(p.teardown, Teardown::B | Teardown::D) {
+            return Err(err(format!(
+                "teardown {} needs the in-band agent protocol to reach the shell/core; use 4C or 4E",
+                teardown_name(p.teardown)
+            )));
+        }
+        let (a, b) = (p.leg_a, p.leg_b);
+        let fam = |x: &SocketAddr| x.is_ipv6();
+        if fam(&a.client) != fam(&a.shell) || fam(&b.shell) != fam(&b.core) || fam(&a.client) != fam(&b.core) {
+            return Err(err("all four addresses of a stitch must be of one family (IPv4 or IPv6)"));
+        }
+        let proto = match p.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        let keys = [key_of(a.client, a.shell, proto), key_of(a.shell, a.client, proto), key_of(b.core, b.shell, proto), key_of(b.shell, b.core, proto)];
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].contains(k) {
+                return Err(err(format!("leg A and leg B must differ: {k} appears twice")));
+            }
+            if self.table.contains(k) {
+                let owner = self.stitches.values().find(|s| s.keys.contains(k)).map(|s| s.id);
+                return Err(err(format!("{k} is already part of stitch {}; delete it first", owner.map_or("?".into(), |o| o.to_string()))));
+            }
+        }
+        let id = self.next_id;
+        let states: [Arc<DirState>; 4] = std::array::from_fn(|_| Arc::new(DirState::default()));
+        let mut inserted = Vec::new();
+        for (d, k) in Dir::ALL.iter().zip(keys) {
+            let rule = FlowRule { stitch: id, dir: *d, action: Action::Watch, state: states[d.index()].clone() };
+            match self.table.insert(k, rule) {
+                FlowInsert::Inserted => inserted.push(k),
+                FlowInsert::Replaced => unreachable_replaced(),
+                FlowInsert::Full => {
+                    for k in &inserted {
+                        self.table.remove(k);
+                    }
+                    self.table_full += 1;
+                    self.sync_count();
+                    return Err(err(format!(
+                        "flow table full ({} entries): stitch refused, nothing changed",
+                        self.table.capacity()
+                    )));
+                }
+            }
+        }
+        self.next_id += 1;
+        self.sync_count();
+        let s = Stitch {
+            id,
+            params: p,
+            keys,
+            states,
+            phase: Phase::Watching,
+            held: VecDeque::new(),
+            held_dropped: 0,
+            live: None,
+            commit_info: None,
+            fin_from_c: false,
+            fin_from_b: false,
+            closing_since: None,
+            last_packets: 0,
+            last_activity: Instant::now(),
+        };
+        let v = s.summary();
+        self.stitches.insert(id, s);
+        self.emit(json!({"event": "prepared", "id": id}));
+        Ok(v)
+    }
+
+    fn get_mut(&mut self, id: u32) -> Result<&mut Stitch, RpcError> {
+        self.stitches.get_mut(&id).ok_or_else(|| err(format!("no stitch {id}")))
+    }
+
+    /// `stitch.freeze`: returns once every worker has seen the flag.
+    pub fn freeze(&mut self, id: u32, io: &Io<'_>) -> Result<Value, RpcError> {
+        let s = self.get_mut(id)?;
+        match s.phase {
+            Phase::Watching => {}
+            Phase::Frozen => return Ok(json!({"id": id, "state": "frozen"})),
+            other => return Err(err(format!("stitch {id} is {}; only a watching stitch can be frozen", other.name()))),
+        }
+        s.state(Dir::CtoA).frozen.store(true, Relaxed);
+        s.state(Dir::BtoA).frozen.store(true, Relaxed);
+        s.phase = Phase::Frozen;
+        wait_workers(io.workers)?;
+        self.emit(json!({"event": "frozen", "id": id}));
+        Ok(json!({"id": id, "state": "frozen"}))
+    }
+
+    /// `stitch.commit`: checks the shell's state against what the switch saw, then goes
+    /// live in both directions and releases what was held, translated.
+    pub fn commit(&mut self, c: StitchCommitParams, io: &mut Io<'_>) -> Result<Value, RpcError> {
+        let id = c.id;
+        let s = self.stitches.get(&id).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let tcp = s.params.proto == Proto::Tcp;
+        match s.phase {
+            Phase::Frozen => {}
+            Phase::Watching if !tcp => {}
+            other => return Err(err(format!("stitch {id} is {}; freeze it before commit", other.name()))),
+        }
+        let (ca, ac, ba, ab) = (s.state(Dir::CtoA), s.state(Dir::AtoC), s.state(Dir::BtoA), s.state(Dir::AtoB));
+        let (Some(c_port), Some(b_port)) = (ca.port(), ba.port()) else {
+            return Err(err(format!(
+                "stitch {id}: no packet seen yet from {} (C) or {} (B); cannot learn where they are",
+                s.params.leg_a.client, s.params.leg_b.core
+            )));
+        };
+        let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
+        let ep = |mac: MacAddr, a: SocketAddr| Endpoint { mac, ip: a.ip(), port: a.port() };
+        let (pa, pb) = (s.params.leg_a, s.params.leg_b);
+        let mut sp = StitchParams {
+            c: ep(mac(&ca.src_mac), pa.client),
+            a1: ep(mac(&ca.dst_mac), pa.shell),
+            a2: ep(mac(&ba.dst_mac), pb.shell),
+            b: ep(mac(&ba.src_mac), pb.core),
+            s1: SeqNumber(0),
+            r1: SeqNumber(0),
+            s2: SeqNumber(0),
+            r2: SeqNumber(0),
+            ts: None,
+            wscale: None,
+            sack_c: true,
+            sack_b: true,
+        };
+        let mut info = json!({"c_port": c_port.0, "b_port": b_port.0});
+        if tcp {
+            let (Some(s1), Some(r1), Some(s2), Some(r2)) = (c.s1, c.r1, c.s2, c.r2) else {
+                return Err(err("a TCP stitch needs s1, r1, s2 and r2 (the shell's sequence state)"));
+            };
+            check_leg(ca, "C", "A", "leg A", s1, r1)?;
+            check_leg(ba, "B", "A", "leg B", s2, r2)?;
+            let ts_a = c.timestamps.map_or(ca.ts_seen.load(Relaxed) || ac.ts_seen.load(Relaxed), |t| t.leg_a);
+            let ts_b = c.timestamps.map_or(ba.ts_seen.load(Relaxed) || ab.ts_seen.load(Relaxed), |t| t.leg_b);
+            let wscale = c.wscale.map(|w| WscaleParams { c: w.c, a1: w.a1, a2: w.a2, b: w.b }).or_else(|| {
+                Some(WscaleParams { c: ca.wscale()?, a1: ac.wscale()?, a2: ab.wscale()?, b: ba.wscale()? })
+            });
+            let mss = c.mss.map(|m| MssParams { c: m.c, a1: m.a1, a2: m.a2, b: m.b });
+            check_compat(&StitchCompat { ts_c: ts_a, ts_b, mss, wscale }).map_err(|e| err(format!("stitch {id} refused: {e}")))?;
+            if ts_a {
+                // TSval never goes backwards for the receiver: B last saw the shell's clock
+                // (A->B), and C's clock is at least what C last sent, so C's later TSvals
+                // shifted by the difference start at or after what B saw. Likewise for C.
+                let d_cb = ab.tsval.load(Relaxed).wrapping_sub(ca.tsval.load(Relaxed));
+                let d_bc = ac.tsval.load(Relaxed).wrapping_sub(ba.tsval.load(Relaxed));
+                sp.ts = Some(TsParams { c_to_b_tsval_delta: d_cb, b_to_c_tsval_delta: d_bc });
+            }
+            if let Some(sack) = c.sack {
+                sp.sack_c = sack.leg_a;
+                sp.sack_b = sack.leg_b;
+            }
+            sp.wscale = wscale;
+            sp.s1 = SeqNumber(s1);
+            sp.r1 = SeqNumber(r1);
+            sp.s2 = SeqNumber(s2);
+            sp.r2 = SeqNumber(r2);
+            info["d_cb"] = json!(s2.wrapping_sub(r1));
+            info["d_bc"] = json!(s1.wrapping_sub(r2));
+            info["timestamps"] = json!(ts_a);
+            info["ts"] = json!(sp.ts.map(|t| json!({"c_to_b": t.c_to_b_tsval_delta, "b_to_c": t.b_to_c_tsval_delta})));
+            info["wscale"] = json!(wscale.map(|w| [w.c, w.a1, w.a2, w.b]));
+        }
+        let (t_cb, t_bc) = stitch_pair(&sp);
+        let states = s.states.clone();
+        let keys = s.keys;
+        // Both directions live, then the shell's own sends are dropped.
+        let live = [
+            (Dir::CtoA, Action::Translate { t: t_cb.clone(), out_port: b_port }),
+            (Dir::BtoA, Action::Translate { t: t_bc.clone(), out_port: c_port }),
+            (Dir::AtoC, Action::DropShell),
+            (Dir::AtoB, Action::DropShell),
+        ];
+        for (d, action) in live {
+            let rule = FlowRule { stitch: id, dir: d, action, state: states[d.index()].clone() };
+            self.table.insert(keys[d.index()], rule);
+        }
+        for st in &states {
+            st.frozen.store(false, Relaxed);
+        }
+        let s = self.get_mut(id)?;
+        s.phase = Phase::Stitched;
+        s.live = Some((t_cb, b_port, t_bc, c_port));
+        s.commit_info = Some(info.clone());
+        let held: Vec<(Dir, Mbuf)> = s.held.drain(..).collect();
+        let released = held.len();
+        for (d, m) in held {
+            self.send_live(id, d, m, io);
+        }
+        info["released"] = json!(released);
+        info["id"] = json!(id);
+        info["state"] = json!("stitched");
+        self.emit(json!({"event": "committed", "id": id}));
+        Ok(info)
+    }
+
+    /// Translates a packet with the live rule of its direction and sends it.
+    fn send_live(&mut self, id: u32, d: Dir, mut m: Mbuf, io: &mut Io<'_>) {
+        let Some(s) = self.stitches.get(&id) else { return };
+        let Some((t_cb, b_port, t_bc, c_port)) = &s.live else { return };
+        let (t, port) = match d {
+            Dir::CtoA => (t_cb, *b_port),
+            Dir::BtoA => (t_bc, *c_port),
+            _ => return,
+        };
+        let Some(frame) = m.data_mut() else { return };
+        if translate(frame, t).is_ok() {
+            if let Some(tx) = io.tx.get_mut(usize::from(port.0)) {
+                tx.push(m);
+            }
+        }
+    }
+
+    /// Sends a packet to the shell as it was.
+    fn send_to_shell(s: &Stitch, d: Dir, m: Mbuf, io: &mut Io<'_>) {
+        // The shell lives where its own packets of the reverse direction came from.
+        let shell_dir = if d == Dir::CtoA { Dir::AtoC } else { Dir::AtoB };
+        if let Some(p) = s.state(shell_dir).port() {
+            if let Some(tx) = io.tx.get_mut(usize::from(p.0)) {
+                tx.push(m);
+            }
+        }
+    }
+
+    /// `stitch.abort`: watching stops, held packets go to the shell unmodified.
+    pub fn abort(&mut self, id: u32, io: &mut Io<'_>) -> Result<Value, RpcError> {
+        let s = self.stitches.get(&id).ok_or_else(|| err(format!("no stitch {id}")))?;
+        if matches!(s.phase, Phase::Stitched | Phase::Closing) {
+            return Err(err(format!("stitch {id} is {}: too late to abort (use stitch.delete)", s.phase.name())));
+        }
+        let s = self.remove(id, io.workers).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let released = s.held.len();
+        let mut s = s;
+        for (d, m) in std::mem::take(&mut s.held) {
+            Self::send_to_shell(&s, d, m, io);
+        }
+        self.emit(json!({"event": "aborted", "id": id}));
+        Ok(json!({"id": id, "state": "aborted", "released": released}))
+    }
+
+    /// Removes a stitch's entries and returns it; waits for the workers so none still
+    /// uses its rules.
+    fn remove(&mut self, id: u32, workers: &[Arc<WorkerStats>]) -> Option<Stitch> {
+        let s = self.stitches.remove(&id)?;
+        for st in &s.states {
+            st.frozen.store(false, Relaxed);
+        }
+        for k in &s.keys {
+            self.table.remove(k);
+        }
+        self.sync_count();
+        let _ = wait_workers(workers);
+        Some(s)
+    }
+
+    /// `stitch.delete`
+    pub fn delete(&mut self, id: u32, io: &mut Io<'_>) -> Result<Value, RpcError> {
+        let mut s = self.remove(id, io.workers).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let n = s.held.len();
+        for (d, m) in std::mem::take(&mut s.held) {
+            Self::send_to_shell(&s, d, m, io);
+        }
+        self.emit(json!({"event": "removed", "id": id, "reason": "deleted"}));
+        Ok(json!({"id": id, "deleted": true, "released_to_shell": n}))
+    }
+
+    /// `stitch.list`
+    pub fn list(&self) -> Value {
+        json!({"stitches": self.stitches.values().map(Stitch::summary).collect::<Vec<_>>()})
+    }
+
+    /// `stitch.get`
+    pub fn get(&self, id: u32) -> Result<Value, RpcError> {
+        self.stitches.get(&id).map(Stitch::detail).ok_or_else(|| err(format!("no stitch {id}")))
+    }
+
+    /// Handles what the workers punted.
+    pub fn on_punt(&mut self, p: Punt, io: &mut Io<'_>) {
+        let Some(s) = self.stitches.get_mut(&p.stitch) else {
+            return; // stitch gone: a held packet is dropped; its sender retransmits
+        };
+        match p.kind {
+            PuntKind::Hold => {
+                let Some(m) = p.mbuf else { return };
+                match s.phase {
+                    Phase::Frozen => {
+                        if let Some(ack) = pure_ack(m.data()) {
+                            if let Ok(a) = Mbuf::from_slice(io.pool, &ack) {
+                                Self::send_to_shell(s, p.dir, a, io);
+                                self.acks_sent += 1;
+                            }
+                        }
+                        if s.held.len() < MAX_HELD {
+                            s.held.push_back((p.dir, m));
+                            self.held_total += 1;
+                        } else {
+                            s.held_dropped += 1;
+                        }
+                    }
+                    Phase::Stitched | Phase::Closing => self.send_live(p.stitch, p.dir, m, io),
+                    Phase::Watching => Self::send_to_shell(s, p.dir, m, io),
+                }
+            }
+            PuntKind::Notice => {
+                let id = s.id;
+                if p.tcp_flags & 0x04 != 0 {
+                    let from = if p.dir == Dir::CtoA { "client" } else { "core" };
+                    if let Some(s) = self.remove(id, io.workers) {
+                        drop(s);
+                    }
+                    self.emit(json!({"event": "rst", "id": id, "from": from}));
+                    self.emit(json!({"event": "removed", "id": id, "reason": "rst"}));
+                    return;
+                }
+                let variant = s.params.teardown;
+                let (from, to) = match p.dir {
+                    Dir::CtoA => {
+                        s.fin_from_c = true;
+                        ("client", "core")
+                    }
+                    _ => {
+                        s.fin_from_b = true;
+                        ("core", "client")
+                    }
+                };
+                let both = s.fin_from_c && s.fin_from_b;
+                if both && s.phase != Phase::Closing {
+                    s.phase = Phase::Closing;
+                    s.closing_since = Some(Instant::now());
+                }
+                // 4C: the translated FIN went on; the core tells the shell itself.
+                // 4E: the same, and the switch also tells shell and core.
+                let mut ev = json!({"event": "fin", "id": id, "from": from, "forwarded_to": to, "teardown": teardown_name(variant)});
+                if variant == Teardown::E {
+                    ev["notify"] = json!(["shell", "core"]);
+                }
+                self.emit(ev);
+            }
+        }
+    }
+
+    /// Periodic work: expire lingering and idle stitches, reclaim retired rules.
+    pub fn tick(&mut self, io: &mut Io<'_>) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for s in self.stitches.values_mut() {
+            let pk = s.packets();
+            if pk != s.last_packets {
+                s.last_packets = pk;
+                s.last_activity = now;
+            }
+            if let Some(since) = s.closing_since {
+                if now.duration_since(since) >= Duration::from_secs(u64::from(s.params.linger.unwrap_or(2))) {
+                    expired.push((s.id, "closed"));
+                    continue;
+                }
+            }
+            if now.duration_since(s.last_activity) >= Duration::from_secs(u64::from(s.params.idle_timeout.unwrap_or(300))) {
+                expired.push((s.id, "idle"));
+            }
+        }
+        for (id, reason) in expired {
+            if let Some(mut s) = self.remove(id, io.workers) {
+                for (d, m) in std::mem::take(&mut s.held) {
+                    Self::send_to_shell(&s, d, m, io);
+                }
+            }
+            self.emit(json!({"event": "removed", "id": id, "reason": reason}));
+        }
+        self.table.reclaim(self.started.elapsed().as_millis() as u64);
+    }
+}
+
+fn unreachable_replaced() {
+    // prepare checked that no key exists; a replace would mean another writer, which the
+    // design rules out. Nothing to undo: the replaced rule belonged to no stitch.
+}
+
+/// The commit checks for one leg (DESIGN.md, hand-off step 4): the peer acknowledged all
+/// the shell sent (`s`), and the shell did not get beyond what the peer sent through the
+/// switch (`r`). Bytes the switch forwarded but the shell never received are not lost: the
+/// peer still has them and retransmits them, now translated.
+fn check_leg(peer: &DirState, who: &str, shell: &str, leg: &str, s: u32, r: u32) -> Result<(), RpcError> {
+    if !peer.has_ack.load(Relaxed) || !peer.has_seq.load(Relaxed) {
+        return Err(err(format!("{leg}: no data or ACK seen from {who} yet; let traffic flow before commit")));
+    }
+    let acked = peer.ack.load(Relaxed);
+    if acked != s {
+        return Err(err(format!(
+            "{leg}: {who} has acknowledged up to {acked} but the shell sent up to {s} ({} bytes unacknowledged); drain and retry",
+            s.wrapping_sub(acked) as i32
+        )));
+    }
+    let sent = peer.seq_end.load(Relaxed);
+    if SeqNumber(r).after(SeqNumber(sent)) {
+        return Err(err(format!(
+            "{leg}: {shell} expects {who}'s byte {r} but {who} has sent only up to {sent} through the switch; wrong sequence state"
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until every worker has completed a poll round that started after now, so any
+/// change published before the call is seen by all of them.
+pub fn wait_workers(workers: &[Arc<WorkerStats>]) -> Result<(), RpcError> {
+    let start: Vec<u64> = workers.iter().map(|w| w.iterations.load(Relaxed)).collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if workers.iter().zip(&start).all(|(w, s)| w.iterations.load(Relaxed) >= s + 2) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(err("workers did not acknowledge within 2 s"));
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
+/// Pops everything the workers punted.
+pub fn drain_punts(queues: &[Arc<ArrayQueue<Punt>>], stitcher: &mut Stitcher, io: &mut Io<'_>) -> usize {
+    let mut n = 0;
+    for q in queues {
+        while let Some(p) = q.pop() {
+            n += 1;
+            stitcher.on_punt(p, io);
+        }
+    }
+    if n > 0 {
+        for tx in io.tx.iter_mut() {
+            tx.flush();
+        }
+    }
+    n
+}

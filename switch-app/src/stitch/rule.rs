@@ -1,0 +1,214 @@
+//! What the flow table holds for a stitch: one entry per direction of each leg.
+//!
+//! The rule is immutable once published; what changes while it is installed lives in the
+//! shared [`DirState`] (atomics): the freeze flag the slow path sets, and the observations
+//! and counters the worker that sees the direction writes. Replacing a rule at commit
+//! keeps the same `DirState`, so nothing observed or counted is lost.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use switch_core::stitch::seq::SeqNumber;
+use switch_core::stitch::translate::Translation;
+use switch_core::PortId;
+
+/// The four directions a stitch watches. Leg A is C <-> A1, leg B is A2 <-> B.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client to shell (leg A, towards the shell).
+    CtoA,
+    /// Shell to client.
+    AtoC,
+    /// Core to shell (leg B, towards the shell).
+    BtoA,
+    /// Shell to core.
+    AtoB,
+}
+
+impl Dir {
+    /// All four, in index order.
+    pub const ALL: [Dir; 4] = [Dir::CtoA, Dir::AtoC, Dir::BtoA, Dir::AtoB];
+
+    /// Index into per-direction arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Name in `stitch.get`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dir::CtoA => "c_to_a",
+            Dir::AtoC => "a_to_c",
+            Dir::BtoA => "b_to_a",
+            Dir::AtoB => "a_to_b",
+        }
+    }
+
+    /// Towards the shell (data is held while frozen).
+    pub fn towards_shell(self) -> bool {
+        matches!(self, Dir::CtoA | Dir::BtoA)
+    }
+}
+
+/// What a worker does with a packet of this direction.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Observe, then switch by L2 as usual (held instead when frozen and data-bearing).
+    Watch,
+    /// Rewrite in place and send out of `out_port`.
+    Translate {
+        /// The rewrite.
+        t: Translation,
+        /// Where the other end lives.
+        out_port: PortId,
+    },
+    /// The shell's own sends after commit: dropped and counted.
+    DropShell,
+}
+
+/// One direction's flow-table rule.
+#[derive(Debug)]
+pub struct FlowRule {
+    /// The stitch id.
+    pub stitch: u32,
+    /// Which direction.
+    pub dir: Dir,
+    /// What to do.
+    pub action: Action,
+    /// Shared, mutable state.
+    pub state: Arc<DirState>,
+}
+
+/// Sentinel for "not seen".
+const UNSEEN: u32 = u32::MAX;
+
+/// Observations and counters of one direction, and its freeze flag.
+#[derive(Debug)]
+pub struct DirState {
+    /// Set by the slow path at freeze (towards-shell directions only).
+    pub frozen: AtomicBool,
+    /// At least one packet seen.
+    pub seen: AtomicBool,
+    /// Port the last packet arrived on.
+    pub in_port: AtomicU32,
+    /// Source and destination MAC of the last packet (low 48 bits).
+    pub src_mac: AtomicU64,
+    pub dst_mac: AtomicU64,
+    /// Highest sequence end (seq + payload + SYN/FIN) forwarded towards the peer.
+    pub seq_end: AtomicU32,
+    pub has_seq: AtomicBool,
+    /// Latest acknowledgment number sent in this direction.
+    pub ack: AtomicU32,
+    pub has_ack: AtomicBool,
+    /// Latest TSval sent in this direction (timestamps seen when set).
+    pub tsval: AtomicU32,
+    pub ts_seen: AtomicBool,
+    /// From a SYN of this direction, when the switch saw one.
+    pub syn_mss: AtomicU32,
+    pub syn_wscale: AtomicU32,
+    pub syn_sack: AtomicBool,
+    pub syn_seen: AtomicBool,
+    /// Counters.
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub held: AtomicU64,
+    pub dropped: AtomicU64,
+    pub fins: AtomicU64,
+    pub rsts: AtomicU64,
+}
+
+impl Default for DirState {
+    fn default() -> Self {
+        DirState {
+            frozen: AtomicBool::new(false),
+            seen: AtomicBool::new(false),
+            in_port: AtomicU32::new(UNSEEN),
+            src_mac: AtomicU64::new(0),
+            dst_mac: AtomicU64::new(0),
+            seq_end: AtomicU32::new(0),
+            has_seq: AtomicBool::new(false),
+            ack: AtomicU32::new(0),
+            has_ack: AtomicBool::new(false),
+            tsval: AtomicU32::new(0),
+            ts_seen: AtomicBool::new(false),
+            syn_mss: AtomicU32::new(0),
+            syn_wscale: AtomicU32::new(UNSEEN),
+            syn_sack: AtomicBool::new(false),
+            syn_seen: AtomicBool::new(false),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            fins: AtomicU64::new(0),
+            rsts: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds to a counter (directions are normally seen by one worker; a rare race between
+/// two queues only loses a count, never corrupts state).
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+impl DirState {
+    /// Records `seq_end` if it is after the one recorded (modular comparison).
+    pub fn advance_seq(&self, end: u32) {
+        if !self.has_seq.load(Relaxed) {
+            self.seq_end.store(end, Relaxed);
+            self.has_seq.store(true, Relaxed);
+            return;
+        }
+        let _ = self.seq_end.fetch_update(Relaxed, Relaxed, |cur| {
+            SeqNumber(end).after(SeqNumber(cur)).then_some(end)
+        });
+    }
+
+    /// Records an acknowledgment number if it is after the one recorded.
+    pub fn advance_ack(&self, ack: u32) {
+        if !self.has_ack.load(Relaxed) {
+            self.ack.store(ack, Relaxed);
+            self.has_ack.store(true, Relaxed);
+            return;
+        }
+        let _ = self.ack.fetch_update(Relaxed, Relaxed, |cur| SeqNumber(ack).after(SeqNumber(cur)).then_some(ack));
+    }
+
+    /// The in-port, when seen.
+    pub fn port(&self) -> Option<PortId> {
+        let p = self.in_port.load(Relaxed);
+        (p != UNSEEN).then_some(PortId(p as u16))
+    }
+
+    /// Window scale from a SYN, when seen.
+    pub fn wscale(&self) -> Option<u8> {
+        let w = self.syn_wscale.load(Relaxed);
+        (w != UNSEEN).then_some(w as u8)
+    }
+
+    /// `stitch.get` view.
+    pub fn to_json(&self) -> Value {
+        let opt = |has: &AtomicBool, v: &AtomicU32| has.load(Relaxed).then(|| v.load(Relaxed));
+        json!({
+            "seen": self.seen.load(Relaxed),
+            "frozen": self.frozen.load(Relaxed),
+            "in_port": self.port().map(|p| p.0),
+            "seq_end": opt(&self.has_seq, &self.seq_end),
+            "ack": opt(&self.has_ack, &self.ack),
+            "tsval": opt(&self.ts_seen, &self.tsval),
+            "syn": self.syn_seen.load(Relaxed).then(|| json!({
+                "mss": self.syn_mss.load(Relaxed),
+                "wscale": self.wscale(),
+                "sack_permitted": self.syn_sack.load(Relaxed),
+            })),
+            "packets": self.packets.load(Relaxed),
+            "bytes": self.bytes.load(Relaxed),
+            "held": self.held.load(Relaxed),
+            "dropped": self.dropped.load(Relaxed),
+            "fins": self.fins.load(Relaxed),
+            "rsts": self.rsts.load(Relaxed),
+        })
+    }
+}
