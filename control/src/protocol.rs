@@ -853,6 +853,43 @@ mod tests {
                 learning: false,
             }),
             Method::Shutdown,
+            Method::StitchPrepare(StitchPrepareParams {
+                leg_a: LegA {
+                    client: "198.18.0.1:40000".parse().unwrap(),
+                    shell: "198.18.0.2:7000".parse().unwrap(),
+                },
+                leg_b: LegB {
+                    shell: "[2001:db8::2]:45000".parse().unwrap(),
+                    core: "[2001:db8::3]:8000".parse().unwrap(),
+                },
+                proto: Proto::Tcp,
+                teardown: Teardown::C,
+                idle_timeout: Some(30),
+                linger: None,
+            }),
+            Method::StitchFreeze(StitchIdParams { id: 1 }),
+            Method::StitchCommit(StitchCommitParams {
+                id: 1,
+                s1: Some(1),
+                r1: Some(2),
+                s2: Some(3),
+                r2: Some(u32::MAX),
+                wscale: Some(PerEndpoint { c: 7, a1: 7, a2: 9, b: 7 }),
+                mss: None,
+                timestamps: Some(PerLeg { leg_a: true, leg_b: true }),
+                sack: None,
+            }),
+            Method::StitchAbort(StitchIdParams { id: 2 }),
+            Method::StitchList,
+            Method::StitchGet(StitchIdParams { id: 3 }),
+            Method::StitchDelete(StitchIdParams { id: 4 }),
+            Method::EventsSubscribe,
+            Method::PortFaultSet(PortFaultParams {
+                port: 1,
+                drop_ppm: 10_000,
+                reorder_ppm: 0,
+                duplicate_ppm: 5,
+            }),
         ];
         let names: Vec<&str> = samples.iter().map(Method::name).collect();
         assert_eq!(names, METHODS, "METHODS and Method::name are out of step");

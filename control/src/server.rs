@@ -391,7 +391,9 @@ fn serve_connection(stream: UnixStream, handler: &dyn Handler) -> io::Result<()>
 /// After a successful `events.subscribe` the connection carries only event
 /// notifications, one per line, until either side goes away.
 fn stream_events(writer: &mut UnixStream, handler: &dyn Handler) -> io::Result<()> {
-    let Some(events) = handler.subscribe() else { return Ok(()) };
+    let Some(events) = handler.subscribe() else {
+        return Ok(());
+    };
     for ev in events {
         let line = serde_json::json!({"jsonrpc": "2.0", "method": "event", "params": ev});
         writer.write_all(format!("{line}\n").as_bytes())?;
@@ -419,9 +421,15 @@ fn dispatch(line: &[u8], handler: &dyn Handler) -> (Option<String>, bool) {
             let subscribe = req.method == Method::EventsSubscribe;
             let outcome = handler.call(req.method);
             let ok = outcome.is_ok();
-            (req.id.map(|id| Response::new(id, outcome).to_line()), subscribe && ok)
+            (
+                req.id.map(|id| Response::new(id, outcome).to_line()),
+                subscribe && ok,
+            )
         }
-        Err(rej) => (rej.id.map(|id| Response::new(id, Err(rej.error)).to_line()), false),
+        Err(rej) => (
+            rej.id.map(|id| Response::new(id, Err(rej.error)).to_line()),
+            false,
+        ),
     }
 }
 

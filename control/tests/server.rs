@@ -362,3 +362,24 @@ fn client_connect_error_names_the_path_and_hints_at_the_fix() {
     assert!(err.contains(&dir.socket().display().to_string()), "{err}");
     assert!(err.contains("is stitchd running? use --socket"), "{err}");
 }
+
+#[test]
+fn events_subscribe_turns_the_connection_into_an_event_stream() {
+    use std::io::{BufRead, BufReader, Write};
+    let srv = common::TestServer::start("events");
+    let mut s = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\"}\n")
+        .unwrap();
+    let lines: Vec<serde_json::Value> = BufReader::new(s)
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(lines[0]["result"]["subscribed"], true);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (i, ev) in lines[1..].iter().enumerate() {
+        assert_eq!(ev["method"], "event");
+        assert_eq!(ev["params"]["n"], i);
+    }
+}

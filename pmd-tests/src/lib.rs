@@ -21,6 +21,7 @@ use serde_json::Value;
 use stitch_control::client::Client;
 
 pub mod pcap;
+pub mod relay;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicU32 = AtomicU32::new(0);

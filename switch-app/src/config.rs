@@ -46,7 +46,9 @@ pub struct StitchConfig {
 
 impl Default for StitchConfig {
     fn default() -> Self {
-        StitchConfig { flow_table_size: 1 << 20 }
+        StitchConfig {
+            flow_table_size: 1 << 20,
+        }
     }
 }
 
@@ -318,7 +320,10 @@ impl Config {
             }
         }
         if self.stitch.flow_table_size < 4 || self.stitch.flow_table_size > (1 << 24) {
-            return bad(format!("stitch.flow_table_size = {} (must be 4 - 16777216)", self.stitch.flow_table_size));
+            return bad(format!(
+                "stitch.flow_table_size = {} (must be 4 - 16777216)",
+                self.stitch.flow_table_size
+            ));
         }
         if self.eal.file_prefix.is_empty() || self.eal.file_prefix.contains('/') {
             return bad("eal.file_prefix must be a non-empty name without '/'".into());

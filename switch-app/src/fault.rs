@@ -17,7 +17,10 @@ impl PortFault {
     /// True when any fault is on.
     #[inline]
     pub fn active(&self) -> bool {
-        self.drop_ppm.load(Relaxed) | self.reorder_ppm.load(Relaxed) | self.duplicate_ppm.load(Relaxed) != 0
+        self.drop_ppm.load(Relaxed)
+            | self.reorder_ppm.load(Relaxed)
+            | self.duplicate_ppm.load(Relaxed)
+            != 0
     }
 }
 

@@ -32,10 +32,10 @@ use switch_core::flow::table::flow_table;
 
 use crate::config::Config;
 use crate::fault::PortFault;
-use crate::stitch::manager::Stitcher;
-use crate::stitch::rule::FlowRule;
 use crate::slowpath::{ControlBridge, PortState, SlowPath};
 use crate::stats::WorkerStats;
+use crate::stitch::manager::{SlowTx, Stitcher};
+use crate::stitch::rule::FlowRule;
 use crate::worker::Worker;
 
 const AFTER_HELP: &str = "\
@@ -208,10 +208,10 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
     let outcome = (|| -> Result<()> {
         let mut states = Vec::new();
         for p in &planned {
-            // One TX queue per worker, plus one for the slow path.
+            // One TX queue per worker (net_tap wants as many TX as RX queues).
             let pc = DpdkPortConfig {
                 rx_queues: p.rx_queues,
-                tx_queues: n_workers + 1,
+                tx_queues: n_workers.max(p.rx_queues),
                 rx_desc: p.rx_desc,
                 tx_desc: p.tx_desc,
                 promiscuous: true,
@@ -229,7 +229,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
                 devargs: p.devargs.clone(),
                 mac: MacAddr(p.port.mac()?),
                 rx_queues: p.rx_queues,
-                tx_queues: n_workers + 1,
+                tx_queues: n_workers.max(p.rx_queues),
             });
         }
         serve(eal, cfg, socket, &planned, states, active, pool.clone())
@@ -319,8 +319,12 @@ fn serve(
     let flow_count = Arc::new(AtomicUsize::new(0));
     let stitcher = Stitcher::new(flow_writer, flow_count.clone());
     let subscribers = stitcher.subscribers.clone();
-    let faults: Arc<Vec<PortFault>> = Arc::new((0..n_ports).map(|_| PortFault::default()).collect());
-    let slow_tx = (0..n_ports).map(|p| TxBuffer::new(Port(p as u16), n_workers as u16)).collect();
+    let faults: Arc<Vec<PortFault>> =
+        Arc::new((0..n_ports).map(|_| PortFault::default()).collect());
+    let inject: Vec<Arc<ArrayQueue<(PortId, dpdk::Mbuf)>>> = (0..n_workers)
+        .map(|_| Arc::new(ArrayQueue::new(8192)))
+        .collect();
+    let slow_tx = SlowTx::new(inject.clone());
     let mut slow = SlowPath::new(
         eal.version(),
         states,
@@ -357,6 +361,7 @@ fn serve(
             l2: l2_pub.clone(),
             tables: readers.clone(),
             learn,
+            inject: inject[i].clone(),
             flows: flow_reader.clone(),
             flow_count: flow_count.clone(),
             punt,
@@ -372,7 +377,10 @@ fn serve(
             return Err(e).context(format!("launching worker on lcore {}", lcore.id));
         }
     }
-    let handle = server.serve(Arc::new(ControlBridge { tx: req_tx, subscribers }));
+    let handle = server.serve(Arc::new(ControlBridge {
+        tx: req_tx,
+        subscribers,
+    }));
     println!(
         "stitchd ready: {} ports, {} workers, control socket {}",
         slow.ports.len(),
@@ -380,6 +388,13 @@ fn serve(
         socket.display()
     );
     slow.run(&req_rx);
+    slow.stitcher.emit(serde_json::json!({"event": "shutdown"}));
+    // Ends every event stream: their senders go away.
+    slow.stitcher
+        .subscribers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
     eprintln!("stitchd: stopping");
     stop.store(true, Ordering::SeqCst);
     eal.wait_workers();

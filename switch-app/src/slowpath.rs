@@ -25,7 +25,7 @@ use switch_core::{BridgeId, MacAddr, PortId};
 
 use crate::fault::PortFault;
 use crate::stats::WorkerStats;
-use crate::stitch::manager::{drain_punts, Io, Stitcher};
+use crate::stitch::manager::{drain_punts, Io, SlowTx, Stitcher};
 use crate::worker::Punt;
 
 /// A control request and where its answer goes.
@@ -71,8 +71,8 @@ pub struct SlowPath {
     pub stitcher: Stitcher,
     /// Held packets and notices from the workers.
     pub punt_queues: Vec<Arc<ArrayQueue<Punt>>>,
-    /// The slow path's own TX queue on every port (by port id).
-    pub tx: Vec<dpdk::TxBuffer>,
+    /// How the slow path sends packets (through a worker).
+    pub tx: SlowTx,
     /// Buffers for packets the slow path builds.
     pub pool: Arc<dpdk::Mempool>,
     /// Fault injection settings, read by the workers.
@@ -97,7 +97,7 @@ impl SlowPath {
         tsc_hz: u64,
         stop: Arc<AtomicBool>,
         stitcher: Stitcher,
-        tx: Vec<dpdk::TxBuffer>,
+        tx: SlowTx,
         pool: Arc<dpdk::Mempool>,
         faults: Arc<Vec<PortFault>>,
     ) -> SlowPath {
@@ -136,9 +136,12 @@ impl SlowPath {
             if now != last_age {
                 last_age = now;
                 self.age(now);
-                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                let mut io = Io {
+                    tx: &self.tx,
+                    pool: &self.pool,
+                    workers: &self.worker_stats,
+                };
                 self.stitcher.tick(&mut io);
-                flush(&mut self.tx);
                 let cutoff = Instant::now() - Duration::from_secs(1);
                 while self.retired.front().is_some_and(|(t, _)| *t < cutoff) {
                     self.retired.pop_front();
@@ -154,7 +157,6 @@ impl SlowPath {
             match requests.recv_timeout(wait) {
                 Ok((method, reply)) => {
                     let answer = self.handle(method);
-                    flush(&mut self.tx);
                     let _ = reply.send(answer);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -191,7 +193,11 @@ impl SlowPath {
     }
 
     fn apply_punts(&mut self) -> usize {
-        let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+        let mut io = Io {
+            tx: &self.tx,
+            pool: &self.pool,
+            workers: &self.worker_stats,
+        };
         drain_punts(&self.punt_queues, &mut self.stitcher, &mut io)
     }
 
@@ -431,19 +437,35 @@ impl SlowPath {
             }
             Method::StitchPrepare(p) => self.stitcher.prepare(p),
             Method::StitchFreeze(p) => {
-                let io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                let io = Io {
+                    tx: &self.tx,
+                    pool: &self.pool,
+                    workers: &self.worker_stats,
+                };
                 self.stitcher.freeze(p.id, &io)
             }
             Method::StitchCommit(p) => {
-                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                let mut io = Io {
+                    tx: &self.tx,
+                    pool: &self.pool,
+                    workers: &self.worker_stats,
+                };
                 self.stitcher.commit(p, &mut io)
             }
             Method::StitchAbort(p) => {
-                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                let mut io = Io {
+                    tx: &self.tx,
+                    pool: &self.pool,
+                    workers: &self.worker_stats,
+                };
                 self.stitcher.abort(p.id, &mut io)
             }
             Method::StitchDelete(p) => {
-                let mut io = Io { tx: &mut self.tx, pool: &self.pool, workers: &self.worker_stats };
+                let mut io = Io {
+                    tx: &self.tx,
+                    pool: &self.pool,
+                    workers: &self.worker_stats,
+                };
                 self.stitcher.delete(p.id, &mut io)
             }
             Method::StitchList => Ok(self.stitcher.list()),
@@ -451,24 +473,22 @@ impl SlowPath {
             Method::EventsSubscribe => Ok(json!({"subscribed": true})),
             Method::PortFaultSet(p) => {
                 self.port(p.port)?;
-                let total = u64::from(p.drop_ppm) + u64::from(p.reorder_ppm) + u64::from(p.duplicate_ppm);
+                let total =
+                    u64::from(p.drop_ppm) + u64::from(p.reorder_ppm) + u64::from(p.duplicate_ppm);
                 if total > 1_000_000 {
-                    return Err(RpcError::app(format!("drop_ppm + reorder_ppm + duplicate_ppm = {total}: at most 1000000")));
+                    return Err(RpcError::app(format!(
+                        "drop_ppm + reorder_ppm + duplicate_ppm = {total}: at most 1000000"
+                    )));
                 }
                 let f = &self.faults[usize::from(p.port)];
                 f.drop_ppm.store(p.drop_ppm, Ordering::Relaxed);
                 f.reorder_ppm.store(p.reorder_ppm, Ordering::Relaxed);
                 f.duplicate_ppm.store(p.duplicate_ppm, Ordering::Relaxed);
-                Ok(json!({"port": p.port, "drop_ppm": p.drop_ppm, "reorder_ppm": p.reorder_ppm, "duplicate_ppm": p.duplicate_ppm}))
+                Ok(
+                    json!({"port": p.port, "drop_ppm": p.drop_ppm, "reorder_ppm": p.reorder_ppm, "duplicate_ppm": p.duplicate_ppm}),
+                )
             }
         }
-    }
-}
-
-/// Sends what the slow path's TX buffers hold.
-fn flush(tx: &mut [dpdk::TxBuffer]) {
-    for t in tx {
-        t.flush();
     }
 }
 
@@ -494,7 +514,10 @@ impl Handler for ControlBridge {
 
     fn subscribe(&self) -> Option<std::sync::mpsc::Receiver<Value>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tx);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tx);
         Some(rx)
     }
 }

@@ -22,7 +22,7 @@ use switch_core::{MacAddr, PortId};
 
 use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
-use crate::stitch::fastpath::{process, StitchVerdict};
+use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
 use crate::stitch::rule::{Dir, FlowRule};
 
 /// Why a packet went to the slow path.
@@ -42,6 +42,9 @@ pub struct Punt {
     pub kind: PuntKind,
     pub tcp_flags: u8,
     pub mbuf: Option<Mbuf>,
+    /// For a FIN under teardown 4E: its headers before translation (`len` 0: none).
+    /// Inline, so punting never allocates.
+    pub fin: FinCopy,
 }
 
 /// Everything a worker owns or reads.
@@ -56,6 +59,8 @@ pub struct Worker {
     pub tables: Vec<Option<MacTableReader>>,
     /// Learning requests to the slow path.
     pub learn: Arc<ArrayQueue<LearnRequest>>,
+    /// Packets the slow path asks this worker to send.
+    pub inject: Arc<ArrayQueue<(PortId, Mbuf)>>,
     /// The stitch flow table, and how many entries it has (0: skip the lookup).
     pub flows: FlowTableReader<FlowRule>,
     pub flow_count: Arc<AtomicUsize>,
@@ -154,28 +159,65 @@ impl Output {
 impl Worker {
     /// Polls until told to stop; then sends what is buffered. Returns 0 (lcore exit code).
     pub fn run(self) -> i32 {
-        let Worker { rx, tx, l2, tables, learn, flows, flow_count, punt, faults, stats, stop, tsc_start, tsc_hz } = self;
+        let Worker {
+            rx,
+            tx,
+            l2,
+            tables,
+            learn,
+            inject,
+            flows,
+            flow_count,
+            punt,
+            faults,
+            stats,
+            stop,
+            tsc_start,
+            tsc_hz,
+        } = self;
         let n_ports = tx.len();
-        let mut out = Output { tx, delayed: (0..n_ports).map(|_| None).collect(), faults, rng: Rng::new(tsc_start ^ u64::from(stats.lcore)) };
+        let mut out = Output {
+            tx,
+            delayed: (0..n_ports).map(|_| None).collect(),
+            faults,
+            rng: Rng::new(tsc_start ^ u64::from(stats.lcore)),
+        };
         let mut burst = RxBurst::default();
         let mut cache = LearnCache::new();
         let mut targets = [PortId(0); 32];
+        let mut fin_copy = FinCopy::default();
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
+        // The first lookup on a thread registers it with arc-swap (one allocation):
+        // do it here, not on the hot path.
+        let _ = flows.contains(&switch_core::flow::key::FlowKey::v4(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            6,
+        ));
+        let _ = l2.load();
         while !stop.load(Ordering::Relaxed) {
             let ports = l2.load();
             let now_tsc = dpdk::tsc();
             let now = (now_tsc.wrapping_sub(tsc_start) / hz) as u32;
             let stitching = flow_count.load(Ordering::Relaxed) > 0;
             let mut r = Round::default();
+            while let Some((p, m)) = inject.pop() {
+                out.push(usize::from(p.0), m, &mut r);
+            }
             for &(port, queue) in &rx {
                 if burst.rx(port, queue) == 0 {
                     continue;
                 }
                 let in_port = PortId(port.0);
                 let in_l2 = ports.get(in_port);
-                let table = in_l2.and_then(|p| p.bridge).and_then(|b| tables.get(usize::from(b.0))).and_then(Option::as_ref);
+                let table = in_l2
+                    .and_then(|p| p.bridge)
+                    .and_then(|b| tables.get(usize::from(b.0)))
+                    .and_then(Option::as_ref);
                 for mut m in burst.drain() {
                     r.rx_pkts += 1;
                     r.rx_bytes += u64::from(m.pkt_len());
@@ -187,13 +229,25 @@ impl Worker {
                                 r.drops[DropReason::PortSecurity.index()] += 1;
                                 continue;
                             }
+                            fin_copy.len = 0;
                             let hit = flows.with(&l4.key, |e| {
                                 let frame = m.data_mut()?;
-                                Some((process(frame, &l4, &e.rule, in_port), e.rule.stitch, e.rule.dir))
+                                Some((
+                                    process(frame, &l4, &e.rule, in_port, &mut fin_copy),
+                                    e.rule.stitch,
+                                    e.rule.dir,
+                                ))
                             });
                             if let Some(Some((dec, stitch, dir))) = hit {
                                 if dec.notify {
-                                    let n = Punt { stitch, dir, kind: PuntKind::Notice, tcp_flags: l4.tcp_flags, mbuf: None };
+                                    let n = Punt {
+                                        stitch,
+                                        dir,
+                                        kind: PuntKind::Notice,
+                                        tcp_flags: l4.tcp_flags,
+                                        mbuf: None,
+                                        fin: fin_copy,
+                                    };
                                     if punt.push(n).is_err() {
                                         r.drops[DropReason::PuntFull.index()] += 1;
                                     }
@@ -206,7 +260,14 @@ impl Worker {
                                         continue;
                                     }
                                     StitchVerdict::Hold => {
-                                        let h = Punt { stitch, dir, kind: PuntKind::Hold, tcp_flags: l4.tcp_flags, mbuf: Some(m) };
+                                        let h = Punt {
+                                            stitch,
+                                            dir,
+                                            kind: PuntKind::Hold,
+                                            tcp_flags: l4.tcp_flags,
+                                            mbuf: Some(m),
+                                            fin: FinCopy::default(),
+                                        };
                                         match punt.push(h) {
                                             Ok(()) => r.punted += 1,
                                             Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
@@ -226,7 +287,15 @@ impl Worker {
                         continue;
                     };
                     let mut learn_req = None;
-                    let outcome = classify(m.data(), in_port, &ports, table, &mut cache, now, &mut learn_req);
+                    let outcome = classify(
+                        m.data(),
+                        in_port,
+                        &ports,
+                        table,
+                        &mut cache,
+                        now,
+                        &mut learn_req,
+                    );
                     if let Some(req) = learn_req {
                         if learn.push(req).is_ok() {
                             r.learn_req += 1;

@@ -57,7 +57,13 @@ pub struct SeqState {
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` is a live i32 and we pass its exact size; the kernel only reads it.
     let r = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
     };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -99,7 +105,13 @@ pub fn tcp_info(sock: &impl AsRawFd) -> io::Result<TcpInfo> {
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: info and len are live locals; the kernel writes at most `len` bytes.
     let r = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -156,9 +168,19 @@ pub fn leave_repair(sock: &impl AsRawFd) -> io::Result<()> {
 /// When it is not, or the socket is not TCP.
 pub fn read_seqs(sock: &impl AsRawFd) -> io::Result<SeqState> {
     let fd = sock.as_raw_fd();
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, Queue::Send as i32)?;
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_QUEUE,
+        Queue::Send as i32,
+    )?;
     let send = getsockopt_u32(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, Queue::Recv as i32)?;
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_QUEUE,
+        Queue::Recv as i32,
+    )?;
     let recv = getsockopt_u32(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
     Ok(SeqState { send, recv })
 }
@@ -184,13 +206,19 @@ mod tests {
 
     #[test]
     fn sequence_state_matches_bytes_exchanged_on_loopback() {
-        assert!(is_root(), "tcp-repair tests need root (CAP_NET_ADMIN for TCP_REPAIR)");
+        assert!(
+            is_root(),
+            "tcp-repair tests need root (CAP_NET_ADMIN for TCP_REPAIR)"
+        );
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, _) = l.accept().unwrap();
         let info = tcp_info(&c).unwrap();
         assert_eq!(info.state, 1, "established");
-        assert!(info.timestamps && info.sack && info.wscale, "Linux defaults: {info:?}");
+        assert!(
+            info.timestamps && info.sack && info.wscale,
+            "Linux defaults: {info:?}"
+        );
         enter_repair(&c).unwrap();
         let before = read_seqs(&c).unwrap();
         leave_repair(&c).unwrap();
@@ -214,7 +242,10 @@ mod tests {
         assert_eq!(after.recv.wrapping_sub(before.recv), 300);
         enter_repair(&s).unwrap();
         let peer = read_seqs(&s).unwrap();
-        assert_eq!(peer.recv, after.send, "server expects what the client sends next");
+        assert_eq!(
+            peer.recv, after.send,
+            "server expects what the client sends next"
+        );
         assert_eq!(peer.send, after.recv);
         assert!(timestamp(&c).is_ok());
     }

@@ -288,7 +288,16 @@ fn run(cli: Cli) -> Result<String> {
             }))
         }
         Cmd::Shutdown => Call::Typed(Method::Shutdown),
-        Cmd::StitchPrepare { client, shell_a, shell_b, core, proto, teardown, idle_timeout, linger } => {
+        Cmd::StitchPrepare {
+            client,
+            shell_a,
+            shell_b,
+            core,
+            proto,
+            teardown,
+            idle_timeout,
+            linger,
+        } => {
             let params = serde_json::json!({
                 "leg_a": {"client": client, "shell": shell_a},
                 "leg_b": {"shell": shell_b, "core": core},
@@ -296,14 +305,33 @@ fn run(cli: Cli) -> Result<String> {
                 "idle_timeout": idle_timeout, "linger": linger,
             });
             let params = strip_nulls(params);
-            Call::Typed(Method::parse("stitch.prepare", Some(params)).map_err(|e| anyhow::anyhow!(e.message))?)
+            Call::Typed(
+                Method::parse("stitch.prepare", Some(params))
+                    .map_err(|e| anyhow::anyhow!(e.message))?,
+            )
         }
         Cmd::StitchFreeze { id } => Call::Typed(Method::StitchFreeze(StitchIdParams { id })),
-        Cmd::StitchCommit { id, s1, r1, s2, r2, wscale, mss } => {
+        Cmd::StitchCommit {
+            id,
+            s1,
+            r1,
+            s2,
+            r2,
+            wscale,
+            mss,
+        } => {
             let wscale = wscale.map(|w| four::<u8>(&w, "--wscale")).transpose()?;
             let mss = mss.map(|m| four::<u16>(&m, "--mss")).transpose()?;
             Call::Typed(Method::StitchCommit(StitchCommitParams {
-                id, s1, r1, s2, r2, wscale, mss, timestamps: None, sack: None,
+                id,
+                s1,
+                r1,
+                s2,
+                r2,
+                wscale,
+                mss,
+                timestamps: None,
+                sack: None,
             }))
         }
         Cmd::StitchAbort { id } => Call::Typed(Method::StitchAbort(StitchIdParams { id })),
@@ -311,9 +339,17 @@ fn run(cli: Cli) -> Result<String> {
         Cmd::StitchGet { id } => Call::Typed(Method::StitchGet(StitchIdParams { id })),
         Cmd::StitchDelete { id } => Call::Typed(Method::StitchDelete(StitchIdParams { id })),
         Cmd::EventsSubscribe => return subscribe(&cli.socket),
-        Cmd::PortFaultSet { port, drop_ppm, reorder_ppm, duplicate_ppm } => {
-            Call::Typed(Method::PortFaultSet(PortFaultParams { port, drop_ppm, reorder_ppm, duplicate_ppm }))
-        }
+        Cmd::PortFaultSet {
+            port,
+            drop_ppm,
+            reorder_ppm,
+            duplicate_ppm,
+        } => Call::Typed(Method::PortFaultSet(PortFaultParams {
+            port,
+            drop_ppm,
+            reorder_ppm,
+            duplicate_ppm,
+        })),
         Cmd::Call { method, params } => {
             let params = params
                 .map(|p| serde_json::from_str::<Value>(&p))
@@ -361,21 +397,30 @@ fn four<T: std::str::FromStr>(s: &str, what: &str) -> Result<PerEndpoint<T>> {
         .map(|x| x.trim().parse::<T>())
         .collect::<Result<_, _>>()
         .map_err(|_| anyhow::anyhow!("{what} wants four numbers C,A1,A2,B, got '{s}'"))?;
-    let [c, a1, a2, b]: [T; 4] = v.try_into().map_err(|_| anyhow::anyhow!("{what} wants four numbers C,A1,A2,B, got '{s}'"))?;
+    let [c, a1, a2, b]: [T; 4] = v
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{what} wants four numbers C,A1,A2,B, got '{s}'"))?;
     Ok(PerEndpoint { c, a1, a2, b })
 }
 
 /// `events.subscribe`: prints each event as one JSON line until the daemon or the user ends it.
 fn subscribe(socket: &std::path::Path) -> Result<String> {
     use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to stitchd control socket {} (is stitchd running? use --socket)", socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to stitchd control socket {} (is stitchd running? use --socket)",
+            socket.display()
+        )
+    })?;
     s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\"}\n")?;
     let mut lines = BufReader::new(s).lines();
     let first = lines.next().context("stitchd closed the connection")??;
     let v: Value = serde_json::from_str(&first).context("bad response")?;
     if let Some(e) = v.get("error") {
-        anyhow::bail!("{}", e["message"].as_str().unwrap_or("events.subscribe failed"));
+        anyhow::bail!(
+            "{}",
+            e["message"].as_str().unwrap_or("events.subscribe failed")
+        );
     }
     let stdout = std::io::stdout();
     for line in lines {
@@ -405,11 +450,29 @@ struct StitchListResult {
 
 fn render_stitches(r: StitchListResult) -> String {
     let ep = |v: &Value, k: &str| v[k].as_str().unwrap_or("?").to_string();
-    let mut rows = vec![vec!["ID".to_string(), "STATE".into(), "PROTO".into(), "CLIENT".into(), "SHELL_A".into(), "SHELL_B".into(), "CORE".into(), "TEARDOWN".into()]];
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "STATE".into(),
+        "PROTO".into(),
+        "CLIENT".into(),
+        "SHELL_A".into(),
+        "SHELL_B".into(),
+        "CORE".into(),
+        "TEARDOWN".into(),
+    ]];
     for s in &r.stitches {
-        rows.push(vec![s.id.to_string(), s.state.clone(), s.proto.clone(), ep(&s.leg_a, "client"), ep(&s.leg_a, "shell"), ep(&s.leg_b, "shell"), ep(&s.leg_b, "core"), s.teardown.clone()]);
+        rows.push(vec![
+            s.id.to_string(),
+            s.state.clone(),
+            s.proto.clone(),
+            ep(&s.leg_a, "client"),
+            ep(&s.leg_a, "shell"),
+            ep(&s.leg_b, "shell"),
+            ep(&s.leg_b, "core"),
+            s.teardown.clone(),
+        ]);
     }
-    let mut widths = vec![0; 8];
+    let mut widths = [0; 8];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.len());
@@ -417,7 +480,11 @@ fn render_stitches(r: StitchListResult) -> String {
     }
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

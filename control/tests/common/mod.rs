@@ -100,7 +100,22 @@ impl Handler for Recorder {
             }
             Method::PortSecuritySet(p) => Ok(json!({"port": p.port})),
             Method::Shutdown => Ok(json!({"shutting_down": true})),
+            Method::StitchList => Ok(json!({"stitches": [
+                {"id": 1, "state": "stitched", "proto": "tcp", "teardown": "4E",
+                 "leg_a": {"client": "198.18.0.1:40000", "shell": "198.18.0.2:7000"},
+                 "leg_b": {"shell": "198.18.0.2:45000", "core": "198.18.0.3:8000"}}
+            ]})),
+            Method::EventsSubscribe => Ok(json!({"subscribed": true})),
+            other => Ok(json!({"method": other.name()})),
         }
+    }
+
+    fn subscribe(&self) -> Option<std::sync::mpsc::Receiver<Value>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            tx.send(json!({"event": "test", "n": i})).ok()?;
+        }
+        Some(rx)
     }
 }
 

@@ -38,8 +38,35 @@ pub struct Decision {
     pub notify: bool,
 }
 
-/// Decides (and for translated flows, rewrites) one packet of a stitch.
-pub fn process(frame: &mut [u8], l4: &L4Info, rule: &FlowRule, in_port: PortId) -> Decision {
+/// Room for the headers of a FIN copied before translation (Ethernet + VLAN + IPv6 +
+/// TCP with options fits).
+pub const FIN_COPY: usize = 136;
+
+/// The untranslated headers of a FIN, for teardown 4E; `len` 0 when there is none.
+#[derive(Debug, Clone, Copy)]
+pub struct FinCopy {
+    pub buf: [u8; FIN_COPY],
+    pub len: usize,
+}
+
+impl Default for FinCopy {
+    fn default() -> Self {
+        FinCopy {
+            buf: [0; FIN_COPY],
+            len: 0,
+        }
+    }
+}
+
+/// Decides (and for translated flows, rewrites) one packet of a stitch. For a FIN whose
+/// rule says so, the headers as they arrived are copied to `fin_copy` first.
+pub fn process(
+    frame: &mut [u8],
+    l4: &L4Info,
+    rule: &FlowRule,
+    in_port: PortId,
+    fin_copy: &mut FinCopy,
+) -> Decision {
     let st = &rule.state;
     add(&st.packets, 1);
     add(&st.bytes, frame.len() as u64);
@@ -60,25 +87,54 @@ pub fn process(frame: &mut [u8], l4: &L4Info, rule: &FlowRule, in_port: PortId) 
             let frozen = rule.dir.towards_shell() && st.frozen.load(Relaxed);
             if frozen && (has_data || !is_tcp) {
                 add(&st.held, 1);
-                return Decision { verdict: StitchVerdict::Hold, notify: false };
+                return Decision {
+                    verdict: StitchVerdict::Hold,
+                    notify: false,
+                };
             }
             if is_tcp && flags & (SYN | RST) == 0 {
                 // Only what actually goes on to the shell counts as forwarded data.
-                let end = tcp_seq(frame, l4).wrapping_add(l4.payload_len as u32 + u32::from(flags & FIN != 0));
+                let end = tcp_seq(frame, l4)
+                    .wrapping_add(l4.payload_len as u32 + u32::from(flags & FIN != 0));
                 st.advance_seq(end);
             }
-            Decision { verdict: StitchVerdict::L2, notify: false }
-        }
-        Action::Translate { t, out_port } => match translate(frame, t) {
-            Ok(_) => Decision { verdict: StitchVerdict::Out(*out_port), notify: ends },
-            Err(_) => {
-                add(&st.dropped, 1);
-                Decision { verdict: StitchVerdict::Drop(DropReason::TranslateError), notify: false }
+            Decision {
+                verdict: StitchVerdict::L2,
+                notify: false,
             }
-        },
+        }
+        Action::Translate {
+            t,
+            out_port,
+            fin_to_shell,
+        } => {
+            if *fin_to_shell && flags & FIN != 0 {
+                let hlen = l4.l4_offset + usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
+                if hlen <= FIN_COPY {
+                    fin_copy.buf[..hlen].copy_from_slice(&frame[..hlen]);
+                    fin_copy.len = hlen;
+                }
+            }
+            match translate(frame, t) {
+                Ok(_) => Decision {
+                    verdict: StitchVerdict::Out(*out_port),
+                    notify: ends,
+                },
+                Err(_) => {
+                    add(&st.dropped, 1);
+                    Decision {
+                        verdict: StitchVerdict::Drop(DropReason::TranslateError),
+                        notify: false,
+                    }
+                }
+            }
+        }
         Action::DropShell => {
             add(&st.dropped, 1);
-            Decision { verdict: StitchVerdict::Drop(DropReason::ShellAfterCommit), notify: false }
+            Decision {
+                verdict: StitchVerdict::Drop(DropReason::ShellAfterCommit),
+                notify: false,
+            }
         }
     }
 }
@@ -97,7 +153,17 @@ fn tcp_ack(frame: &[u8], l4: &L4Info) -> u32 {
 /// sent and acknowledged, its clock, and (from a SYN) its options.
 fn observe(frame: &[u8], l4: &L4Info, st: &DirState, in_port: PortId) {
     st.in_port.store(u32::from(in_port.0), Relaxed);
-    let mac = |o: usize| MacAddr([frame[o], frame[o + 1], frame[o + 2], frame[o + 3], frame[o + 4], frame[o + 5]]).to_u64();
+    let mac = |o: usize| {
+        MacAddr([
+            frame[o],
+            frame[o + 1],
+            frame[o + 2],
+            frame[o + 3],
+            frame[o + 4],
+            frame[o + 5],
+        ])
+        .to_u64()
+    };
     st.dst_mac.store(mac(0), Relaxed);
     st.src_mac.store(mac(6), Relaxed);
     st.seen.store(true, Relaxed);

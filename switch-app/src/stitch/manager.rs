@@ -12,17 +12,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Mbuf, Mempool, TxBuffer};
+use dpdk::{Mbuf, Mempool};
 use serde_json::{json, Value};
-use stitch_control::protocol::{Proto, RpcError, StitchCommitParams, StitchPrepareParams, Teardown};
+use stitch_control::protocol::{
+    Proto, RpcError, StitchCommitParams, StitchPrepareParams, Teardown,
+};
 use switch_core::flow::key::FlowKey;
 use switch_core::flow::table::{FlowInsert, FlowTableWriter};
-use switch_core::stitch::pair::{check_compat, stitch_pair, Endpoint, MssParams, StitchCompat, StitchParams, TsParams, WscaleParams};
+use switch_core::stitch::pair::{
+    check_compat, stitch_pair, Endpoint, MssParams, StitchCompat, StitchParams, TsParams,
+    WscaleParams,
+};
 use switch_core::stitch::seq::SeqNumber;
 use switch_core::stitch::translate::{translate, Translation};
 use switch_core::{MacAddr, PortId};
 
-use super::ack::pure_ack;
+use super::ack::{bare_fin, pure_ack};
 use super::rule::{Action, Dir, DirState, FlowRule};
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
@@ -94,7 +99,10 @@ impl Stitch {
 
     fn detail(&self) -> Value {
         let mut v = self.summary();
-        let dirs: serde_json::Map<String, Value> = Dir::ALL.iter().map(|d| (d.name().to_string(), self.state(*d).to_json())).collect();
+        let dirs: serde_json::Map<String, Value> = Dir::ALL
+            .iter()
+            .map(|d| (d.name().to_string(), self.state(*d).to_json()))
+            .collect();
         v["directions"] = Value::Object(dirs);
         v["held"] = json!(self.held.len());
         v["held_dropped"] = json!(self.held_dropped);
@@ -114,10 +122,40 @@ fn teardown_name(t: Teardown) -> &'static str {
     }
 }
 
+/// The slow path's way out: packets it sends (held packets released, pure ACKs) go to a
+/// worker over a lock-free ring and leave through that worker's TX queues. Some PMDs
+/// (net_tap) need as many TX as RX queues, so the slow path cannot have a queue of its own.
+pub struct SlowTx {
+    rings: Vec<Arc<ArrayQueue<(PortId, Mbuf)>>>,
+    /// Packets dropped because the ring was full.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl SlowTx {
+    /// Sends through the workers owning `rings` (the first one).
+    pub fn new(rings: Vec<Arc<ArrayQueue<(PortId, Mbuf)>>>) -> SlowTx {
+        SlowTx {
+            rings,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Queues `m` for `port`; counted and freed when the ring is full.
+    pub fn send(&self, port: PortId, m: Mbuf) {
+        let ok = self
+            .rings
+            .first()
+            .is_some_and(|r| r.push((port, m)).is_ok());
+        if !ok {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// Everything the stitcher needs from the slow path to act on packets.
 pub struct Io<'a> {
-    /// The slow path's own TX queue on every port, by port id.
-    pub tx: &'a mut [TxBuffer],
+    /// How the slow path sends: through a worker's TX queues.
+    pub tx: &'a SlowTx,
     /// For building pure ACKs.
     pub pool: &'a Mempool,
     /// To wait for the workers.
@@ -170,7 +208,10 @@ impl Stitcher {
 
     /// Sends an event to every subscriber; forgets the ones that went away.
     pub fn emit(&self, event: Value) {
-        let mut subs = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         subs.retain(|s| s.send(event.clone()).is_ok());
     }
 
@@ -196,28 +237,52 @@ impl Stitcher {
         }
         let (a, b) = (p.leg_a, p.leg_b);
         let fam = |x: &SocketAddr| x.is_ipv6();
-        if fam(&a.client) != fam(&a.shell) || fam(&b.shell) != fam(&b.core) || fam(&a.client) != fam(&b.core) {
-            return Err(err("all four addresses of a stitch must be of one family (IPv4 or IPv6)"));
+        if fam(&a.client) != fam(&a.shell)
+            || fam(&b.shell) != fam(&b.core)
+            || fam(&a.client) != fam(&b.core)
+        {
+            return Err(err(
+                "all four addresses of a stitch must be of one family (IPv4 or IPv6)",
+            ));
         }
         let proto = match p.proto {
             Proto::Tcp => 6,
             Proto::Udp => 17,
         };
-        let keys = [key_of(a.client, a.shell, proto), key_of(a.shell, a.client, proto), key_of(b.core, b.shell, proto), key_of(b.shell, b.core, proto)];
+        let keys = [
+            key_of(a.client, a.shell, proto),
+            key_of(a.shell, a.client, proto),
+            key_of(b.core, b.shell, proto),
+            key_of(b.shell, b.core, proto),
+        ];
         for (i, k) in keys.iter().enumerate() {
             if keys[..i].contains(k) {
-                return Err(err(format!("leg A and leg B must differ: {k} appears twice")));
+                return Err(err(format!(
+                    "leg A and leg B must differ: {k} appears twice"
+                )));
             }
             if self.table.contains(k) {
-                let owner = self.stitches.values().find(|s| s.keys.contains(k)).map(|s| s.id);
-                return Err(err(format!("{k} is already part of stitch {}; delete it first", owner.map_or("?".into(), |o| o.to_string()))));
+                let owner = self
+                    .stitches
+                    .values()
+                    .find(|s| s.keys.contains(k))
+                    .map(|s| s.id);
+                return Err(err(format!(
+                    "{k} is already part of stitch {}; delete it first",
+                    owner.map_or("?".into(), |o| o.to_string())
+                )));
             }
         }
         let id = self.next_id;
         let states: [Arc<DirState>; 4] = std::array::from_fn(|_| Arc::new(DirState::default()));
         let mut inserted = Vec::new();
         for (d, k) in Dir::ALL.iter().zip(keys) {
-            let rule = FlowRule { stitch: id, dir: *d, action: Action::Watch, state: states[d.index()].clone() };
+            let rule = FlowRule {
+                stitch: id,
+                dir: *d,
+                action: Action::Watch,
+                state: states[d.index()].clone(),
+            };
             match self.table.insert(k, rule) {
                 FlowInsert::Inserted => inserted.push(k),
                 FlowInsert::Replaced => unreachable_replaced(),
@@ -259,7 +324,9 @@ impl Stitcher {
     }
 
     fn get_mut(&mut self, id: u32) -> Result<&mut Stitch, RpcError> {
-        self.stitches.get_mut(&id).ok_or_else(|| err(format!("no stitch {id}")))
+        self.stitches
+            .get_mut(&id)
+            .ok_or_else(|| err(format!("no stitch {id}")))
     }
 
     /// `stitch.freeze`: returns once every worker has seen the flag.
@@ -268,7 +335,12 @@ impl Stitcher {
         match s.phase {
             Phase::Watching => {}
             Phase::Frozen => return Ok(json!({"id": id, "state": "frozen"})),
-            other => return Err(err(format!("stitch {id} is {}; only a watching stitch can be frozen", other.name()))),
+            other => {
+                return Err(err(format!(
+                    "stitch {id} is {}; only a watching stitch can be frozen",
+                    other.name()
+                )))
+            }
         }
         s.state(Dir::CtoA).frozen.store(true, Relaxed);
         s.state(Dir::BtoA).frozen.store(true, Relaxed);
@@ -282,14 +354,27 @@ impl Stitcher {
     /// live in both directions and releases what was held, translated.
     pub fn commit(&mut self, c: StitchCommitParams, io: &mut Io<'_>) -> Result<Value, RpcError> {
         let id = c.id;
-        let s = self.stitches.get(&id).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let s = self
+            .stitches
+            .get(&id)
+            .ok_or_else(|| err(format!("no stitch {id}")))?;
         let tcp = s.params.proto == Proto::Tcp;
         match s.phase {
             Phase::Frozen => {}
             Phase::Watching if !tcp => {}
-            other => return Err(err(format!("stitch {id} is {}; freeze it before commit", other.name()))),
+            other => {
+                return Err(err(format!(
+                    "stitch {id} is {}; freeze it before commit",
+                    other.name()
+                )))
+            }
         }
-        let (ca, ac, ba, ab) = (s.state(Dir::CtoA), s.state(Dir::AtoC), s.state(Dir::BtoA), s.state(Dir::AtoB));
+        let (ca, ac, ba, ab) = (
+            s.state(Dir::CtoA),
+            s.state(Dir::AtoC),
+            s.state(Dir::BtoA),
+            s.state(Dir::AtoB),
+        );
         let (Some(c_port), Some(b_port)) = (ca.port(), ba.port()) else {
             return Err(err(format!(
                 "stitch {id}: no packet seen yet from {} (C) or {} (B); cannot learn where they are",
@@ -297,7 +382,11 @@ impl Stitcher {
             )));
         };
         let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
-        let ep = |mac: MacAddr, a: SocketAddr| Endpoint { mac, ip: a.ip(), port: a.port() };
+        let ep = |mac: MacAddr, a: SocketAddr| Endpoint {
+            mac,
+            ip: a.ip(),
+            port: a.port(),
+        };
         let (pa, pb) = (s.params.leg_a, s.params.leg_b);
         let mut sp = StitchParams {
             c: ep(mac(&ca.src_mac), pa.client),
@@ -316,24 +405,61 @@ impl Stitcher {
         let mut info = json!({"c_port": c_port.0, "b_port": b_port.0});
         if tcp {
             let (Some(s1), Some(r1), Some(s2), Some(r2)) = (c.s1, c.r1, c.s2, c.r2) else {
-                return Err(err("a TCP stitch needs s1, r1, s2 and r2 (the shell's sequence state)"));
+                return Err(err(
+                    "a TCP stitch needs s1, r1, s2 and r2 (the shell's sequence state)",
+                ));
             };
             check_leg(ca, "C", "A", "leg A", s1, r1)?;
             check_leg(ba, "B", "A", "leg B", s2, r2)?;
-            let ts_a = c.timestamps.map_or(ca.ts_seen.load(Relaxed) || ac.ts_seen.load(Relaxed), |t| t.leg_a);
-            let ts_b = c.timestamps.map_or(ba.ts_seen.load(Relaxed) || ab.ts_seen.load(Relaxed), |t| t.leg_b);
-            let wscale = c.wscale.map(|w| WscaleParams { c: w.c, a1: w.a1, a2: w.a2, b: w.b }).or_else(|| {
-                Some(WscaleParams { c: ca.wscale()?, a1: ac.wscale()?, a2: ab.wscale()?, b: ba.wscale()? })
+            let ts_a = c
+                .timestamps
+                .map_or(ca.ts_seen.load(Relaxed) || ac.ts_seen.load(Relaxed), |t| {
+                    t.leg_a
+                });
+            let ts_b = c
+                .timestamps
+                .map_or(ba.ts_seen.load(Relaxed) || ab.ts_seen.load(Relaxed), |t| {
+                    t.leg_b
+                });
+            let wscale = c
+                .wscale
+                .map(|w| WscaleParams {
+                    c: w.c,
+                    a1: w.a1,
+                    a2: w.a2,
+                    b: w.b,
+                })
+                .or_else(|| {
+                    Some(WscaleParams {
+                        c: ca.wscale()?,
+                        a1: ac.wscale()?,
+                        a2: ab.wscale()?,
+                        b: ba.wscale()?,
+                    })
+                });
+            let mss = c.mss.map(|m| MssParams {
+                c: m.c,
+                a1: m.a1,
+                a2: m.a2,
+                b: m.b,
             });
-            let mss = c.mss.map(|m| MssParams { c: m.c, a1: m.a1, a2: m.a2, b: m.b });
-            check_compat(&StitchCompat { ts_c: ts_a, ts_b, mss, wscale }).map_err(|e| err(format!("stitch {id} refused: {e}")))?;
+            check_compat(&StitchCompat {
+                ts_c: ts_a,
+                ts_b,
+                mss,
+                wscale,
+            })
+            .map_err(|e| err(format!("stitch {id} refused: {e}")))?;
             if ts_a {
                 // TSval never goes backwards for the receiver: B last saw the shell's clock
                 // (A->B), and C's clock is at least what C last sent, so C's later TSvals
                 // shifted by the difference start at or after what B saw. Likewise for C.
                 let d_cb = ab.tsval.load(Relaxed).wrapping_sub(ca.tsval.load(Relaxed));
                 let d_bc = ac.tsval.load(Relaxed).wrapping_sub(ba.tsval.load(Relaxed));
-                sp.ts = Some(TsParams { c_to_b_tsval_delta: d_cb, b_to_c_tsval_delta: d_bc });
+                sp.ts = Some(TsParams {
+                    c_to_b_tsval_delta: d_cb,
+                    b_to_c_tsval_delta: d_bc,
+                });
             }
             if let Some(sack) = c.sack {
                 sp.sack_c = sack.leg_a;
@@ -347,21 +473,43 @@ impl Stitcher {
             info["d_cb"] = json!(s2.wrapping_sub(r1));
             info["d_bc"] = json!(s1.wrapping_sub(r2));
             info["timestamps"] = json!(ts_a);
-            info["ts"] = json!(sp.ts.map(|t| json!({"c_to_b": t.c_to_b_tsval_delta, "b_to_c": t.b_to_c_tsval_delta})));
+            info["ts"] = json!(sp
+                .ts
+                .map(|t| json!({"c_to_b": t.c_to_b_tsval_delta, "b_to_c": t.b_to_c_tsval_delta})));
             info["wscale"] = json!(wscale.map(|w| [w.c, w.a1, w.a2, w.b]));
         }
         let (t_cb, t_bc) = stitch_pair(&sp);
+        let fin_to_shell = s.params.teardown == Teardown::E;
         let states = s.states.clone();
         let keys = s.keys;
         // Both directions live, then the shell's own sends are dropped.
         let live = [
-            (Dir::CtoA, Action::Translate { t: t_cb.clone(), out_port: b_port }),
-            (Dir::BtoA, Action::Translate { t: t_bc.clone(), out_port: c_port }),
+            (
+                Dir::CtoA,
+                Action::Translate {
+                    t: t_cb,
+                    out_port: b_port,
+                    fin_to_shell,
+                },
+            ),
+            (
+                Dir::BtoA,
+                Action::Translate {
+                    t: t_bc,
+                    out_port: c_port,
+                    fin_to_shell,
+                },
+            ),
             (Dir::AtoC, Action::DropShell),
             (Dir::AtoB, Action::DropShell),
         ];
         for (d, action) in live {
-            let rule = FlowRule { stitch: id, dir: d, action, state: states[d.index()].clone() };
+            let rule = FlowRule {
+                stitch: id,
+                dir: d,
+                action,
+                state: states[d.index()].clone(),
+            };
             self.table.insert(keys[d.index()], rule);
         }
         for st in &states {
@@ -385,8 +533,12 @@ impl Stitcher {
 
     /// Translates a packet with the live rule of its direction and sends it.
     fn send_live(&mut self, id: u32, d: Dir, mut m: Mbuf, io: &mut Io<'_>) {
-        let Some(s) = self.stitches.get(&id) else { return };
-        let Some((t_cb, b_port, t_bc, c_port)) = &s.live else { return };
+        let Some(s) = self.stitches.get(&id) else {
+            return;
+        };
+        let Some((t_cb, b_port, t_bc, c_port)) = &s.live else {
+            return;
+        };
         let (t, port) = match d {
             Dir::CtoA => (t_cb, *b_port),
             Dir::BtoA => (t_bc, *c_port),
@@ -394,9 +546,7 @@ impl Stitcher {
         };
         let Some(frame) = m.data_mut() else { return };
         if translate(frame, t).is_ok() {
-            if let Some(tx) = io.tx.get_mut(usize::from(port.0)) {
-                tx.push(m);
-            }
+            io.tx.send(port, m);
         }
     }
 
@@ -405,19 +555,25 @@ impl Stitcher {
         // The shell lives where its own packets of the reverse direction came from.
         let shell_dir = if d == Dir::CtoA { Dir::AtoC } else { Dir::AtoB };
         if let Some(p) = s.state(shell_dir).port() {
-            if let Some(tx) = io.tx.get_mut(usize::from(p.0)) {
-                tx.push(m);
-            }
+            io.tx.send(p, m);
         }
     }
 
     /// `stitch.abort`: watching stops, held packets go to the shell unmodified.
     pub fn abort(&mut self, id: u32, io: &mut Io<'_>) -> Result<Value, RpcError> {
-        let s = self.stitches.get(&id).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let s = self
+            .stitches
+            .get(&id)
+            .ok_or_else(|| err(format!("no stitch {id}")))?;
         if matches!(s.phase, Phase::Stitched | Phase::Closing) {
-            return Err(err(format!("stitch {id} is {}: too late to abort (use stitch.delete)", s.phase.name())));
+            return Err(err(format!(
+                "stitch {id} is {}: too late to abort (use stitch.delete)",
+                s.phase.name()
+            )));
         }
-        let s = self.remove(id, io.workers).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let s = self
+            .remove(id, io.workers)
+            .ok_or_else(|| err(format!("no stitch {id}")))?;
         let released = s.held.len();
         let mut s = s;
         for (d, m) in std::mem::take(&mut s.held) {
@@ -444,7 +600,9 @@ impl Stitcher {
 
     /// `stitch.delete`
     pub fn delete(&mut self, id: u32, io: &mut Io<'_>) -> Result<Value, RpcError> {
-        let mut s = self.remove(id, io.workers).ok_or_else(|| err(format!("no stitch {id}")))?;
+        let mut s = self
+            .remove(id, io.workers)
+            .ok_or_else(|| err(format!("no stitch {id}")))?;
         let n = s.held.len();
         for (d, m) in std::mem::take(&mut s.held) {
             Self::send_to_shell(&s, d, m, io);
@@ -460,7 +618,10 @@ impl Stitcher {
 
     /// `stitch.get`
     pub fn get(&self, id: u32) -> Result<Value, RpcError> {
-        self.stitches.get(&id).map(Stitch::detail).ok_or_else(|| err(format!("no stitch {id}")))
+        self.stitches
+            .get(&id)
+            .map(Stitch::detail)
+            .ok_or_else(|| err(format!("no stitch {id}")))
     }
 
     /// Handles what the workers punted.
@@ -517,11 +678,17 @@ impl Stitcher {
                     s.phase = Phase::Closing;
                     s.closing_since = Some(Instant::now());
                 }
-                // 4C: the translated FIN went on; the core tells the shell itself.
-                // 4E: the same, and the switch also tells shell and core.
+                // 4C: the translated FIN went on to the other end; the core tells the
+                // shell itself. 4E: the same, and the shell also gets the FIN as it
+                // arrived (untranslated), so it learns of the close first-hand.
                 let mut ev = json!({"event": "fin", "id": id, "from": from, "forwarded_to": to, "teardown": teardown_name(variant)});
-                if variant == Teardown::E {
-                    ev["notify"] = json!(["shell", "core"]);
+                if variant == Teardown::E && p.fin.len > 0 {
+                    if let Some(f) = bare_fin(&p.fin.buf[..p.fin.len]) {
+                        if let Ok(m) = Mbuf::from_slice(io.pool, &f) {
+                            Self::send_to_shell(s, p.dir, m, io);
+                            ev["untranslated_fin_to_shell"] = json!(true);
+                        }
+                    }
                 }
                 self.emit(ev);
             }
@@ -539,12 +706,16 @@ impl Stitcher {
                 s.last_activity = now;
             }
             if let Some(since) = s.closing_since {
-                if now.duration_since(since) >= Duration::from_secs(u64::from(s.params.linger.unwrap_or(2))) {
+                if now.duration_since(since)
+                    >= Duration::from_secs(u64::from(s.params.linger.unwrap_or(2)))
+                {
                     expired.push((s.id, "closed"));
                     continue;
                 }
             }
-            if now.duration_since(s.last_activity) >= Duration::from_secs(u64::from(s.params.idle_timeout.unwrap_or(300))) {
+            if now.duration_since(s.last_activity)
+                >= Duration::from_secs(u64::from(s.params.idle_timeout.unwrap_or(300)))
+            {
                 expired.push((s.id, "idle"));
             }
         }
@@ -556,7 +727,8 @@ impl Stitcher {
             }
             self.emit(json!({"event": "removed", "id": id, "reason": reason}));
         }
-        self.table.reclaim(self.started.elapsed().as_millis() as u64);
+        self.table
+            .reclaim(self.started.elapsed().as_millis() as u64);
     }
 }
 
@@ -569,9 +741,18 @@ fn unreachable_replaced() {
 /// the shell sent (`s`), and the shell did not get beyond what the peer sent through the
 /// switch (`r`). Bytes the switch forwarded but the shell never received are not lost: the
 /// peer still has them and retransmits them, now translated.
-fn check_leg(peer: &DirState, who: &str, shell: &str, leg: &str, s: u32, r: u32) -> Result<(), RpcError> {
+fn check_leg(
+    peer: &DirState,
+    who: &str,
+    shell: &str,
+    leg: &str,
+    s: u32,
+    r: u32,
+) -> Result<(), RpcError> {
     if !peer.has_ack.load(Relaxed) || !peer.has_seq.load(Relaxed) {
-        return Err(err(format!("{leg}: no data or ACK seen from {who} yet; let traffic flow before commit")));
+        return Err(err(format!(
+            "{leg}: no data or ACK seen from {who} yet; let traffic flow before commit"
+        )));
     }
     let acked = peer.ack.load(Relaxed);
     if acked != s {
@@ -595,7 +776,11 @@ pub fn wait_workers(workers: &[Arc<WorkerStats>]) -> Result<(), RpcError> {
     let start: Vec<u64> = workers.iter().map(|w| w.iterations.load(Relaxed)).collect();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        if workers.iter().zip(&start).all(|(w, s)| w.iterations.load(Relaxed) >= s + 2) {
+        if workers
+            .iter()
+            .zip(&start)
+            .all(|(w, s)| w.iterations.load(Relaxed) >= s + 2)
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -606,17 +791,16 @@ pub fn wait_workers(workers: &[Arc<WorkerStats>]) -> Result<(), RpcError> {
 }
 
 /// Pops everything the workers punted.
-pub fn drain_punts(queues: &[Arc<ArrayQueue<Punt>>], stitcher: &mut Stitcher, io: &mut Io<'_>) -> usize {
+pub fn drain_punts(
+    queues: &[Arc<ArrayQueue<Punt>>],
+    stitcher: &mut Stitcher,
+    io: &mut Io<'_>,
+) -> usize {
     let mut n = 0;
     for q in queues {
         while let Some(p) = q.pop() {
             n += 1;
             stitcher.on_punt(p, io);
-        }
-    }
-    if n > 0 {
-        for tx in io.tx.iter_mut() {
-            tx.flush();
         }
     }
     n

@@ -62,6 +62,8 @@ pub enum Action {
         t: Translation,
         /// Where the other end lives.
         out_port: PortId,
+        /// Teardown 4E: a FIN also goes to the shell, untranslated.
+        fin_to_shell: bool,
     },
     /// The shell's own sends after commit: dropped and counted.
     DropShell,
@@ -173,7 +175,9 @@ impl DirState {
             self.has_ack.store(true, Relaxed);
             return;
         }
-        let _ = self.ack.fetch_update(Relaxed, Relaxed, |cur| SeqNumber(ack).after(SeqNumber(cur)).then_some(ack));
+        let _ = self.ack.fetch_update(Relaxed, Relaxed, |cur| {
+            SeqNumber(ack).after(SeqNumber(cur)).then_some(ack)
+        });
     }
 
     /// The in-port, when seen.

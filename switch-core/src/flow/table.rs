@@ -801,11 +801,11 @@ mod tests {
         for i in 0..100 {
             w.insert(k4(i), i);
         }
-        assert_eq!(w.retain(|e| e.rule % 3 == 0), 66);
+        assert_eq!(w.retain(|e| matches!(e.rule % 3, 0)), 66);
         assert_eq!(w.len(), 34);
         assert_eq!(w.retired_len(), 66);
         for i in 0..100 {
-            assert_eq!(r.contains(&k4(i)), i % 3 == 0);
+            assert_eq!(r.contains(&k4(i)), matches!(i % 3, 0));
         }
     }
 
@@ -911,7 +911,7 @@ mod tests {
     }
 
     fn pkey(k: u8) -> FlowKey {
-        if k % 2 == 0 {
+        if k & 1 == 0 {
             k4(u32::from(k))
         } else {
             k6(u32::from(k))
@@ -1056,7 +1056,7 @@ mod tests {
                         );
                     }
                 }
-                if step % 64 == 0 {
+                if step & 63 == 0 {
                     now += 1;
                     w.reclaim(now);
                 }
@@ -1154,6 +1154,14 @@ mod tests {
         w.reclaim(0);
         assert_eq!(w.reclaim(DEFAULT_GRACE_MS), N as usize);
         assert!(!r.contains(&k4(0)));
+    }
+
+    #[test]
+    fn readers_are_send_sync_clone_and_the_writer_is_send() {
+        fn reader<T: Send + Sync + Clone>() {}
+        fn writer<T: Send>() {}
+        reader::<FlowTableReader<std::sync::atomic::AtomicU64>>();
+        writer::<FlowTableWriter<std::sync::atomic::AtomicU64>>();
     }
 
     #[test]

@@ -590,9 +590,8 @@ fn write_bytes(buf: &mut [u8], off: usize, new: &[u8], mut c: u16) -> u16 {
     while w < end {
         let old = word_at(buf, w);
         let hi = (w + 2).min(end).min(buf.len());
-        for at in w.max(off)..hi {
-            buf[at] = new[at - off];
-        }
+        let lo = w.max(off);
+        buf[lo..hi].copy_from_slice(&new[lo - off..hi - off]);
         c = upd16(c, old, word_at(buf, w));
         w += 2;
     }
