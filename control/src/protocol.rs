@@ -124,6 +124,7 @@ pub const METHODS: &[&str] = &[
     "stitch.delete",
     "events.subscribe",
     "port.fault.set",
+    "stitch.install",
 ];
 
 /// A JSON-RPC error object. Also the error type of [`Method::parse`] and of
@@ -437,6 +438,9 @@ pub enum Method {
     EventsSubscribe,
     /// `port.fault.set`: inject drops, reordering, duplicates on a port's TX.
     PortFaultSet(PortFaultParams),
+    /// `stitch.install`: install stitched flows directly (pre-configured stitches,
+    /// benchmarks).
+    StitchInstall(Box<StitchInstallParams>),
 }
 
 impl Method {
@@ -467,6 +471,7 @@ impl Method {
             "stitch.delete" => Method::StitchDelete(typed_params(method, params)?),
             "events.subscribe" => no_params(method, params).map(|()| Method::EventsSubscribe)?,
             "port.fault.set" => Method::PortFaultSet(typed_params(method, params)?),
+            "stitch.install" => Method::StitchInstall(Box::new(typed_params(method, params)?)),
             _ => return Err(RpcError::method_not_found(method)),
         })
     }
@@ -492,6 +497,7 @@ impl Method {
             Method::StitchDelete(_) => "stitch.delete",
             Method::EventsSubscribe => "events.subscribe",
             Method::PortFaultSet(_) => "port.fault.set",
+            Method::StitchInstall(_) => "stitch.install",
         }
     }
 
@@ -515,6 +521,7 @@ impl Method {
             | Method::StitchDelete(p) => serde_json::to_value(p).ok(),
             Method::StitchCommit(p) => serde_json::to_value(p).ok(),
             Method::PortFaultSet(p) => serde_json::to_value(p).ok(),
+            Method::StitchInstall(p) => serde_json::to_value(p).ok(),
             Method::PortsStats(p) => serde_json::to_value(p).ok(),
             Method::MacList(p) => serde_json::to_value(p).ok(),
             Method::MacAdd(p) => serde_json::to_value(p).ok(),
@@ -890,6 +897,35 @@ mod tests {
                 reorder_ppm: 0,
                 duplicate_ppm: 5,
             }),
+            Method::StitchInstall(Box::new(StitchInstallParams {
+                leg_a: LegA {
+                    client: "198.18.0.1:40000".parse().unwrap(),
+                    shell: "198.18.0.2:7000".parse().unwrap(),
+                },
+                leg_b: LegB {
+                    shell: "198.18.0.2:45000".parse().unwrap(),
+                    core: "198.18.0.3:8000".parse().unwrap(),
+                },
+                proto: Proto::Udp,
+                teardown: Teardown::E,
+                macs: PerEndpoint {
+                    c: mac("02:00:00:00:00:01"),
+                    a1: mac("02:00:00:00:00:02"),
+                    a2: mac("02:00:00:00:00:02"),
+                    b: mac("02:00:00:00:00:03"),
+                },
+                ports: EndPorts { c: 0, b: 1 },
+                s1: 1,
+                r1: 2,
+                s2: 3,
+                r2: 4,
+                wscale: None,
+                ts: Some(TsDeltas { c_to_b: 5, b_to_c: 6 }),
+                sack: None,
+                idle_timeout: None,
+                linger: None,
+                count: Some(10),
+            })),
         ];
         let names: Vec<&str> = samples.iter().map(Method::name).collect();
         assert_eq!(names, METHODS, "METHODS and Method::name are out of step");

@@ -149,3 +149,62 @@ pub struct PortFaultParams {
     #[serde(default)]
     pub duplicate_ppm: u32,
 }
+
+/// Ports of the two ends of an installed stitch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndPorts {
+    /// Port C is on.
+    pub c: u16,
+    /// Port B is on.
+    pub b: u16,
+}
+
+/// Timestamp shifts of an installed stitch (TSval deltas, mod 2^32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsDeltas {
+    pub c_to_b: u32,
+    pub b_to_c: u32,
+}
+
+/// `stitch.install` and `[[stitch.install]]` in the configuration: a stitch installed
+/// directly in the stitched state from complete parameters, without watching the legs
+/// or checking a shell's state. For pre-configured stitches (seed 000: "fixed,
+/// pre-configured ports can be stitched"), benchmarks and golden tests. `count` > 1
+/// installs that many, the client's and the shell's leg-B port counting up from the
+/// given one (and the address counting up every 50000).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StitchInstallParams {
+    pub leg_a: LegA,
+    pub leg_b: LegB,
+    #[serde(default)]
+    pub proto: Proto,
+    #[serde(default)]
+    pub teardown: Teardown,
+    /// MAC of each endpoint.
+    pub macs: PerEndpoint<crate::protocol::Mac>,
+    /// Where C and B are.
+    pub ports: EndPorts,
+    #[serde(default)]
+    pub s1: u32,
+    #[serde(default)]
+    pub r1: u32,
+    #[serde(default)]
+    pub s2: u32,
+    #[serde(default)]
+    pub r2: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wscale: Option<PerEndpoint<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<TsDeltas>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sack: Option<PerLeg>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}

@@ -42,12 +42,15 @@ pub struct Config {
 pub struct StitchConfig {
     /// Flow-table entries (each stitch uses four: both directions of both legs).
     pub flow_table_size: usize,
+    /// Stitches installed at start, before any packet is forwarded (see `stitch.install`).
+    pub install: Vec<stitch_control::protocol::StitchInstallParams>,
 }
 
 impl Default for StitchConfig {
     fn default() -> Self {
         StitchConfig {
             flow_table_size: 1 << 20,
+            install: vec![],
         }
     }
 }

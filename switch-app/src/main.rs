@@ -341,6 +341,17 @@ fn serve(
         faults.clone(),
     );
 
+    for (i, inst) in cfg.stitch.install.iter().enumerate() {
+        for port in [inst.ports.c, inst.ports.b] {
+            if usize::from(port) >= n_ports {
+                bail!("stitch.install[{i}]: port {port} does not exist");
+            }
+        }
+        slow.stitcher
+            .install(inst)
+            .map_err(|e| anyhow::anyhow!("stitch.install[{i}]: {}", e.message))?;
+    }
+
     // The control socket before the workers: if it cannot be created, nothing has run yet.
     let server = ControlServer::bind(&socket)
         .with_context(|| format!("creating control socket {}", socket.display()))?;

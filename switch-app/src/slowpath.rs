@@ -469,6 +469,12 @@ impl SlowPath {
                 self.stitcher.delete(p.id, &mut io)
             }
             Method::StitchList => Ok(self.stitcher.list()),
+            Method::StitchInstall(p) => {
+                for port in [p.ports.c, p.ports.b] {
+                    self.port(port)?;
+                }
+                self.stitcher.install(&p)
+            }
             Method::StitchGet(p) => self.stitcher.get(p.id),
             Method::EventsSubscribe => Ok(json!({"subscribed": true})),
             Method::PortFaultSet(p) => {

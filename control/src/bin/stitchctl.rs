@@ -516,7 +516,8 @@ fn render(method: &Method, result: &Value) -> String {
         | Method::StitchAbort(_)
         | Method::StitchDelete(_)
         | Method::EventsSubscribe
-        | Method::PortFaultSet(_) => Some(render_ok(result)),
+        | Method::PortFaultSet(_)
+        | Method::StitchInstall(_) => Some(render_ok(result)),
         Method::StitchList => shaped(result, render_stitches),
         Method::StitchGet(_) => None,
     };

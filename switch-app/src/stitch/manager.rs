@@ -15,7 +15,7 @@ use crossbeam_queue::ArrayQueue;
 use dpdk::{Mbuf, Mempool};
 use serde_json::{json, Value};
 use stitch_control::protocol::{
-    Proto, RpcError, StitchCommitParams, StitchPrepareParams, Teardown,
+    Proto, RpcError, StitchCommitParams, StitchInstallParams, StitchPrepareParams, Teardown,
 };
 use switch_core::flow::key::FlowKey;
 use switch_core::flow::table::{FlowInsert, FlowTableWriter};
@@ -235,15 +235,89 @@ impl Stitcher {
                 teardown_name(p.teardown)
             )));
         }
+        let id = self.add(p, |_| Action::Watch, Phase::Watching, None)?;
+        self.emit(json!({"event": "prepared", "id": id}));
+        Ok(self.stitches[&id].summary())
+    }
+
+    /// `stitch.install` (and `[[stitch.install]]` at start): stitched flows from complete
+    /// parameters, `count` of them.
+    pub fn install(&mut self, p: &StitchInstallParams) -> Result<Value, RpcError> {
+        let count = p.count.unwrap_or(1);
+        if count == 0 || count > 4_000_000 {
+            return Err(err(format!("count = {count}: must be 1-4000000")));
+        }
+        if matches!(p.teardown, Teardown::B | Teardown::D) {
+            return Err(err(format!(
+                "teardown {} needs the in-band agent protocol; use 4C or 4E",
+                teardown_name(p.teardown)
+            )));
+        }
+        let mac = |m: stitch_control::protocol::Mac| MacAddr(m.0);
+        let ep = |mac: MacAddr, a: SocketAddr| Endpoint { mac, ip: a.ip(), port: a.port() };
+        let (mut first, mut last) = (None, None);
+        for i in 0..count {
+            let (client, shell_b) = if count == 1 {
+                (p.leg_a.client, p.leg_b.shell)
+            } else {
+                (nth_addr(p.leg_a.client, i), nth_addr(p.leg_b.shell, i))
+            };
+            let sp = StitchParams {
+                c: ep(mac(p.macs.c), client),
+                a1: ep(mac(p.macs.a1), p.leg_a.shell),
+                a2: ep(mac(p.macs.a2), shell_b),
+                b: ep(mac(p.macs.b), p.leg_b.core),
+                s1: SeqNumber(p.s1),
+                r1: SeqNumber(p.r1),
+                s2: SeqNumber(p.s2),
+                r2: SeqNumber(p.r2),
+                ts: p.ts.map(|t| TsParams { c_to_b_tsval_delta: t.c_to_b, b_to_c_tsval_delta: t.b_to_c }),
+                wscale: p.wscale.map(|w| WscaleParams { c: w.c, a1: w.a1, a2: w.a2, b: w.b }),
+                sack_c: p.sack.is_none_or(|s| s.leg_a),
+                sack_b: p.sack.is_none_or(|s| s.leg_b),
+            };
+            let (t_cb, t_bc) = stitch_pair(&sp);
+            let (b_port, c_port) = (PortId(p.ports.b), PortId(p.ports.c));
+            let fin_to_shell = p.teardown == Teardown::E;
+            let prep = StitchPrepareParams {
+                leg_a: stitch_control::protocol::LegA { client, shell: p.leg_a.shell },
+                leg_b: stitch_control::protocol::LegB { shell: shell_b, core: p.leg_b.core },
+                proto: p.proto,
+                teardown: p.teardown,
+                idle_timeout: p.idle_timeout,
+                linger: p.linger,
+            };
+            let actions = |d: Dir| match d {
+                Dir::CtoA => Action::Translate { t: t_cb, out_port: b_port, fin_to_shell },
+                Dir::BtoA => Action::Translate { t: t_bc, out_port: c_port, fin_to_shell },
+                Dir::AtoC | Dir::AtoB => Action::DropShell,
+            };
+            let id = match self.add(prep, actions, Phase::Stitched, Some((t_cb, b_port, t_bc, c_port))) {
+                Ok(id) => id,
+                Err(e) if first.is_some() => {
+                    return Err(err(format!("{} (after installing stitches {}-{})", e.message, first.unwrap_or(0), last.unwrap_or(0))))
+                }
+                Err(e) => return Err(e),
+            };
+            first.get_or_insert(id);
+            last = Some(id);
+        }
+        self.emit(json!({"event": "installed", "first": first, "last": last}));
+        Ok(json!({"installed": count, "first_id": first, "last_id": last}))
+    }
+
+    /// Inserts a stitch's four entries (all or none) and records it.
+    fn add(
+        &mut self,
+        p: StitchPrepareParams,
+        action: impl Fn(Dir) -> Action,
+        phase: Phase,
+        live: Option<(Translation, PortId, Translation, PortId)>,
+    ) -> Result<u32, RpcError> {
         let (a, b) = (p.leg_a, p.leg_b);
         let fam = |x: &SocketAddr| x.is_ipv6();
-        if fam(&a.client) != fam(&a.shell)
-            || fam(&b.shell) != fam(&b.core)
-            || fam(&a.client) != fam(&b.core)
-        {
-            return Err(err(
-                "all four addresses of a stitch must be of one family (IPv4 or IPv6)",
-            ));
+        if fam(&a.client) != fam(&a.shell) || fam(&b.shell) != fam(&b.core) || fam(&a.client) != fam(&b.core) {
+            return Err(err("all four addresses of a stitch must be of one family (IPv4 or IPv6)"));
         }
         let proto = match p.proto {
             Proto::Tcp => 6,
@@ -257,16 +331,10 @@ impl Stitcher {
         ];
         for (i, k) in keys.iter().enumerate() {
             if keys[..i].contains(k) {
-                return Err(err(format!(
-                    "leg A and leg B must differ: {k} appears twice"
-                )));
+                return Err(err(format!("leg A and leg B must differ: {k} appears twice")));
             }
             if self.table.contains(k) {
-                let owner = self
-                    .stitches
-                    .values()
-                    .find(|s| s.keys.contains(k))
-                    .map(|s| s.id);
+                let owner = self.table.get(k).map(|e| e.rule.stitch);
                 return Err(err(format!(
                     "{k} is already part of stitch {}; delete it first",
                     owner.map_or("?".into(), |o| o.to_string())
@@ -277,15 +345,9 @@ impl Stitcher {
         let states: [Arc<DirState>; 4] = std::array::from_fn(|_| Arc::new(DirState::default()));
         let mut inserted = Vec::new();
         for (d, k) in Dir::ALL.iter().zip(keys) {
-            let rule = FlowRule {
-                stitch: id,
-                dir: *d,
-                action: Action::Watch,
-                state: states[d.index()].clone(),
-            };
+            let rule = FlowRule { stitch: id, dir: *d, action: action(*d), state: states[d.index()].clone() };
             match self.table.insert(k, rule) {
-                FlowInsert::Inserted => inserted.push(k),
-                FlowInsert::Replaced => unreachable_replaced(),
+                FlowInsert::Inserted | FlowInsert::Replaced => inserted.push(k),
                 FlowInsert::Full => {
                     for k in &inserted {
                         self.table.remove(k);
@@ -306,10 +368,10 @@ impl Stitcher {
             params: p,
             keys,
             states,
-            phase: Phase::Watching,
+            phase,
             held: VecDeque::new(),
             held_dropped: 0,
-            live: None,
+            live,
             commit_info: None,
             fin_from_c: false,
             fin_from_b: false,
@@ -317,10 +379,8 @@ impl Stitcher {
             last_packets: 0,
             last_activity: Instant::now(),
         };
-        let v = s.summary();
         self.stitches.insert(id, s);
-        self.emit(json!({"event": "prepared", "id": id}));
-        Ok(v)
+        Ok(id)
     }
 
     fn get_mut(&mut self, id: u32) -> Result<&mut Stitch, RpcError> {
@@ -732,9 +792,16 @@ impl Stitcher {
     }
 }
 
-fn unreachable_replaced() {
-    // prepare checked that no key exists; a replace would mean another writer, which the
-    // design rules out. Nothing to undo: the replaced rule belonged to no stitch.
+/// The `i`th address counting from `a`: port + i % 50000, address + i / 50000.
+fn nth_addr(a: SocketAddr, i: u32) -> SocketAddr {
+    // Wraps past 65535 (skipping 0): the base port should be at most 15535.
+    let port = ((u32::from(a.port()) + i % 50_000 - 1) % 65_535 + 1) as u16;
+    let step = i / 50_000;
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V4((u32::from(v4).wrapping_add(step)).into()),
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6((u128::from(v6).wrapping_add(u128::from(step))).into()),
+    };
+    SocketAddr::new(ip, port)
 }
 
 /// The commit checks for one leg (DESIGN.md, hand-off step 4): the peer acknowledged all
