@@ -134,9 +134,7 @@ mod tests {
         for (i, e) in all.iter().enumerate() {
             assert_eq!(e.counter_index(), i);
             let name = e.counter_name();
-            assert!(name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
         let mut names = AgentError::COUNTER_NAMES.to_vec();
         names.sort_unstable();

@@ -326,7 +326,10 @@ mod tests {
         assert_eq!(out[5], 5);
         assert_eq!(&out[6..8], &[0, 1]);
         assert_eq!(&out[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(&out[16..24], &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+        assert_eq!(
+            &out[16..24],
+            &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]
+        );
         assert_eq!(&out[24..40], &[0xAA; 16]);
         assert_eq!(&out[40..44], &[0xDE, 0xAD, 0xBE, 0xEF]);
         assert_eq!(&out[44..46], &[0, 0]);
@@ -357,7 +360,10 @@ mod tests {
         assert_eq!(Header::parse(&b), Err(AgentError::Truncated));
         let mut b = good.clone();
         b.push(0);
-        assert_eq!(Header::parse(&b), Err(AgentError::Malformed("bytes after the tag")));
+        assert_eq!(
+            Header::parse(&b),
+            Err(AgentError::Malformed("bytes after the tag"))
+        );
         assert_eq!(
             Header::parse(&vec![0u8; MAX_DATAGRAM + 1]),
             Err(AgentError::TooLarge(MAX_DATAGRAM + 1))

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Mbuf, Port, RxBurst, TxBuffer};
-use switch_core::flow::key::parse_flow;
+use dpdk::{Mbuf, Port, RxBurst, TxBuffer, MAX_BURST};
+use switch_core::flow::key::{parse_flow, FlowKey};
 use switch_core::flow::table::FlowTableReader;
 use switch_core::l2::pipeline::{classify, L2Outcome, L2Ports, LearnCache, LearnRequest};
 use switch_core::l2::table::MacTableReader;
@@ -186,6 +186,8 @@ impl Worker {
         let mut cache = LearnCache::new();
         let mut targets = [PortId(0); 32];
         let mut fin_copy = FinCopy::default();
+        // Filler for unused key slots of a burst.
+        let no_key = FlowKey::v4(std::net::Ipv4Addr::UNSPECIFIED, 0, std::net::Ipv4Addr::UNSPECIFIED, 0, 0);
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
@@ -218,84 +220,81 @@ impl Worker {
                     .and_then(|p| p.bridge)
                     .and_then(|b| tables.get(usize::from(b.0)))
                     .and_then(Option::as_ref);
-                for mut m in burst.drain() {
+                // Stage 1: take the burst, and for stitching parse every packet's flow.
+                let mut pkts: [Option<Mbuf>; MAX_BURST] = Default::default();
+                let mut n = 0;
+                for m in burst.drain() {
                     r.rx_pkts += 1;
                     r.rx_bytes += u64::from(m.pkt_len());
-                    if stitching {
-                        if let Some(l4) = parse_flow(m.data()) {
-                            let d = m.data();
-                            let src = MacAddr([d[6], d[7], d[8], d[9], d[10], d[11]]);
-                            if in_l2.is_some_and(|p| !p.security.permits(src)) {
-                                r.drops[DropReason::PortSecurity.index()] += 1;
-                                continue;
-                            }
-                            fin_copy.len = 0;
-                            let hit = flows.with(&l4.key, |e| {
-                                let frame = m.data_mut()?;
-                                Some((
-                                    process(frame, &l4, &e.rule, in_port, &mut fin_copy),
-                                    e.rule.stitch,
-                                    e.rule.dir,
-                                ))
-                            });
-                            if let Some(Some((dec, stitch, dir))) = hit {
-                                if dec.notify {
-                                    let n = Punt {
-                                        stitch,
-                                        dir,
-                                        kind: PuntKind::Notice,
-                                        tcp_flags: l4.tcp_flags,
-                                        mbuf: None,
-                                        fin: fin_copy,
-                                    };
-                                    if punt.push(n).is_err() {
-                                        r.drops[DropReason::PuntFull.index()] += 1;
-                                    }
-                                }
-                                match dec.verdict {
-                                    StitchVerdict::L2 => {}
-                                    StitchVerdict::Out(p) => {
-                                        r.stitched += 1;
-                                        out.push(usize::from(p.0), m, &mut r);
-                                        continue;
-                                    }
-                                    StitchVerdict::Hold => {
-                                        let h = Punt {
-                                            stitch,
-                                            dir,
-                                            kind: PuntKind::Hold,
-                                            tcp_flags: l4.tcp_flags,
-                                            mbuf: Some(m),
-                                            fin: FinCopy::default(),
-                                        };
-                                        match punt.push(h) {
-                                            Ok(()) => r.punted += 1,
-                                            Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
-                                        }
-                                        continue;
-                                    }
-                                    StitchVerdict::Drop(reason) => {
-                                        r.drops[reason.index()] += 1;
-                                        continue;
-                                    }
-                                }
+                    pkts[n] = Some(m);
+                    n += 1;
+                }
+                if stitching {
+                    let mut keys = [no_key; MAX_BURST];
+                    let mut l4s = [None; MAX_BURST];
+                    let mut idx = [0u8; MAX_BURST];
+                    let mut k = 0;
+                    for (i, slot) in pkts[..n].iter_mut().enumerate() {
+                        let Some(m) = slot else { continue };
+                        let Some(l4) = parse_flow(m.data()) else { continue };
+                        let d = m.data();
+                        let src = MacAddr([d[6], d[7], d[8], d[9], d[10], d[11]]);
+                        if in_l2.is_some_and(|p| !p.security.permits(src)) {
+                            r.drops[DropReason::PortSecurity.index()] += 1;
+                            *slot = None;
+                            continue;
+                        }
+                        keys[k] = l4.key;
+                        l4s[k] = Some(l4);
+                        idx[k] = i as u8;
+                        k += 1;
+                    }
+                    // Stage 2: one bulk lookup for the burst (the table overlaps the
+                    // cache misses), then each hit is handled in arrival order.
+                    flows.for_each_bulk(&keys[..k], |j, e| {
+                        let (Some(e), Some(l4)) = (e, l4s[j]) else { return };
+                        let slot = &mut pkts[usize::from(idx[j])];
+                        let Some(m) = slot.as_mut() else { return };
+                        let Some(frame) = m.data_mut() else { return };
+                        fin_copy.len = 0;
+                        let dec = process(frame, &l4, &e.rule, in_port, &mut fin_copy);
+                        let (stitch, dir) = (e.rule.stitch, e.rule.dir);
+                        if dec.notify {
+                            let note = Punt { stitch, dir, kind: PuntKind::Notice, tcp_flags: l4.tcp_flags, mbuf: None, fin: fin_copy };
+                            if punt.push(note).is_err() {
+                                r.drops[DropReason::PuntFull.index()] += 1;
                             }
                         }
-                    }
+                        match dec.verdict {
+                            StitchVerdict::L2 => {}
+                            StitchVerdict::Out(p) => {
+                                if let Some(m) = slot.take() {
+                                    r.stitched += 1;
+                                    out.push(usize::from(p.0), m, &mut r);
+                                }
+                            }
+                            StitchVerdict::Hold => {
+                                let h = Punt { stitch, dir, kind: PuntKind::Hold, tcp_flags: l4.tcp_flags, mbuf: slot.take(), fin: FinCopy::default() };
+                                match punt.push(h) {
+                                    Ok(()) => r.punted += 1,
+                                    Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                                }
+                            }
+                            StitchVerdict::Drop(reason) => {
+                                *slot = None;
+                                r.drops[reason.index()] += 1;
+                            }
+                        }
+                    });
+                }
+                // Stage 3: everything else is switched by L2.
+                for m in pkts[..n].iter_mut().filter_map(Option::take) {
                     let Some(table) = table else {
                         r.drops[DropReason::NoBridge.index()] += 1;
                         continue;
                     };
                     let mut learn_req = None;
-                    let outcome = classify(
-                        m.data(),
-                        in_port,
-                        &ports,
-                        table,
-                        &mut cache,
-                        now,
-                        &mut learn_req,
-                    );
+                    let outcome = classify(m.data(), in_port, &ports, table, &mut cache, now, &mut learn_req);
                     if let Some(req) = learn_req {
                         if learn.push(req).is_ok() {
                             r.learn_req += 1;

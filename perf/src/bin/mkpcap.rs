@@ -5,6 +5,12 @@
 //! 1000), each a different flow with its own source MAC (02:00:01:xx:xx:xx), source address
 //! in 198.18.0.0/15 and source port, all to DST_MAC (default 02:00:00:ff:00:01); FRAME_SIZE
 //! bytes without FCS (default 60, i.e. 64 on the wire).
+//!
+//! `stitch-mkpcap --stitched OUT.pcap STITCHES [FRAMES=16384] [FRAME_SIZE=60]`: TCP data
+//! segments C -> A1 of stitches installed by `stitch.install` with `count = STITCHES`,
+//! client 198.18.0.1:10000, shell 198.18.0.2:7000, C's MAC 02:00:00:00:0c:01, A1's MAC
+//! 02:00:00:00:0a:01 (the addressing `count` uses: port + i % 50000, address + i / 50000),
+//! FRAMES of them spread evenly over the stitches.
 
 use anyhow::{bail, Context, Result};
 use etherparse::PacketBuilder;
@@ -21,6 +27,9 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--stitched") {
+        return stitched(&args[2..]);
+    }
     if args.len() < 2 || args[1] == "--help" || args[1] == "-h" {
         println!("usage: stitch-mkpcap OUT.pcap [FLOWS=1000] [FRAME_SIZE=60] [DST_MAC=02:00:00:ff:00:01]");
         return Ok(());
@@ -62,4 +71,44 @@ fn main() -> Result<()> {
     }
     std::fs::write(&args[1], out).with_context(|| format!("writing {}", args[1]))?;
     Ok(())
+}
+
+fn write_pcap(path: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let mut out = Vec::new();
+    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for v in [i as u32, 0, f.len() as u32, f.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {path}"))
+}
+
+fn stitched(args: &[String]) -> Result<()> {
+    let out = args.first().context("usage: stitch-mkpcap --stitched OUT.pcap STITCHES [FRAMES] [FRAME_SIZE]")?;
+    let n: u32 = args.get(1).context("STITCHES")?.parse().context("STITCHES")?;
+    let frames: u32 = args.get(2).map(|s| s.parse()).transpose().context("FRAMES")?.unwrap_or(16384);
+    let size: usize = args.get(3).map(|s| s.parse()).transpose().context("FRAME_SIZE")?.unwrap_or(60);
+    if n == 0 || frames == 0 || !(66..=1514).contains(&size.max(66)) {
+        bail!("STITCHES and FRAMES must be > 0");
+    }
+    let mut v = Vec::with_capacity(frames as usize);
+    for j in 0..frames {
+        let i = (u64::from(j) * u64::from(n) / u64::from(frames)) as u32;
+        let ip = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)) + i / 50_000;
+        let port = ((10_000 + i % 50_000 - 1) % 65_535 + 1) as u16;
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0x0c, 1], [2, 0, 0, 0, 0x0a, 1])
+            .ipv4(ip.to_be_bytes(), [198, 18, 0, 2], 64)
+            .tcp(port, 7000, 1000 + j, 512)
+            .ack(2000)
+            .options(&[etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Timestamp(100 + j, 50)])?;
+        let payload = vec![0u8; size.saturating_sub(66)];
+        let mut f = Vec::new();
+        b.write(&mut f, &payload)?;
+        v.push(f);
+    }
+    write_pcap(out, &v)
 }

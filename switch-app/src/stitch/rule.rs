@@ -148,11 +148,13 @@ impl Default for DirState {
     }
 }
 
-/// Adds to a counter (directions are normally seen by one worker; a rare race between
-/// two queues only loses a count, never corrupts state).
+/// Adds to a counter. A direction's packets arrive on one queue (RSS keeps a flow on
+/// one queue), so one worker writes each counter: a plain load and store, no locked
+/// read-modify-write on the hot path. Were two queues to race, a count could be lost,
+/// never state corrupted.
 #[inline]
 pub fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Relaxed);
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
 impl DirState {
