@@ -178,7 +178,7 @@ impl Reply {
 /// Switch -> agent: a stitched connection is ending (figures 4B-4E). In 4B the switch
 /// sends one to each of shell and core; in 4C/4D/4E it tells whichever party did not
 /// get a FIN it can see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeardownMsg {
     /// The stitch that is ending.
     pub stitch_id: u32,
@@ -190,6 +190,10 @@ pub struct TeardownMsg {
     pub variant: Teardown,
     /// Who this message is for (Shell or Core).
     pub to: Side,
+    /// The legs (client, shell A1, shell A2, core), when the sender knows them.
+    pub legs: Option<[SocketAddr; 4]>,
+    /// Bytes the switch carried (C->B, B->C), when the sender is the switch.
+    pub bytes: Option<(u64, u64)>,
 }
 
 /// Agent -> switch: the original connections of these stitches are still alive (seed
@@ -345,6 +349,19 @@ pub(crate) fn encode_body(msg: &Message) -> Result<Vec<u8>, AgentError> {
             w.put_u8(t::END_KIND, td.kind.into())?;
             w.put_u8(t::TEARDOWN, td.variant.into())?;
             w.put_u8(t::TO_SIDE, td.to.into())?;
+            if let Some((cb, bc)) = td.bytes {
+                let mut v = [0u8; 16];
+                v[..8].copy_from_slice(&cb.to_be_bytes());
+                v[8..].copy_from_slice(&bc.to_be_bytes());
+                w.put(t::BYTES, &v)?;
+            }
+            if let Some(legs) = td.legs {
+                let mut sub = crate::tlv::Writer::default();
+                for (i, a) in legs.iter().enumerate() {
+                    sub.put_addr(i as u16, a)?;
+                }
+                w.put(t::LEGS, &sub.buf)?;
+            }
         }
         Message::Heartbeat(hb) => {
             if hb.stitch_ids.len() > MAX_HEARTBEAT_IDS {
@@ -480,7 +497,7 @@ pub(crate) fn decode_body(mt: MsgType, body: &[u8]) -> Result<Message, AgentErro
             })
         }
         MsgType::Teardown => {
-            let [id, from, kind, variant, to] = tlv::collect(
+            let [id, from, kind, variant, to, bytes, legs] = tlv::collect(
                 body,
                 [
                     t::STITCH_ID,
@@ -488,14 +505,34 @@ pub(crate) fn decode_body(mt: MsgType, body: &[u8]) -> Result<Message, AgentErro
                     t::END_KIND,
                     t::TEARDOWN,
                     t::TO_SIDE,
+                    t::BYTES,
+                    t::LEGS,
                 ],
             )?;
+            let bytes = match bytes {
+                None => None,
+                Some(v) if v.len() == 16 => Some((
+                    u64::from_be_bytes(v[..8].try_into().map_err(|_| AgentError::Malformed("BYTES"))?),
+                    u64::from_be_bytes(v[8..].try_into().map_err(|_| AgentError::Malformed("BYTES"))?),
+                )),
+                Some(_) => return Err(AgentError::Malformed("BYTES must be 16 bytes")),
+            };
+            let legs = match legs {
+                None => None,
+                Some(v) => {
+                    let [a, b, c, d] = tlv::collect(v, [0, 1, 2, 3])?;
+                    let g = |x: Option<&[u8]>| tlv::get_addr(req(x, "LEGS needs four addresses")?);
+                    Some([g(a)?, g(b)?, g(c)?, g(d)?])
+                }
+            };
             Message::Teardown(TeardownMsg {
                 stitch_id: get_u32(req(id, "teardown without STITCH_ID")?)?,
                 from: Side::from(get_u8(req(from, "teardown without FROM_SIDE")?)?),
                 kind: EndKind::from(get_u8(req(kind, "teardown without END_KIND")?)?),
                 variant: Teardown::from(get_u8(req(variant, "teardown without TEARDOWN")?)?),
                 to: Side::from(get_u8(req(to, "teardown without TO_SIDE")?)?),
+                legs,
+                bytes,
             })
         }
         MsgType::Heartbeat => {
@@ -601,6 +638,8 @@ mod tests {
             kind: EndKind::Unknown(201),
             variant: Teardown::Unknown(202),
             to: Side::Unknown(203),
+            legs: None,
+            bytes: None,
         });
         let body = encode_body(&m).unwrap();
         assert_eq!(decode_body(MsgType::Teardown, &body), Ok(m));

@@ -86,6 +86,13 @@ pub mod tlv_type {
     pub const MESSAGE: u16 = 0x0003;
     /// UTF-8 (<= 64 bytes): the switch's name (absent: empty).
     pub const SWITCH_ID: u16 = 0x0004;
+    /// 2 x u64: bytes the switch carried C->B and B->C for a stitch (Teardown; absent:
+    /// unknown).
+    pub const BYTES: u16 = 0x0005;
+    /// 4 x SocketAddr (client, shell A1, shell A2, core): the stitched connection's legs
+    /// (Teardown; absent: identify it by stitch id alone). An agent that never saw the
+    /// stitch id (the core, in 4C) names the connection this way.
+    pub const LEGS: u16 = 0x0006;
 }
 
 /// Length of a SocketAddr value: family byte + address + port.

@@ -94,6 +94,22 @@ fn every_message(v6: bool) -> Vec<Message> {
             kind: EndKind::Fin,
             variant: Teardown::B,
             to: Side::Core,
+            legs: None,
+            bytes: None,
+        }),
+        Message::Teardown(TeardownMsg {
+            stitch_id: 12,
+            from: Side::Core,
+            kind: EndKind::Fin,
+            variant: Teardown::C,
+            to: Side::Shell,
+            legs: Some([
+                "198.18.0.1:40000".parse().unwrap(),
+                "198.18.0.2:7000".parse().unwrap(),
+                "[2001:db8::2]:45000".parse().unwrap(),
+                "[2001:db8::3]:8000".parse().unwrap(),
+            ]),
+            bytes: Some((123, u64::MAX)),
         }),
         Message::Heartbeat(Heartbeat {
             stitch_ids: vec![1, 2, 3, u32::MAX],
@@ -647,6 +663,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
             kind: EndKind::from(k),
             variant: Teardown::from(v),
             to: Side::from(t),
+            legs: None,
+            bytes: Some((u64::from(stitch_id), 7)),
         })
     });
     let heartbeat = prop::collection::vec(any::<u32>(), 0..=crate::MAX_HEARTBEAT_IDS)
