@@ -34,6 +34,62 @@ pub struct Config {
     /// Stitching.
     #[serde(default)]
     pub stitch: StitchConfig,
+    /// The in-band agent protocol (absent: off).
+    #[serde(default)]
+    pub agent: Option<AgentConfig>,
+}
+
+/// `[agent]`: the switch's own service address, where shells probe and send stitch
+/// requests (docs/agent-protocol.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// IPv4 service address (answered for ARP on every data port).
+    #[serde(default)]
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// IPv6 service address (answered for neighbour solicitation).
+    #[serde(default)]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// UDP port of the service.
+    #[serde(default = "agent_port")]
+    pub port: u16,
+    /// UDP port agents listen on for teardown messages.
+    #[serde(default = "agent_peer_port")]
+    pub agent_port: u16,
+    /// MAC address of the service address.
+    #[serde(default = "agent_mac")]
+    pub mac: MacAddr,
+    /// Name in probe replies.
+    #[serde(default = "switch_id")]
+    pub switch_id: String,
+    /// Answer probes only when they arrive with IP TTL / hop limit 1 (figure 5C).
+    #[serde(default = "yes")]
+    pub require_ttl1: bool,
+    /// Keys per matching scope; the first one signs what the switch sends first.
+    pub keys: Vec<AgentKey>,
+}
+
+/// `[[agent.keys]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentKey {
+    /// Matching-scope id.
+    pub id: u32,
+    /// 32-byte key, 64 hex digits.
+    pub key: String,
+}
+
+fn agent_port() -> u16 {
+    4790
+}
+fn agent_peer_port() -> u16 {
+    4791
+}
+fn agent_mac() -> MacAddr {
+    MacAddr([0x02, 0x53, 0x54, 0x43, 0x48, 0x01])
+}
+fn switch_id() -> String {
+    "stitchd".into()
 }
 
 /// `[stitch]`
@@ -327,6 +383,22 @@ impl Config {
                 "stitch.flow_table_size = {} (must be 4 - 16777216)",
                 self.stitch.flow_table_size
             ));
+        }
+        if let Some(a) = &self.agent {
+            if a.ipv4.is_none() && a.ipv6.is_none() {
+                return bad("agent: give ipv4 and/or ipv6 (the switch's service address)".into());
+            }
+            if a.keys.is_empty() {
+                return bad("agent.keys is empty: every agent message is authenticated".into());
+            }
+            for k in &a.keys {
+                if k.key.len() != 64 || !k.key.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return bad(format!("agent.keys id {}: key must be 64 hex digits (32 bytes)", k.id));
+                }
+            }
+            if !a.mac.is_unicast() || a.mac.is_zero() {
+                return bad(format!("agent.mac {} is not a unicast address", a.mac));
+            }
         }
         if self.eal.file_prefix.is_empty() || self.eal.file_prefix.contains('/') {
             return bad("eal.file_prefix must be a non-empty name without '/'".into());

@@ -6,6 +6,7 @@
 //! Shutdown (SIGINT, SIGTERM or `shutdown`) runs it backwards: workers stop and flush,
 //! ports stop and close, the socket is removed, the EAL is cleaned up.
 
+mod agent;
 mod config;
 mod fault;
 mod slowpath;
@@ -341,6 +342,12 @@ fn serve(
         faults.clone(),
     );
 
+    if let Some(a) = &cfg.agent {
+        let all: Vec<PortId> = planned.iter().map(|p| PortId(p.port.0)).collect();
+        slow.agent = Some(agent::Agent::new(a, all).map_err(anyhow::Error::msg)?);
+        slow.stitcher.agents = true;
+    }
+    let agent_addrs = slow.agent.as_ref().map(agent::Agent::addrs);
     for (i, inst) in cfg.stitch.install.iter().enumerate() {
         for port in [inst.ports.c, inst.ports.b] {
             if usize::from(port) >= n_ports {
@@ -377,6 +384,7 @@ fn serve(
             flow_count: flow_count.clone(),
             punt,
             faults: faults.clone(),
+            agent: agent_addrs,
             stats,
             stop: stop.clone(),
             tsc_start,

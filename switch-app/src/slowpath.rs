@@ -77,6 +77,8 @@ pub struct SlowPath {
     pub pool: Arc<dpdk::Mempool>,
     /// Fault injection settings, read by the workers.
     pub faults: Arc<Vec<PortFault>>,
+    /// The agent protocol endpoint, when configured.
+    pub agent: Option<crate::agent::Agent>,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -118,6 +120,7 @@ impl SlowPath {
             tx,
             pool,
             faults,
+            agent: None,
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -142,6 +145,7 @@ impl SlowPath {
                     workers: &self.worker_stats,
                 };
                 self.stitcher.tick(&mut io);
+                self.flush_notices();
                 let cutoff = Instant::now() - Duration::from_secs(1);
                 while self.retired.front().is_some_and(|(t, _)| *t < cutoff) {
                     self.retired.pop_front();
@@ -157,6 +161,7 @@ impl SlowPath {
             match requests.recv_timeout(wait) {
                 Ok((method, reply)) => {
                     let answer = self.handle(method);
+                    self.flush_notices();
                     let _ = reply.send(answer);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -198,7 +203,19 @@ impl SlowPath {
             pool: &self.pool,
             workers: &self.worker_stats,
         };
-        drain_punts(&self.punt_queues, &mut self.stitcher, &mut io)
+        drain_punts(&self.punt_queues, &mut self.stitcher, &mut self.agent, &mut io)
+    }
+
+    /// Sends the teardown messages the stitcher queued (after a control request or tick).
+    fn flush_notices(&mut self) {
+        let notices = std::mem::take(&mut self.stitcher.notices);
+        if let Some(a) = self.agent.as_mut() {
+            let io = Io { tx: &self.tx, pool: &self.pool, workers: &self.worker_stats };
+            for n in &notices {
+                a.notify(n, &io);
+            }
+            a.tick(&io);
+        }
     }
 
     fn age(&mut self, now: u32) {
@@ -309,6 +326,7 @@ impl SlowPath {
                         "invalid": c.invalid, "aged": c.aged, "learn_pending": pending,
                     },
                     "stitch": self.stitcher.stats(),
+                    "agent": self.agent.as_ref().map(crate::agent::Agent::stats),
                 }))
             }
             Method::MacList(p) => {

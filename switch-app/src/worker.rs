@@ -20,6 +20,7 @@ use switch_core::l2::table::MacTableReader;
 use switch_core::verdict::DropReason;
 use switch_core::{MacAddr, PortId};
 
+use crate::agent::{for_agent, AgentAddrs};
 use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
 use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
@@ -32,6 +33,8 @@ pub enum PuntKind {
     Hold,
     /// A FIN or RST on a stitched flow (the packet itself was sent on; `mbuf` is None).
     Notice,
+    /// For the switch's own service address (ARP, ND, agent protocol).
+    Agent,
 }
 
 /// One item on a worker's queue to the slow path.
@@ -68,6 +71,8 @@ pub struct Worker {
     pub punt: Arc<ArrayQueue<Punt>>,
     /// Fault injection per port id.
     pub faults: Arc<Vec<PortFault>>,
+    /// The agent service address, when configured.
+    pub agent: Option<AgentAddrs>,
     /// Counters.
     pub stats: Arc<WorkerStats>,
     /// Set by the main lcore to stop.
@@ -170,6 +175,7 @@ impl Worker {
             flow_count,
             punt,
             faults,
+            agent,
             stats,
             stop,
             tsc_start,
@@ -289,6 +295,16 @@ impl Worker {
                 }
                 // Stage 3: everything else is switched by L2.
                 for m in pkts[..n].iter_mut().filter_map(Option::take) {
+                    if let Some(a) = &agent {
+                        if for_agent(m.data(), a) {
+                            let p = Punt { stitch: 0, dir: Dir::CtoA, kind: PuntKind::Agent, tcp_flags: 0, mbuf: Some(m), fin: FinCopy::default() };
+                            match punt.push(p) {
+                                Ok(()) => r.punted += 1,
+                                Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                            }
+                            continue;
+                        }
+                    }
                     let Some(table) = table else {
                         r.drops[DropReason::NoBridge.index()] += 1;
                         continue;

@@ -28,6 +28,8 @@ use switch_core::stitch::translate::{translate, Translation};
 use switch_core::{MacAddr, PortId};
 
 use super::ack::{bare_fin, pure_ack};
+use crate::agent::AgentNotice;
+use agent_proto::{EndKind, Side};
 use super::rule::{Action, Dir, DirState, FlowRule};
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
@@ -175,6 +177,10 @@ pub struct Stitcher {
     pub table_full: u64,
     pub held_total: u64,
     pub acks_sent: u64,
+    /// Whether the agent protocol is configured (teardown 4B and 4D need it).
+    pub agents: bool,
+    /// Teardown messages the agent endpoint must send (drained by the slow path).
+    pub notices: Vec<AgentNotice>,
 }
 
 fn err(msg: impl Into<String>) -> RpcError {
@@ -199,6 +205,8 @@ impl Stitcher {
             table_full: 0,
             held_total: 0,
             acks_sent: 0,
+            agents: false,
+            notices: Vec::new(),
         }
     }
 
@@ -229,12 +237,7 @@ impl Stitcher {
 
     /// `stitch.prepare`
     pub fn prepare(&mut self, p: StitchPrepareParams) -> Result<Value, RpcError> {
-        if matches!(p.teardown, Teardown::B | Teardown::D) {
-            return Err(err(format!(
-                "teardown {} needs the in-band agent protocol to reach the shell/core; use 4C or 4E",
-                teardown_name(p.teardown)
-            )));
-        }
+        self.check_variant(p.teardown)?;
         let id = self.add(p, |_| Action::Watch, Phase::Watching, None)?;
         self.emit(json!({"event": "prepared", "id": id}));
         Ok(self.stitches[&id].summary())
@@ -247,12 +250,7 @@ impl Stitcher {
         if count == 0 || count > 4_000_000 {
             return Err(err(format!("count = {count}: must be 1-4000000")));
         }
-        if matches!(p.teardown, Teardown::B | Teardown::D) {
-            return Err(err(format!(
-                "teardown {} needs the in-band agent protocol; use 4C or 4E",
-                teardown_name(p.teardown)
-            )));
-        }
+        self.check_variant(p.teardown)?;
         let mac = |m: stitch_control::protocol::Mac| MacAddr(m.0);
         let ep = |mac: MacAddr, a: SocketAddr| Endpoint { mac, ip: a.ip(), port: a.port() };
         let (mut first, mut last) = (None, None);
@@ -278,7 +276,7 @@ impl Stitcher {
             };
             let (t_cb, t_bc) = stitch_pair(&sp);
             let (b_port, c_port) = (PortId(p.ports.b), PortId(p.ports.c));
-            let fin_to_shell = p.teardown == Teardown::E;
+            let fin_to_shell = matches!(p.teardown, Teardown::D | Teardown::E);
             let prep = StitchPrepareParams {
                 leg_a: stitch_control::protocol::LegA { client, shell: p.leg_a.shell },
                 leg_b: stitch_control::protocol::LegB { shell: shell_b, core: p.leg_b.core },
@@ -304,6 +302,60 @@ impl Stitcher {
         }
         self.emit(json!({"event": "installed", "first": first, "last": last}));
         Ok(json!({"installed": count, "first_id": first, "last_id": last}))
+    }
+
+    /// 4B and 4D tell the agents by message: refused without the agent protocol.
+    fn check_variant(&self, t: Teardown) -> Result<(), RpcError> {
+        if matches!(t, Teardown::B | Teardown::D) && !self.agents {
+            return Err(err(format!(
+                "teardown {} needs the in-band agent protocol ([agent] in the configuration); use 4C or 4E",
+                teardown_name(t)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Room left, in stitches (four flow entries each).
+    pub fn free_stitches(&self) -> u32 {
+        (self.table.capacity().saturating_sub(self.table.len()) / 4).min(u32::MAX as usize) as u32
+    }
+
+    /// An agent's heartbeat: the stitch is alive. False when there is no such stitch.
+    pub fn touch(&mut self, id: u32) -> bool {
+        match self.stitches.get_mut(&id) {
+            Some(s) => {
+                s.last_activity = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues a teardown message about `s` for the agents named in `to`.
+    fn notice(&mut self, s: &Stitch, from: Side, kind: EndKind, to: &[Side]) {
+        if !self.agents {
+            return;
+        }
+        let legs = [s.params.leg_a.client, s.params.leg_a.shell, s.params.leg_b.shell, s.params.leg_b.core];
+        let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
+        let (shell, core) = match &s.live {
+            Some((t_cb, b_port, t_bc, _)) => ((t_bc.eth_src, s.state(Dir::AtoC).port()), (t_cb.eth_dst, Some(*b_port))),
+            None => (
+                (mac(&s.state(Dir::CtoA).dst_mac), s.state(Dir::AtoC).port()),
+                (mac(&s.state(Dir::BtoA).src_mac), s.state(Dir::BtoA).port()),
+            ),
+        };
+        self.notices.push(AgentNotice {
+            stitch_id: s.id,
+            from,
+            kind,
+            variant: s.params.teardown,
+            legs,
+            bytes: (s.state(Dir::CtoA).bytes.load(Relaxed), s.state(Dir::BtoA).bytes.load(Relaxed)),
+            shell,
+            core,
+            to: to.to_vec(),
+        });
     }
 
     /// Inserts a stitch's four entries (all or none) and records it.
@@ -539,7 +591,7 @@ impl Stitcher {
             info["wscale"] = json!(wscale.map(|w| [w.c, w.a1, w.a2, w.b]));
         }
         let (t_cb, t_bc) = stitch_pair(&sp);
-        let fin_to_shell = s.params.teardown == Teardown::E;
+        let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
         let states = s.states.clone();
         let keys = s.keys;
         // Both directions live, then the shell's own sends are dropped.
@@ -667,6 +719,7 @@ impl Stitcher {
         for (d, m) in std::mem::take(&mut s.held) {
             Self::send_to_shell(&s, d, m, io);
         }
+        self.notice(&s, Side::Unknown(0), EndKind::Deleted, &[Side::Shell, Side::Core]);
         self.emit(json!({"event": "removed", "id": id, "reason": "deleted"}));
         Ok(json!({"id": id, "deleted": true, "released_to_shell": n}))
     }
@@ -690,6 +743,8 @@ impl Stitcher {
             return; // stitch gone: a held packet is dropped; its sender retransmits
         };
         match p.kind {
+            // Routed to the agent endpoint by drain_punts, never here.
+            PuntKind::Agent => {}
             PuntKind::Hold => {
                 let Some(m) = p.mbuf else { return };
                 match s.phase {
@@ -716,7 +771,8 @@ impl Stitcher {
                 if p.tcp_flags & 0x04 != 0 {
                     let from = if p.dir == Dir::CtoA { "client" } else { "core" };
                     if let Some(s) = self.remove(id, io.workers) {
-                        drop(s);
+                        let side = if p.dir == Dir::CtoA { Side::Client } else { Side::Core };
+                        self.notice(&s, side, EndKind::Rst, &[Side::Shell, Side::Core]);
                     }
                     self.emit(json!({"event": "rst", "id": id, "from": from}));
                     self.emit(json!({"event": "removed", "id": id, "reason": "rst"}));
@@ -738,11 +794,27 @@ impl Stitcher {
                     s.phase = Phase::Closing;
                     s.closing_since = Some(Instant::now());
                 }
-                // 4C: the translated FIN went on to the other end; the core tells the
-                // shell itself. 4E: the same, and the shell also gets the FIN as it
-                // arrived (untranslated), so it learns of the close first-hand.
+                // The FIN itself always went on, translated, to the other end: a real TCP
+                // endpoint can be closed cleanly no other way. The variants differ in who
+                // is told, and how (seed 001, figures 4B-4E):
+                // 4B: the switch sends both agents a teardown message.
+                // 4C: nothing more here; the core's agent tells the shell.
+                // 4D: the shell gets the FIN as it arrived (untranslated) and tells the core.
+                // 4E: the shell gets the untranslated FIN; the core has the translated one.
                 let mut ev = json!({"event": "fin", "id": id, "from": from, "forwarded_to": to, "teardown": teardown_name(variant)});
-                if variant == Teardown::E && p.fin.len > 0 {
+                if variant == Teardown::B {
+                    let side = if p.dir == Dir::CtoA { Side::Client } else { Side::Core };
+                    let s = self.stitches.remove(&id);
+                    if let Some(s) = s {
+                        self.notice(&s, side, EndKind::Fin, &[Side::Shell, Side::Core]);
+                        self.stitches.insert(id, s);
+                    }
+                    ev["notify"] = json!(["shell", "core"]);
+                    self.emit(ev);
+                    return;
+                }
+                let Some(s) = self.stitches.get(&id) else { return };
+                if matches!(variant, Teardown::D | Teardown::E) && p.fin.len > 0 {
                     if let Some(f) = bare_fin(&p.fin.buf[..p.fin.len]) {
                         if let Ok(m) = Mbuf::from_slice(io.pool, &f) {
                             Self::send_to_shell(s, p.dir, m, io);
@@ -783,6 +855,9 @@ impl Stitcher {
             if let Some(mut s) = self.remove(id, io.workers) {
                 for (d, m) in std::mem::take(&mut s.held) {
                     Self::send_to_shell(&s, d, m, io);
+                }
+                if reason == "idle" {
+                    self.notice(&s, Side::Unknown(0), EndKind::Idle, &[Side::Shell, Side::Core]);
                 }
             }
             self.emit(json!({"event": "removed", "id": id, "reason": reason}));
@@ -861,13 +936,25 @@ pub fn wait_workers(workers: &[Arc<WorkerStats>]) -> Result<(), RpcError> {
 pub fn drain_punts(
     queues: &[Arc<ArrayQueue<Punt>>],
     stitcher: &mut Stitcher,
+    agent: &mut Option<crate::agent::Agent>,
     io: &mut Io<'_>,
 ) -> usize {
     let mut n = 0;
     for q in queues {
         while let Some(p) = q.pop() {
             n += 1;
-            stitcher.on_punt(p, io);
+            if p.kind == PuntKind::Agent {
+                if let (Some(a), Some(m)) = (agent.as_mut(), p.mbuf) {
+                    a.on_frame(m, stitcher, io);
+                }
+            } else {
+                stitcher.on_punt(p, io);
+            }
+        }
+    }
+    if let Some(a) = agent.as_mut() {
+        for notice in std::mem::take(&mut stitcher.notices) {
+            a.notify(&notice, io);
         }
     }
     n
