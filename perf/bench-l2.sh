@@ -21,11 +21,11 @@ ports=(--vdev="net_pcap0,rx_pcap=$dir/flows.pcap,infinite_rx=1" --vdev=net_null0
 eal=(-l 0,1 --no-huge -m 1024 --no-pci)
 
 # Reference: testpmd io forwarding, pps read from its per-second stats (port 0 Rx-pps).
-timeout -s INT $((secs + 3)) dpdk-testpmd "${eal[@]}" --file-prefix=bench$$t "${ports[@]}" -- \
+timeout -s INT $((secs + 8)) dpdk-testpmd "${eal[@]}" --file-prefix=bench$$t "${ports[@]}" -- \
     --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 --stats-period 1 > "$dir/testpmd.log" 2>&1 || true
 # Port 1 (net_null, no-rx) always shows 0: keep the non-zero samples, drop the first
 # (partial second), take the median.
-ref=$(grep -o 'Rx-pps: *[0-9]*' "$dir/testpmd.log" | awk '$2 > 0 {print $2}' | tail -n +2 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+ref=$(grep -o 'Rx-pps: *[0-9]*' "$dir/testpmd.log" | awk '$2 > 0 {print $2}' | sed '1{$!d}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 [ -n "$ref" ] || { echo "testpmd produced no rate:"; cat "$dir/testpmd.log"; exit 1; }
 
 # stitchd: the destination MAC is a static entry on port 1; the 1k source MACs are learned.

@@ -18,10 +18,10 @@ eal=(-l 0,1 --no-huge -m 2048 --no-pci)
 mhz=$(awk '/cpu MHz/ {print $4; exit}' /proc/cpuinfo)
 
 "$bin/stitch-mkpcap" --stitched "$dir/ref.pcap" 1000 16384 60
-timeout -s INT $((secs + 3)) dpdk-testpmd "${eal[@]}" --file-prefix=bst$$t \
+timeout -s INT $((secs + 8)) dpdk-testpmd "${eal[@]}" --file-prefix=bst$$t \
     --vdev="net_pcap0,rx_pcap=$dir/ref.pcap,infinite_rx=1" --vdev=net_null0,no-rx=1 -- \
     --forward-mode=io --nb-cores=1 --total-num-mbufs=32768 --stats-period 1 > "$dir/testpmd.log" 2>&1 || true
-ref=$(grep -o 'Rx-pps: *[0-9]*' "$dir/testpmd.log" | awk '$2 > 0 {print $2}' | tail -n +2 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+ref=$(grep -o 'Rx-pps: *[0-9]*' "$dir/testpmd.log" | awk '$2 > 0 {print $2}' | sed '1{$!d}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 [ -n "$ref" ] || { echo "testpmd produced no rate:"; cat "$dir/testpmd.log"; exit 1; }
 
 echo "| forwarder | installed stitches | Mpps | cycles/packet | ratio to testpmd io |"

@@ -45,6 +45,9 @@ fn net(app: &[&str]) -> Net {
     c.attach(&taps[0], Some("02:00:00:00:0c:01"), "198.18.0.1/24");
     a.attach(&taps[1], Some("02:00:00:00:0a:01"), "198.18.0.2/24");
     b.attach(&taps[2], Some("02:00:00:00:0b:01"), "198.18.0.3/24");
+    for (ns, tap, addr) in [(&c, &taps[0], "2001:db8::1/64"), (&a, &taps[1], "2001:db8::2/64"), (&b, &taps[2], "2001:db8::3/64")] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", tap, "nodad"]);
+    }
     Net { sd, c, a, b }
 }
 
@@ -76,8 +79,12 @@ struct Transfer {
 /// Starts the core server in B, the relay in A and the client in C; C sends `c_to_b`
 /// bytes, B sends `b_to_c` bytes.
 fn start_transfer(n: &Net, c_to_b: usize, b_to_c: usize) -> Transfer {
-    let core_addr: SocketAddr = "198.18.0.3:8000".parse().unwrap();
-    let shell_addr: SocketAddr = "198.18.0.2:7000".parse().unwrap();
+    start_transfer_on(n, c_to_b, b_to_c, "198.18.0.2:7000", "198.18.0.3:8000")
+}
+
+fn start_transfer_on(n: &Net, c_to_b: usize, b_to_c: usize, shell: &str, core: &str) -> Transfer {
+    let core_addr: SocketAddr = core.parse().unwrap();
+    let shell_addr: SocketAddr = shell.parse().unwrap();
     let x = pattern(c_to_b, 0xc11e);
     let y = pattern(b_to_c, 0xc0fe);
     let (want_at_core, want_at_client) = (sha256(&x), sha256(&y));
@@ -148,7 +155,12 @@ fn wait_gone(sd: &Stitchd, id: u64, secs: u64) {
 
 /// The common scenario: relay part way, hand off, finish, check, close, linger, gone.
 fn handoff_scenario(n: &Net, c_to_b: usize, b_to_c: usize, teardown: &str) -> Value {
-    let mut t = start_transfer(n, c_to_b, b_to_c);
+    handoff_scenario_on(n, start_transfer(n, c_to_b, b_to_c), teardown)
+}
+
+fn handoff_scenario_on(n: &Net, t: Transfer, teardown: &str) -> Value {
+    let (c_to_b, b_to_c) = (t.c_to_b, t.b_to_c);
+    let mut t = t;
     wait_relayed(&t, 8 * MIB as u64);
     let mut attempt = 0;
     let (id, commit) = loop {
@@ -204,6 +216,14 @@ fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears
         .map(|w| w["stitched"].as_u64().unwrap())
         .sum();
     assert!(stitched > 10_000, "too few packets translated: {st}");
+}
+
+#[test]
+fn handoff_over_ipv6_moves_64_mib_each_way_byte_exact() {
+    let _g = serial();
+    let n = net(&[]);
+    let t = start_transfer_on(&n, 64 * MIB, 48 * MIB, "[2001:db8::2]:7000", "[2001:db8::3]:8000");
+    handoff_scenario_on(&n, t, "4E");
 }
 
 #[test]
