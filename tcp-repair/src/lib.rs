@@ -6,12 +6,25 @@
 //! in repair mode: in repair mode the kernel sends nothing for it, and closing it sends
 //! neither FIN nor RST (FIELD-NOTES, "Linux TCP hand-off"). Needs `CAP_NET_ADMIN`.
 //!
+//! Beside that, the OS facts the endpoint agents need and `std` lacks: `TCP_MAXSEG` before
+//! connect ([`connect_with_mss`]), IPv6 hop limits for one-hop probes, interface
+//! addresses, process CPU time (module `sock`), and an `AF_PACKET` watcher that sees the
+//! FINs the switch copies to the shell in teardown variants 4D/4E ([`PacketWatcher`]).
+//!
 //! This crate is the only place the endpoint side writes `unsafe`; every block says why it
 //! is sound.
 
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, RawFd};
+
+mod sock;
+mod watch;
+
+pub use sock::{
+    connect_with_mss, interface_addresses, process_cpu_time, set_hop_limit_v6, set_mss,
+};
+pub use watch::{parse_tcp, Observed, PacketWatcher, TcpFlags, TcpSegment, WatchFilter};
 
 /// Which socket queue a `TCP_QUEUE_SEQ` read refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +67,7 @@ pub struct SeqState {
     pub recv: u32,
 }
 
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+pub(crate) fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` is a live i32 and we pass its exact size; the kernel only reads it.
     let r = unsafe {
         libc::setsockopt(

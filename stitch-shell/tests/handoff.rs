@@ -1,0 +1,529 @@
+//! The shell against a fake switch on loopback (no DPDK): hand-off failures leave the
+//! relay carrying every byte, discovery without an answer disables stitching, teardown
+//! notices (4B from the switch, 4C from the core agent) and the FIN watcher (4D) free
+//! silenced sockets, and the status socket prints what the docs say.
+//!
+//! Needs root (TCP_REPAIR, AF_PACKET), like the tcp-repair tests.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use agent_proto::{
+    error_code, open, CapFlags, Capabilities, EndKind, Message, ReplayGuard, Reply, Side, Teardown,
+    TeardownMsg,
+};
+use sha2::{Digest, Sha256};
+use stitch_core::transport::now_ms;
+use stitch_core::{expect_ok, AgentKeys, CoreAgent, CoreConfig, Requester};
+use stitch_shell::{Shell, ShellConfig, ShellStatus};
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const KEY_ID: u32 = 7;
+
+fn keys() -> AgentKeys {
+    AgentKeys::from_hex(KEY_ID, KEY).unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum CommitAnswer {
+    Refuse,
+    Accept,
+}
+
+/// A switch's agent service in a thread: answers Probe, Prepare, Freeze, Commit, Abort,
+/// Heartbeat; records what it received.
+struct FakeSwitch {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Message>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeSwitch {
+    /// `request_addr`: what the ProbeReply tells the shell (None: this switch).
+    fn start(commit: CommitAnswer, request_addr: Option<SocketAddr>) -> FakeSwitch {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log2, stop2) = (log.clone(), stop.clone());
+        let next_id = AtomicU32::new(100);
+        let thread = std::thread::spawn(move || {
+            let k = keys();
+            let mut guard = ReplayGuard::new(4096);
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(o) = open(&buf[..n], &k.ring, &mut guard, now_ms()) else {
+                    continue;
+                };
+                log2.lock().unwrap().push(o.msg.clone());
+                let reply = match o.msg {
+                    Message::Probe(_) => Message::ProbeReply(Capabilities {
+                        flags: CapFlags::all(),
+                        free_flows: 1000,
+                        request_addr: request_addr.unwrap_or(addr),
+                        switch_id: "fake".into(),
+                    }),
+                    Message::Prepare(_) => {
+                        Message::Reply(Reply::ok(Some(next_id.fetch_add(1, Ordering::SeqCst))))
+                    }
+                    Message::Commit(c) if commit == CommitAnswer::Refuse => {
+                        Message::Reply(Reply::error(
+                            Some(c.stitch_id),
+                            error_code::SEQ_MISMATCH,
+                            "test refuses commit",
+                        ))
+                    }
+                    _ => Message::Reply(Reply::ok(None)),
+                };
+                let response = matches!(reply, Message::ProbeReply(_) | Message::Reply(_));
+                let d = k.seal(&reply, o.header.request_id, response).unwrap();
+                sock.send_to(&d, from).unwrap();
+            }
+        });
+        FakeSwitch {
+            addr,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self, f: impl Fn(&Message) -> bool) -> usize {
+        self.log.lock().unwrap().iter().filter(|m| f(m)).count()
+    }
+}
+
+impl Drop for FakeSwitch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn shell_config(
+    switch: SocketAddr,
+    core: SocketAddr,
+    status: &std::path::Path,
+    mapping_extra: &str,
+) -> ShellConfig {
+    ShellConfig::from_toml(&format!(
+        r#"
+[switch]
+address = "{switch}"
+key_id = {KEY_ID}
+key = "{KEY}"
+agent_listen = "127.0.0.1:0"
+status_socket = "{}"
+probe_timeout_ms = 300
+check_interfaces = false
+drain_timeout_ms = 3000
+heartbeat_secs = 0
+
+[[mapping]]
+listen = "127.0.0.1:0"
+core = "{core}"
+{mapping_extra}
+"#,
+        status.display()
+    ))
+    .unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `a`, waits for `gate`, writes `b`, half-closes.
+fn writer(mut s: TcpStream, a: Vec<u8>, b: Vec<u8>, gate: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        s.write_all(&a).unwrap();
+        while !gate.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s.write_all(&b).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    })
+}
+
+/// Reads to EOF; returns (bytes, SHA-256).
+fn reader(mut s: TcpStream) -> JoinHandle<(usize, Vec<u8>)> {
+    std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            total += n;
+        }
+        (total, h.finalize().to_vec())
+    })
+}
+
+fn sha(parts: &[&[u8]]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+/// A 2 x `half` byte transfer each way through the shell, pausing after the first half
+/// until `resume_when` says so. Checks every byte arrived, in order.
+fn transfer_through(
+    shell: &Shell,
+    core: TcpListener,
+    half: usize,
+    resume_when: impl Fn(&ShellStatus) -> bool,
+) {
+    let (c1, c2) = (data(1, half), data(2, half));
+    let (b1, b2) = (data(3, half), data(4, half));
+    let (to_core, to_client) = (sha(&[&c1, &c2]), sha(&[&b1, &b2]));
+    let gate = Arc::new(AtomicBool::new(false));
+    let client = TcpStream::connect(shell.listen_addrs()[0]).unwrap();
+    let (server, _) = core.accept().unwrap();
+    let cw = writer(client.try_clone().unwrap(), c1, c2, gate.clone());
+    let cr = reader(client);
+    let sw = writer(server.try_clone().unwrap(), b1, b2, gate.clone());
+    let sr = reader(server);
+    wait_for("the hand-off attempt", Duration::from_secs(30), || {
+        resume_when(&shell.status())
+    });
+    gate.store(true, Ordering::SeqCst);
+    cw.join().unwrap();
+    sw.join().unwrap();
+    let (n_core, h_core) = sr.join().unwrap();
+    let (n_client, h_client) = cr.join().unwrap();
+    assert_eq!((n_core, n_client), (2 * half, 2 * half));
+    assert_eq!(h_core, to_core, "C->B stream intact");
+    assert_eq!(h_client, to_client, "B->C stream intact");
+}
+
+#[test]
+fn refused_commit_resumes_relaying_without_losing_a_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let sw = FakeSwitch::start(CommitAnswer::Refuse, None);
+    let core = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = shell_config(
+        sw.addr,
+        core.local_addr().unwrap(),
+        &dir.path().join("s.sock"),
+        "bypass = { policy = \"after_bytes\", value = 5000000 }\nteardown = \"4B\"",
+    );
+    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!(shell.status().stitching, "available");
+    transfer_through(&shell, core, 10 << 20, |s| {
+        s.mappings[0].failed_handoffs >= 1
+    });
+    wait_for("the connection to close", Duration::from_secs(10), || {
+        shell.status().mappings[0].relayed == 1
+    });
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!(
+        (
+            m.connections,
+            m.bypassed,
+            m.failed_handoffs,
+            m.active_stitched
+        ),
+        (1, 0, 1, 0)
+    );
+    assert!(
+        m.last_failure_reasons[0].contains("commit refused (code 7): test refuses commit"),
+        "{:?}",
+        m.last_failure_reasons
+    );
+    assert_eq!(m.bytes_relayed_by_shell.c_to_b, 20 << 20);
+    assert_eq!(m.bytes_relayed_by_shell.b_to_c, 20 << 20);
+    // The shell went through the whole protocol, then gave the stitch back.
+    assert_eq!(sw.count(|m| matches!(m, Message::Prepare(_))), 1);
+    assert_eq!(sw.count(|m| matches!(m, Message::Freeze { .. })), 1);
+    assert_eq!(sw.count(|m| matches!(m, Message::Commit(_))), 1);
+    assert_eq!(
+        sw.count(|m| matches!(m, Message::Abort { stitch_id: 100 })),
+        1
+    );
+    let log = sw.log.lock().unwrap();
+    let Some(Message::Prepare(p)) = log.iter().find(|m| matches!(m, Message::Prepare(_))) else {
+        unreachable!()
+    };
+    assert_eq!(p.teardown, Teardown::B);
+    assert_eq!(p.shell_a, shell.listen_addrs()[0]);
+    assert_eq!(
+        p.core.port(),
+        m.core.rsplit(':').next().unwrap().parse::<u16>().unwrap()
+    );
+}
+
+#[test]
+fn unreachable_switch_times_out_and_the_transfer_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let black_hole = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sw = FakeSwitch::start(CommitAnswer::Accept, Some(black_hole.local_addr().unwrap()));
+    let core = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = shell_config(
+        sw.addr,
+        core.local_addr().unwrap(),
+        &dir.path().join("s.sock"),
+        "bypass = { policy = \"immediate\" }",
+    );
+    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    transfer_through(&shell, core, 1 << 20, |s| {
+        s.mappings[0].failed_handoffs >= 1
+    });
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!((m.bypassed, m.failed_handoffs), (0, 1));
+    assert!(
+        m.last_failure_reasons[0].starts_with("prepare: no reply from"),
+        "{:?}",
+        m.last_failure_reasons
+    );
+}
+
+#[test]
+fn silent_switch_means_stitching_not_available_and_plain_relaying() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let core = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = shell_config(
+        silent.local_addr().unwrap(),
+        core.local_addr().unwrap(),
+        &dir.path().join("s.sock"),
+        "bypass = { policy = \"immediate\" }",
+    );
+    let t = Instant::now();
+    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "waited probe_timeout_ms"
+    );
+    let st = shell.status();
+    assert!(
+        st.stitching.starts_with("not available: no reply to probe"),
+        "{}",
+        st.stitching
+    );
+    assert!(st.mappings[0].stitching.starts_with("not available"));
+    assert!(st.switch.is_none());
+    transfer_through(&shell, core, 256 << 10, |s| s.mappings[0].connections == 1);
+    let m = &shell.status().mappings[0];
+    assert_eq!((m.bypassed, m.failed_handoffs), (0, 0));
+}
+
+/// Starts a shell with an accepting fake switch, opens one connection and waits until
+/// it is handed off. Returns the shell, the switch, the client and core sockets.
+fn stitched(
+    variant: &str,
+    extra: &str,
+) -> (tempfile::TempDir, FakeSwitch, Shell, TcpStream, TcpStream) {
+    let dir = tempfile::tempdir().unwrap();
+    let sw = FakeSwitch::start(CommitAnswer::Accept, None);
+    let core = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = shell_config(
+        sw.addr,
+        core.local_addr().unwrap(),
+        &dir.path().join("s.sock"),
+        &format!(
+            "bypass = {{ policy = \"after_bytes\", value = 6 }}\nteardown = \"{variant}\"\n{extra}"
+        ),
+    );
+    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!(
+        shell.status().stitching,
+        "available",
+        "{:?}",
+        shell.status()
+    );
+    let mut client = TcpStream::connect(shell.listen_addrs()[0]).unwrap();
+    let (mut server, _) = core.accept().unwrap();
+    client.write_all(b"hello!").unwrap();
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello!");
+    wait_for("the hand-off", Duration::from_secs(10), || {
+        shell.status().mappings[0].active_stitched == 1
+    });
+    (dir, sw, shell, client, server)
+}
+
+#[test]
+fn committed_stitch_is_freed_by_an_acked_teardown_notice() {
+    let (_dir, sw, shell, _client, _server) = stitched("4B", "");
+    let log = sw.log.lock().unwrap().clone();
+    let Some(Message::Commit(c)) = log.iter().find(|m| matches!(m, Message::Commit(_))) else {
+        panic!("no commit")
+    };
+    // The relay is pure: what the shell expects from C next (r1) and sends to B next
+    // (s2) are 6 bytes past their starts; nothing else is checkable here.
+    assert_eq!(c.stitch_id, 100);
+    assert_eq!(c.timestamps, Some((true, true)));
+    let st = shell.status();
+    assert_eq!(
+        (st.mappings[0].bypassed, st.mappings[0].active_relayed),
+        (1, 0)
+    );
+    // 4B: the switch tells the shell, with the bytes it carried.
+    let mut req = Requester::for_peer(shell.agent_addr(), keys()).unwrap();
+    let td = TeardownMsg {
+        stitch_id: 100,
+        from: Side::Client,
+        kind: EndKind::Fin,
+        variant: Teardown::B,
+        to: Side::Shell,
+        legs: None,
+        bytes: Some((111, 222)),
+    };
+    let (answer, _) = req
+        .request(shell.agent_addr(), &Message::Teardown(td.clone()), None)
+        .unwrap();
+    expect_ok(answer).unwrap();
+    // The acknowledgement goes out on receipt; freeing follows at once.
+    wait_for("the stitch to be freed", Duration::from_secs(2), || {
+        shell.status().mappings[0].active_stitched == 0
+    });
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!(
+        (m.bytes_by_switch.c_to_b, m.bytes_by_switch.b_to_c),
+        (111, 222)
+    );
+    assert_eq!(st.teardown.notices, 1);
+    // A notice for a stitch the shell does not hold is still acknowledged, and counted.
+    let (answer, _) = req
+        .request(shell.agent_addr(), &Message::Teardown(td), None)
+        .unwrap();
+    expect_ok(answer).unwrap();
+    wait_for("the unmatched count", Duration::from_secs(2), || {
+        shell.status().teardown.unmatched == 1
+    });
+}
+
+#[test]
+fn core_agent_4c_notice_frees_the_stitch_by_its_legs() {
+    let (_dir, _sw, shell, _client, server) = stitched("4C", "");
+    let core_cfg = CoreConfig::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nkey_id = {KEY_ID}\nkey = \"{KEY}\"\nshell_port = {}\n",
+        shell.agent_addr().port()
+    ))
+    .unwrap();
+    let (agent, _rx) = CoreAgent::start(&core_cfg).unwrap();
+    agent
+        .connection_closed(
+            server.local_addr().unwrap(),
+            server.peer_addr().unwrap(),
+            Teardown::C,
+        )
+        .unwrap();
+    wait_for("the stitch to be freed", Duration::from_secs(2), || {
+        shell.status().mappings[0].active_stitched == 0
+    });
+    let st = shell.status();
+    assert_eq!((st.teardown.notices, st.teardown.unmatched), (1, 0));
+}
+
+#[test]
+fn fin_watcher_in_4d_tells_the_core_and_frees_after_both_fins() {
+    let core_cfg = CoreConfig::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nkey_id = {KEY_ID}\nkey = \"{KEY}\"\n"
+    ))
+    .unwrap();
+    let (agent, rx) = CoreAgent::start(&core_cfg).unwrap();
+    let (_dir, _sw, shell, client, server) = stitched(
+        "4D",
+        &format!("core_agent_port = {}", agent.local_addr().port()),
+    );
+    assert_eq!(shell.status().fin_watcher, "running");
+    let (client_addr, a1) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    // The client closes: its FIN reaches A1 (on loopback nothing translates it, which
+    // is exactly the untranslated copy of figure 4D).
+    drop(client);
+    let n = rx.recv_timeout(Duration::from_secs(5)).expect("core told");
+    assert_eq!(
+        (n.from, n.kind, n.variant, n.to),
+        (Side::Client, EndKind::Fin, Teardown::D, Side::Core)
+    );
+    assert_eq!(n.stitch_id, 100);
+    let legs = n.legs.unwrap();
+    assert_eq!((legs[0], legs[1]), (client_addr, a1));
+    assert_eq!(legs[3], server.local_addr().unwrap());
+    assert_eq!(
+        shell.status().mappings[0].active_stitched,
+        1,
+        "half-closed: kept"
+    );
+    drop(server);
+    wait_for("both FINs", Duration::from_secs(5), || {
+        shell.status().mappings[0].active_stitched == 0
+    });
+    let st = shell.status();
+    assert!(st.teardown.fins_seen >= 2);
+    wait_for("the 4D notice ack", Duration::from_secs(5), || {
+        shell.status().teardown.core_notified >= 1
+    });
+}
+
+#[test]
+fn status_socket_prints_the_documented_shape() {
+    let (dir, _sw, shell, _client, _server) = stitched("4B", "");
+    let text = stitch_shell::status::fetch(&dir.path().join("s.sock")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["stitching"], "available");
+    assert!(v["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["switch"]["switch_id"], "fake");
+    let m = &v["mappings"][0];
+    for k in [
+        "connections",
+        "relayed",
+        "bypassed",
+        "failed_handoffs",
+        "active_stitched",
+    ] {
+        assert!(m[k].is_u64(), "{k} in {m}");
+    }
+    assert_eq!(m["bypassed"], 1);
+    assert_eq!(m["bytes_relayed_by_shell"]["c_to_b"], 6);
+    assert!(m["bytes_by_switch"]["b_to_c"].is_u64());
+    assert!(m["last_failure_reasons"].is_array());
+    // And it parses back into the typed status.
+    let typed: ShellStatus = serde_json::from_str(&text).unwrap();
+    assert_eq!(typed.mappings[0].bypassed, 1);
+    drop(shell);
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "socket removed at shutdown"
+    );
+}
