@@ -2,12 +2,18 @@
 //! stitched segments: the per-packet cost quoted in `stitch/translate.rs`.
 //!
 //! Run with `cargo bench -p switch-core --bench translate`. Each case
-//! translates one frame alternately with a translation and its inverse (so
+//! translates a frame alternately with a translation and its inverse (so
 //! every address, port and sequence field really changes on every call),
 //! `ITERS` calls per run, and reports the best of `RUNS` runs: ns per call
 //! and cycles per call at the nominal clock read from `/proc/cpuinfo` (set
-//! `BENCH_MHZ` to override). The best run is the one least disturbed by
-//! other tenants of the machine.
+//! `BENCH_MHZ` to override; virtual machines often hide the cycle
+//! counter). The best run is the one least disturbed by other tenants of
+//! the machine.
+//!
+//! Two figures per case: "burst" goes through `BURST` copies of the frame
+//! in turn, as a worker goes through a burst of mbufs (the throughput
+//! figure); "chained" translates one frame over and over, so each call
+//! waits for the stores of the previous one (closer to latency).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -19,8 +25,11 @@ use switch_core::stitch::{
 };
 use switch_core::MacAddr;
 
-const ITERS: u32 = 2_000_000;
-const RUNS: u32 = 7;
+/// Calls per run and runs (`BENCH_ITERS`, `BENCH_RUNS` override, e.g. to
+/// count instructions under `valgrind --tool=callgrind`).
+const ITERS: u32 = 1_000_000;
+const RUNS: u32 = 15;
+const BURST: usize = 32;
 
 const MAC_C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -106,40 +115,91 @@ fn mhz() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn bench(name: &str, mut frame: Vec<u8>, t: Translation, mhz: f64) {
+/// Best ns per call over `RUNS` runs of `f`, which makes `calls` calls.
+fn best_ns(calls: u32, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..env_u32("BENCH_RUNS", RUNS) {
+        let start = Instant::now();
+        f();
+        best = best.min(start.elapsed().as_secs_f64() * 1e9 / f64::from(calls));
+    }
+    best
+}
+
+fn env_u32(var: &str, default: u32) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn bench(name: &str, frame: Vec<u8>, t: Translation, mhz: f64) {
+    // `cargo bench -p switch-core --bench translate -- v6` runs the cases
+    // whose name contains "v6".
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+        return;
+    }
+    let iters = env_u32("BENCH_ITERS", ITERS).max(2 * BURST as u32);
     let back = t.inverse(&FlowEndpoints::of_frame(&frame).expect("frame is translatable"));
     let original = frame.clone();
-    let mut best = f64::INFINITY;
-    for _ in 0..RUNS {
-        let start = Instant::now();
-        for _ in 0..ITERS / 2 {
-            let r = translate(black_box(&mut frame), black_box(&t));
-            black_box(r.is_ok());
-            let r = translate(black_box(&mut frame), black_box(&back));
-            black_box(r.is_ok());
+
+    // A burst of distinct mbufs, as a worker sees them: no call waits for
+    // the previous one's stores.
+    let mut burst = vec![frame.clone(); BURST];
+    let burst_ns = best_ns(iters, || {
+        for _ in 0..iters / (2 * BURST as u32) {
+            for tr in [&t, &back] {
+                for f in burst.iter_mut() {
+                    let r = translate(black_box(f.as_mut_slice()), black_box(tr));
+                    black_box(r.is_ok());
+                }
+            }
         }
-        let ns = start.elapsed().as_secs_f64() * 1e9 / f64::from(ITERS);
-        best = best.min(ns);
-    }
-    // Translate-then-inverse is exact here, so the frame must be back.
-    assert_eq!(frame, original, "{name}: frame did not round-trip");
-    println!(
-        "{name:<34} {:>3} B {best:>7.2} ns/op {:>7.1} cycles/op",
-        frame.len(),
-        best * mhz / 1000.0
+    });
+
+    // One frame over and over: each call reads what the previous wrote.
+    let mut one = frame.clone();
+    let chain_ns = best_ns(iters, || {
+        for _ in 0..iters / 2 {
+            for tr in [&t, &back] {
+                let r = translate(black_box(one.as_mut_slice()), black_box(tr));
+                black_box(r.is_ok());
+            }
+        }
+    });
+
+    // Translate-then-inverse is exact here, so the frames must be back.
+    assert!(
+        burst.iter().all(|f| *f == original),
+        "{name}: no round trip"
     );
+    assert_eq!(one, original, "{name}: frame did not round-trip");
+    println!(
+        "{name:<34} {:>4} B | burst {burst_ns:>6.2} ns {:>6.1} cyc | chained {chain_ns:>6.2} ns {:>6.1} cyc",
+        frame.len(),
+        burst_ns * mhz / 1000.0,
+        chain_ns * mhz / 1000.0,
+    )
 }
 
 fn main() {
     let mhz = mhz();
-    println!("translate: best of {RUNS} runs of {ITERS} calls, cycles at {mhz:.0} MHz");
+    println!(
+        "translate: best of {} runs of {} calls, cycles at {mhz:.0} MHz",
+        env_u32("BENCH_RUNS", RUNS),
+        env_u32("BENCH_ITERS", ITERS)
+    );
     let (c4, a4) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
     let (a24, b4) = (Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 7, 9));
     let t4 = to_b(a24.into(), b4.into());
     let v6 = |s: &str| -> IpAddr { s.parse::<Ipv6Addr>().expect("address").into() };
 
     bench(
-        "v4 tcp NOP NOP TS, 0 B payload",
+        "v4 tcp NOP NOP TS, no payload",
         tcp_frame(c4.into(), a4.into(), &opts_ts(), 0),
         t4,
         mhz,

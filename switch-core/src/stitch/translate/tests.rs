@@ -1071,3 +1071,249 @@ fn fuzz_seed_corpus_is_accepted_and_holds() {
     }
     assert!(seen >= 6, "only {seen} seeds");
 }
+
+// ---------------------------------------------------------------- against the first version
+
+/// A frame `spec` builds, with `flips` applied, cut to `cut` bytes if
+/// `do_cut`, and its L4 checksum field forced to `csum` if given (0x0000
+/// and 0xffff exercise the two ones-complement zeros).
+fn mutate(
+    spec: &Spec,
+    flips: &[(prop::sample::Index, u8)],
+    csum: Option<u16>,
+    cut: Option<prop::sample::Index>,
+) -> Vec<u8> {
+    let mut bytes = build(spec);
+    if let (Some(c), Ok(lay)) = (csum, layout(&bytes)) {
+        let at = lay.l4.start + if lay.tcp { 16 } else { 6 };
+        bytes[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    for (at, v) in flips {
+        let i = at.index(bytes.len());
+        bytes[i] = *v;
+    }
+    if let Some(cut) = cut {
+        bytes.truncate(cut.index(bytes.len() + 1));
+    }
+    bytes
+}
+
+/// The optimized and the first version on the same input: same result,
+/// same bytes.
+fn same_as_reference(bytes: &[u8], t: &Translation) -> Result<(), TestCaseError> {
+    let mut fast = bytes.to_vec();
+    let mut slow = bytes.to_vec();
+    let got = translate(&mut fast, t);
+    let want = reference::translate(&mut slow, t);
+    prop_assert_eq!(got, want);
+    prop_assert_eq!(fast, slow);
+    Ok(())
+}
+
+/// Option areas that are mostly NOP NOP TS, sometimes followed or
+/// preceded by others, sometimes random bytes.
+fn arb_option_area() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        any::<(u32, u32)>().prop_map(|(v, e)| options(&[Opt::Nop, Opt::Nop, Opt::Ts(v, e)], 0)),
+        proptest::collection::vec(arb_opt(), 0..6)
+            .prop_flat_map(|o| (Just(o), prop_oneof![Just(0u8), Just(1u8)]))
+            .prop_map(|(o, pad)| options(&o, pad)),
+        proptest::collection::vec(any::<u8>(), 0..=40),
+        proptest::collection::vec(0u8..12, 0..=40),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Valid frames, any translation: the first version's bytes exactly.
+    #[test]
+    fn translate_matches_first_version_on_valid_frames(
+        (spec, t) in spec_and_translation(true),
+        csum in proptest::option::of(prop_oneof![Just(0u16), Just(0xffff), any::<u16>()]),
+    ) {
+        same_as_reference(&mutate(&spec, &[], csum, None), &t)?;
+    }
+
+    /// Damaged frames and wrong-family translations: the same refusal, or
+    /// the same bytes.
+    #[test]
+    fn translate_matches_first_version_on_mutated_frames(
+        (spec, t) in spec_and_translation(true),
+        other in arb_translation(true, true),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        csum in proptest::option::of(prop_oneof![Just(0u16), Just(0xffff), any::<u16>()]),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        let bytes = mutate(&spec, &flips, csum, cut);
+        same_as_reference(&bytes, &t)?;
+        same_as_reference(&bytes, &other)?;
+    }
+
+    /// Random option areas in a valid segment: the same refusal or the
+    /// same bytes, SACK blanking and odd-aligned options included.
+    #[test]
+    fn translate_matches_first_version_on_any_option_area(
+        (spec, t) in spec_and_translation(true),
+        area in arb_option_area(),
+    ) {
+        let mut spec = spec;
+        let area4 = {
+            let mut a = area.clone();
+            a.resize(area.len().div_ceil(4) * 4, 0);
+            a
+        };
+        if let L4::Tcp { options, .. } = &mut spec.l4 {
+            // etherparse writes any 4-byte multiple verbatim.
+            *options = area4;
+        }
+        same_as_reference(&build(&spec), &t)?;
+    }
+
+    /// The option scan refuses exactly what `TcpOptionsIter` refuses, and
+    /// the NOP NOP TS shortcut marks what the walk marks.
+    #[test]
+    fn option_scan_agrees_with_the_iterator_and_the_walk(area in arb_option_area()) {
+        let iter_ok = crate::wire::TcpOptionsIter::new(&area).all(|o| o.is_ok());
+        let walk = scan_options_walk(&area);
+        prop_assert_eq!(walk.is_ok(), iter_ok);
+        prop_assert_eq!(scan_options(&area).map(Opts::marks), walk);
+    }
+
+    /// The NOP NOP TS fast path writes the bytes and checksum terms the
+    /// general walk writes.
+    #[test]
+    fn ts_fast_path_equals_general_walk(
+        (v, e) in any::<(u32, u32)>(),
+        t in arb_translation(false, true),
+        ack_set in any::<bool>(),
+    ) {
+        let area = options(&[Opt::Nop, Opt::Nop, Opt::Ts(v, e)], 0);
+        prop_assert_eq!(scan_options(&area), Ok(Opts::NopNopTs));
+        let (mut fast, mut slow) = (area.clone(), area.clone());
+        let (mut df, mut ds) = (0, 0);
+        let tf = rewrite_ts_fast(&mut fast, &t, ack_set, &mut df);
+        let ts = rewrite_options(&mut slow, Opts::NopNopTs.marks(), &t, ack_set, &mut ds);
+        prop_assert_eq!((tf, df, fast), (ts, ds, slow));
+    }
+
+    /// The word sum of an IPv6 address is the checksum module's.
+    #[test]
+    fn word_sum128_is_the_checksum_sum(x in any::<u128>()) {
+        let bytes = x.to_be_bytes();
+        prop_assert_eq!(
+            u32::from(fold(word_sum128(x))),
+            crate::wire::checksum::sum(&bytes)
+        );
+    }
+}
+
+#[test]
+fn ts_fast_path_is_taken_for_the_linux_layout_only() {
+    let ts = options(&[Opt::Nop, Opt::Nop, Opt::Ts(1, 2)], 0);
+    assert_eq!(scan_options(&ts), Ok(Opts::NopNopTs));
+    let ts_sack = options(
+        &[
+            Opt::Nop,
+            Opt::Nop,
+            Opt::Ts(1, 2),
+            Opt::Nop,
+            Opt::Nop,
+            Opt::Sack(vec![(3, 4)]),
+        ],
+        0,
+    );
+    assert_eq!(scan_options(&ts_sack), Ok(Opts::Marks(1 << 2 | 1 << 14)));
+    let odd = options(&[Opt::Nop, Opt::Ts(1, 2)], 1);
+    assert_eq!(scan_options(&odd), Ok(Opts::Marks(1 << 1)));
+    // A one-block SACK is 10 bytes too: the same offsets, not the same layout.
+    let sack = options(&[Opt::Nop, Opt::Nop, Opt::Sack(vec![(3, 4)])], 0);
+    assert_eq!(scan_options(&sack), Ok(Opts::Marks(1 << 2)));
+    assert_eq!(
+        scan_options(&[1, 1, 8, 9, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Err(TranslateError::BadOptions)
+    );
+}
+
+/// Specs in the common layouts (untagged; half of the TCP ones with NOP
+/// NOP TS), for the fast paths.
+fn common_spec_and_translation() -> impl Strategy<Value = (Spec, Translation)> {
+    (spec_and_translation(true), any::<(u32, u32, bool)>()).prop_map(
+        |((mut spec, t), (v, e, linux))| {
+            spec.vlan = false;
+            if let (L4::Tcp { options: o, .. }, true) = (&mut spec.l4, linux) {
+                *o = options(&[Opt::Nop, Opt::Nop, Opt::Ts(v, e)], 0);
+            }
+            (spec, t)
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// The common-layout recognizers accept only what `Located::parse`
+    /// accepts, located the same way, and translate as the first version.
+    #[test]
+    fn common_layouts_are_located_as_parse_does_and_translated_the_same(
+        (spec, t) in common_spec_and_translation(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        csum in proptest::option::of(prop_oneof![Just(0u16), Just(0xffff), any::<u16>()]),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        // Flip header bytes only, where the recognizers look.
+        let mut bytes = mutate(&spec, &[], csum, cut);
+        for (at, v) in &flips {
+            let n = bytes.len().min(90);
+            if n > 0 {
+                bytes[at.index(n)] = *v;
+            }
+        }
+        for fast in [Located::common_v4(&bytes), Located::common_v6(&bytes)].into_iter().flatten() {
+            prop_assert_eq!(fast, Located::parse(&bytes));
+        }
+        same_as_reference(&bytes, &t)?;
+    }
+}
+
+#[test]
+fn common_layouts_are_recognized() {
+    let ts = options(&[Opt::Nop, Opt::Nop, Opt::Ts(1, 2)], 0);
+    let l4 = L4::Tcp {
+        seq: 1,
+        ack: 2,
+        flags: ACK,
+        win: 3,
+        options: ts,
+    };
+    let v4 = build(&tcp_spec(C4.into(), A4.into(), false, l4.clone(), b"data"));
+    let v6 = build(&tcp_spec(
+        v6(1).into(),
+        v6(2).into(),
+        false,
+        l4.clone(),
+        b"",
+    ));
+    let tagged = build(&tcp_spec(C4.into(), A4.into(), true, l4, b""));
+    let udp = build(&tcp_spec(C4.into(), A4.into(), false, L4::Udp, b"x"));
+    let common = |f: &[u8]| (Located::common_v4(f), Located::common_v6(f));
+    assert!(matches!(common(&v4), (Some(Ok(l)), None) if l.opts == Opts::NopNopTs));
+    assert!(matches!(common(&v6), (None, Some(Ok(l))) if l.opts == Opts::NopNopTs));
+    assert!(matches!(common(&udp), (Some(Ok(l)), None) if !l.tcp));
+    assert!(matches!(common(&tagged), (None, None)));
+    // A frame longer than the IP packet (Ethernet padding) is still common.
+    let mut padded = v4.clone();
+    padded.extend_from_slice(&[0; 8]);
+    assert_eq!(
+        Located::common_v4(&padded).map(|l| l.map(|l| l.l4)),
+        Some(Ok(34..v4.len()))
+    );
+    // A bad option is refused by the common path as by the general one.
+    let mut bad = v4.clone();
+    bad[34 + 20 + 3] = 9;
+    assert_eq!(
+        Located::common_v4(&bad),
+        Some(Err(TranslateError::BadOptions))
+    );
+    assert_eq!(Located::parse(&bad), Err(TranslateError::BadOptions));
+}
