@@ -512,8 +512,16 @@ pub(crate) fn decode_body(mt: MsgType, body: &[u8]) -> Result<Message, AgentErro
             let bytes = match bytes {
                 None => None,
                 Some(v) if v.len() == 16 => Some((
-                    u64::from_be_bytes(v[..8].try_into().map_err(|_| AgentError::Malformed("BYTES"))?),
-                    u64::from_be_bytes(v[8..].try_into().map_err(|_| AgentError::Malformed("BYTES"))?),
+                    u64::from_be_bytes(
+                        v[..8]
+                            .try_into()
+                            .map_err(|_| AgentError::Malformed("BYTES"))?,
+                    ),
+                    u64::from_be_bytes(
+                        v[8..]
+                            .try_into()
+                            .map_err(|_| AgentError::Malformed("BYTES"))?,
+                    ),
                 )),
                 Some(_) => return Err(AgentError::Malformed("BYTES must be 16 bytes")),
             };

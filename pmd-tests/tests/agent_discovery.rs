@@ -14,14 +14,27 @@ const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1
 const OTHER_KEY: &str = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn probe(key: &str, request_id: u64, nonce: u8) -> Vec<u8> {
     let mut keys = Keyring::new();
     keys.add_hex(7, key).unwrap();
-    let msg = Message::Probe(Probe { ingress_ifaces: 1, egress_ifaces: 1, want: CapFlags::TCP | CapFlags::IPV4 });
-    let fields = HeaderFields { request_id, response: false, timestamp_ms: now_ms(), nonce: [nonce; 16], key_id: 7 };
+    let msg = Message::Probe(Probe {
+        ingress_ifaces: 1,
+        egress_ifaces: 1,
+        want: CapFlags::TCP | CapFlags::IPV4,
+    });
+    let fields = HeaderFields {
+        request_id,
+        response: false,
+        timestamp_ms: now_ms(),
+        nonce: [nonce; 16],
+        key_id: 7,
+    };
     seal(&msg, fields, &keys).unwrap()
 }
 
@@ -29,7 +42,8 @@ fn ask(sock: &UdpSocket, to: SocketAddr, ttl: u32, datagram: &[u8]) -> Option<Me
     if to.is_ipv4() {
         sock.set_ttl(ttl).unwrap();
     } else {
-        nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Ipv6Ttl, &(ttl as i32)).unwrap();
+        nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Ipv6Ttl, &(ttl as i32))
+            .unwrap();
     }
     sock.send_to(datagram, to).unwrap();
     let mut buf = [0u8; 2048];
@@ -37,11 +51,17 @@ fn ask(sock: &UdpSocket, to: SocketAddr, ttl: u32, datagram: &[u8]) -> Option<Me
     let mut keys = Keyring::new();
     keys.add_hex(7, KEY).unwrap();
     let mut guard = ReplayGuard::new(64);
-    Some(open(&buf[..n], &keys, &mut guard, now_ms()).expect("reply authenticates").msg)
+    Some(
+        open(&buf[..n], &keys, &mut guard, now_ms())
+            .expect("reply authenticates")
+            .msg,
+    )
 }
 
 fn counter(sd: &Stitchd, name: &str) -> u64 {
-    sd.ok("stats.get", None)["agent"]["counters"][name].as_u64().unwrap_or(0)
+    sd.ok("stats.get", None)["agent"]["counters"][name]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -61,7 +81,12 @@ fn one_hop_probe_is_answered_and_ttl2_wrong_hmac_and_replays_are_dropped_and_cou
         ),
     )
     .unwrap();
-    let sd = Stitchd::start(&id, dir, &["-l".into(), "0-1".into()], &["--config".into(), cfg.display().to_string()]);
+    let sd = Stitchd::start(
+        &id,
+        dir,
+        &["-l".into(), "0-1".into()],
+        &["--config".into(), cfg.display().to_string()],
+    );
     let a = Netns::new(&format!("st{id}a"));
     let b = Netns::new(&format!("st{id}b"));
     a.attach(&ta, Some("02:00:00:00:0a:01"), "198.18.0.2/24");
@@ -71,7 +96,8 @@ fn one_hop_probe_is_answered_and_ttl2_wrong_hmac_and_replays_are_dropped_and_cou
     let results = a
         .run(move || {
             let sock = UdpSocket::bind("198.18.0.2:0").unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
             let service: SocketAddr = "198.18.0.254:4790".parse().unwrap();
             let one_hop = ask(&sock, service, 1, &probe(KEY, 1, 1));
             let two_hops = ask(&sock, service, 2, &probe(KEY, 2, 2));
@@ -80,27 +106,60 @@ fn one_hop_probe_is_answered_and_ttl2_wrong_hmac_and_replays_are_dropped_and_cou
             let first = ask(&sock, service, 1, &valid);
             let replayed = ask(&sock, service, 1, &valid);
             sock.set_broadcast(true).unwrap();
-            let broadcast = ask(&sock, "255.255.255.255:4790".parse().unwrap(), 1, &probe(KEY, 5, 5));
+            let broadcast = ask(
+                &sock,
+                "255.255.255.255:4790".parse().unwrap(),
+                1,
+                &probe(KEY, 5, 5),
+            );
             let sock6 = UdpSocket::bind("[2001:db8::2]:0").unwrap();
-            sock6.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-            let v6 = ask(&sock6, "[2001:db8::fe]:4790".parse().unwrap(), 1, &probe(KEY, 6, 6));
+            sock6
+                .set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let v6 = ask(
+                &sock6,
+                "[2001:db8::fe]:4790".parse().unwrap(),
+                1,
+                &probe(KEY, 6, 6),
+            );
             (one_hop, two_hops, wrong_key, first, replayed, broadcast, v6)
         })
         .join()
         .unwrap();
     let (one_hop, two_hops, wrong_key, first, replayed, broadcast, v6) = results;
-    let Some(Message::ProbeReply(caps)) = one_hop else { panic!("no reply to a one-hop probe: {one_hop:?}\n{}", sd.log_text()) };
-    assert!(caps.flags.contains(CapFlags::TCP | CapFlags::UDP | CapFlags::IPV4 | CapFlags::IPV6 | CapFlags::TEARDOWN_4E));
-    assert_eq!(caps.request_addr, "198.18.0.254:4790".parse::<SocketAddr>().unwrap());
+    let Some(Message::ProbeReply(caps)) = one_hop else {
+        panic!(
+            "no reply to a one-hop probe: {one_hop:?}\n{}",
+            sd.log_text()
+        )
+    };
+    assert!(caps.flags.contains(
+        CapFlags::TCP | CapFlags::UDP | CapFlags::IPV4 | CapFlags::IPV6 | CapFlags::TEARDOWN_4E
+    ));
+    assert_eq!(
+        caps.request_addr,
+        "198.18.0.254:4790".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(caps.switch_id, "golden-switch");
     assert!(caps.free_flows > 0);
     assert!(two_hops.is_none(), "a probe with TTL 2 was answered");
-    assert!(wrong_key.is_none(), "a probe with a wrong HMAC was answered");
+    assert!(
+        wrong_key.is_none(),
+        "a probe with a wrong HMAC was answered"
+    );
     assert!(matches!(first, Some(Message::ProbeReply(_))));
     assert!(replayed.is_none(), "a replayed probe was answered");
-    assert!(matches!(broadcast, Some(Message::ProbeReply(_))), "broadcast probe: {broadcast:?}");
-    let Some(Message::ProbeReply(c6)) = v6 else { panic!("no reply over IPv6: {v6:?}\n{}", sd.ok("stats.get", None)) };
-    assert_eq!(c6.request_addr, "[2001:db8::fe]:4790".parse::<SocketAddr>().unwrap());
+    assert!(
+        matches!(broadcast, Some(Message::ProbeReply(_))),
+        "broadcast probe: {broadcast:?}"
+    );
+    let Some(Message::ProbeReply(c6)) = v6 else {
+        panic!("no reply over IPv6: {v6:?}\n{}", sd.ok("stats.get", None))
+    };
+    assert_eq!(
+        c6.request_addr,
+        "[2001:db8::fe]:4790".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(counter(&sd, "probe_ttl_not_1"), 1);
     assert_eq!(counter(&sd, "bad_mac"), 1);
     assert_eq!(counter(&sd, "replayed"), 1);

@@ -20,7 +20,7 @@ const D_CB: u32 = S2.wrapping_sub(R1); // C->B seq shift
 const D_BC: u32 = S1.wrapping_sub(R2); // B->C seq shift
 const TS_CB: u32 = 1_000_000; // C->B TSval shift
 const TS_BC: u32 = 3_000_000_000; // B->C TSval shift (wraps)
-// Window shifts announced: C 7, A1 9, A2 5, B 7.
+                                  // Window shifts announced: C 7, A1 9, A2 5, B 7.
 const WS: (u8, u8, u8, u8) = (7, 9, 5, 7);
 
 struct Seg<'a> {
@@ -48,21 +48,37 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
 
 fn tcp(s: &Seg) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2(s.src_mac, s.dst_mac);
-    let ip = if s.v6 { eth.ipv6(s.src, s.dst, 64) } else { eth.ipv4(s.src[..4].try_into().unwrap(), s.dst[..4].try_into().unwrap(), 64) };
+    let ip = if s.v6 {
+        eth.ipv6(s.src, s.dst, 64)
+    } else {
+        eth.ipv4(
+            s.src[..4].try_into().unwrap(),
+            s.dst[..4].try_into().unwrap(),
+            64,
+        )
+    };
     let mut t = ip.tcp(s.sport, s.dport, s.seq, s.window).ack(s.ack);
     if s.rst {
         t = t.rst();
     } else {
         t = t.psh();
     }
-    let mut opts = vec![TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(s.ts.0, s.ts.1)];
+    let mut opts = vec![
+        TcpOptionElement::Noop,
+        TcpOptionElement::Noop,
+        TcpOptionElement::Timestamp(s.ts.0, s.ts.1),
+    ];
     if !s.sack.is_empty() {
         let first = s.sack[0];
         let mut rest = [None, None, None];
         for (i, b) in s.sack[1..].iter().enumerate() {
             rest[i] = Some(*b);
         }
-        opts.extend([TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::SelectiveAcknowledgement(first, rest)]);
+        opts.extend([
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::SelectiveAcknowledgement(first, rest),
+        ]);
     }
     let t = t.options(&opts).expect("options");
     let mut out = Vec::new();
@@ -70,8 +86,18 @@ fn tcp(s: &Seg) -> Vec<u8> {
     out
 }
 
-fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).udp(sport, dport);
+fn udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
     let mut out = Vec::new();
     b.write(&mut out, payload).expect("build");
     out
@@ -105,28 +131,128 @@ fn stitched_segments_match_independently_built_golden_frames() {
     let back = vec![b'b'; 60];
 
     // Leg A as C sends it (to A1), and leg B as B sends it (to A2).
-    let c1 = Seg { src_mac: C_MAC, dst_mac: A_MAC, v6: false, src: v4(C4), dst: v4(A4), sport: 40000, dport: 7000, seq: R1, ack: S1, window: 1000, ts: (5000, 9000), sack: &[], rst: false, payload: &data };
-    let c2 = Seg { seq: R1.wrapping_add(100), sack: &[(S1.wrapping_add(1000), S1.wrapping_add(2000)), (S1.wrapping_add(3000), S1.wrapping_add(3500))], payload: &[], ts: (5001, 9001), ..c1 };
-    let c6 = Seg { v6: true, src: v6(0x0c), dst: v6(0x0a), ts: (6000, 9500), ..c1 };
-    let b1 = Seg { src_mac: B_MAC, dst_mac: A_MAC, v6: false, src: v4(B4), dst: v4(A4), sport: 8000, dport: 45000, seq: R2, ack: S2.wrapping_add(100), window: 4000, ts: (777, 5000u32.wrapping_add(TS_CB)), sack: &[], rst: false, payload: &back };
-    let b6 = Seg { v6: true, src: v6(0x0b), dst: v6(0x0a), ..b1 };
-    let brst = Seg { seq: R2.wrapping_add(60), rst: true, payload: &[], ts: (778, 5001u32.wrapping_add(TS_CB)), ..b1 };
+    let c1 = Seg {
+        src_mac: C_MAC,
+        dst_mac: A_MAC,
+        v6: false,
+        src: v4(C4),
+        dst: v4(A4),
+        sport: 40000,
+        dport: 7000,
+        seq: R1,
+        ack: S1,
+        window: 1000,
+        ts: (5000, 9000),
+        sack: &[],
+        rst: false,
+        payload: &data,
+    };
+    let c2 = Seg {
+        seq: R1.wrapping_add(100),
+        sack: &[
+            (S1.wrapping_add(1000), S1.wrapping_add(2000)),
+            (S1.wrapping_add(3000), S1.wrapping_add(3500)),
+        ],
+        payload: &[],
+        ts: (5001, 9001),
+        ..c1
+    };
+    let c6 = Seg {
+        v6: true,
+        src: v6(0x0c),
+        dst: v6(0x0a),
+        ts: (6000, 9500),
+        ..c1
+    };
+    let b1 = Seg {
+        src_mac: B_MAC,
+        dst_mac: A_MAC,
+        v6: false,
+        src: v4(B4),
+        dst: v4(A4),
+        sport: 8000,
+        dport: 45000,
+        seq: R2,
+        ack: S2.wrapping_add(100),
+        window: 4000,
+        ts: (777, 5000u32.wrapping_add(TS_CB)),
+        sack: &[],
+        rst: false,
+        payload: &back,
+    };
+    let b6 = Seg {
+        v6: true,
+        src: v6(0x0b),
+        dst: v6(0x0a),
+        ..b1
+    };
+    let brst = Seg {
+        seq: R2.wrapping_add(60),
+        rst: true,
+        payload: &[],
+        ts: (778, 5001u32.wrapping_add(TS_CB)),
+        ..b1
+    };
     let cu = udp(C_MAC, A_MAC, C4, A4, 5353, 7001, b"udp from c");
     let bu = udp(B_MAC, A_MAC, B4, A4, 8001, 45001, b"udp from b");
 
     // The same segments as they must come out.
-    let x_c1 = Seg { src_mac: A_MAC, dst_mac: B_MAC, src: v4(A4), dst: v4(B4), sport: 45000, dport: 8000, seq: R1.wrapping_add(D_CB), ack: S1.wrapping_sub(D_BC), window: rescale(1000, WS.0, WS.2), ts: (5000 + TS_CB, 9000u32.wrapping_sub(TS_BC)), ..c1 };
+    let x_c1 = Seg {
+        src_mac: A_MAC,
+        dst_mac: B_MAC,
+        src: v4(A4),
+        dst: v4(B4),
+        sport: 45000,
+        dport: 8000,
+        seq: R1.wrapping_add(D_CB),
+        ack: S1.wrapping_sub(D_BC),
+        window: rescale(1000, WS.0, WS.2),
+        ts: (5000 + TS_CB, 9000u32.wrapping_sub(TS_BC)),
+        ..c1
+    };
     let x_c2 = Seg {
         seq: R1.wrapping_add(100).wrapping_add(D_CB),
         ts: (5001 + TS_CB, 9001u32.wrapping_sub(TS_BC)),
-        sack: &[(R2.wrapping_add(1000), R2.wrapping_add(2000)), (R2.wrapping_add(3000), R2.wrapping_add(3500))],
+        sack: &[
+            (R2.wrapping_add(1000), R2.wrapping_add(2000)),
+            (R2.wrapping_add(3000), R2.wrapping_add(3500)),
+        ],
         payload: &[],
         ..x_c1
     };
-    let x_c6 = Seg { v6: true, src: v6(0x0a), dst: v6(0x0b), ts: (6000 + TS_CB, 9500u32.wrapping_sub(TS_BC)), ..x_c1 };
-    let x_b1 = Seg { src_mac: A_MAC, dst_mac: C_MAC, src: v4(A4), dst: v4(C4), sport: 7000, dport: 40000, seq: S1, ack: R1.wrapping_add(100), window: rescale(4000, WS.3, WS.1), ts: (777u32.wrapping_add(TS_BC), 5000), ..b1 };
-    let x_b6 = Seg { v6: true, src: v6(0x0a), dst: v6(0x0c), ..x_b1 };
-    let x_brst = Seg { seq: S1.wrapping_add(60), rst: true, payload: &[], ts: (778u32.wrapping_add(TS_BC), 5001), ..x_b1 };
+    let x_c6 = Seg {
+        v6: true,
+        src: v6(0x0a),
+        dst: v6(0x0b),
+        ts: (6000 + TS_CB, 9500u32.wrapping_sub(TS_BC)),
+        ..x_c1
+    };
+    let x_b1 = Seg {
+        src_mac: A_MAC,
+        dst_mac: C_MAC,
+        src: v4(A4),
+        dst: v4(C4),
+        sport: 7000,
+        dport: 40000,
+        seq: S1,
+        ack: R1.wrapping_add(100),
+        window: rescale(4000, WS.3, WS.1),
+        ts: (777u32.wrapping_add(TS_BC), 5000),
+        ..b1
+    };
+    let x_b6 = Seg {
+        v6: true,
+        src: v6(0x0a),
+        dst: v6(0x0c),
+        ..x_b1
+    };
+    let x_brst = Seg {
+        seq: S1.wrapping_add(60),
+        rst: true,
+        payload: &[],
+        ts: (778u32.wrapping_add(TS_BC), 5001),
+        ..x_b1
+    };
     let x_cu = udp(A_MAC, B_MAC, A4, B4, 45001, 8001, b"udp from c");
     let x_bu = udp(A_MAC, C_MAC, A4, C4, 7001, 5353, b"udp from b");
 
@@ -148,28 +274,73 @@ fn stitched_segments_match_independently_built_golden_frames() {
     let cfg = format!(
         "[[ports]]\ndevargs = \"net_pcap0,rx_pcap={d}/in0.pcap,tx_pcap={d}/out0.pcap\"\n\
          [[ports]]\ndevargs = \"net_pcap1,rx_pcap={d}/in1.pcap,tx_pcap={d}/out1.pcap\"\n{}{}{}",
-        install("198.18.0.1:40000", "198.18.0.2:7000", "198.18.0.2:45000", "198.18.0.3:8000", "tcp"),
-        install("[2001:db8::c]:40000", "[2001:db8::a]:7000", "[2001:db8::a]:45000", "[2001:db8::b]:8000", "tcp"),
-        install("198.18.0.1:5353", "198.18.0.2:7001", "198.18.0.2:45001", "198.18.0.3:8001", "udp"),
+        install(
+            "198.18.0.1:40000",
+            "198.18.0.2:7000",
+            "198.18.0.2:45000",
+            "198.18.0.3:8000",
+            "tcp"
+        ),
+        install(
+            "[2001:db8::c]:40000",
+            "[2001:db8::a]:7000",
+            "[2001:db8::a]:45000",
+            "[2001:db8::b]:8000",
+            "tcp"
+        ),
+        install(
+            "198.18.0.1:5353",
+            "198.18.0.2:7001",
+            "198.18.0.2:45001",
+            "198.18.0.3:8001",
+            "udp"
+        ),
         d = dir.display()
     );
     let cfg_path = dir.join("stitchd.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let mut sd = Stitchd::start(&id, dir.clone(), &["-l".into(), "0-1".into()], &["--config".into(), cfg_path.display().to_string()]);
-    sd.wait_until(20, "8 frames translated", |s| s.worker_sum("stitched") >= 8 && s.worker_sum("tx_packets") >= 8);
+    let mut sd = Stitchd::start(
+        &id,
+        dir.clone(),
+        &["-l".into(), "0-1".into()],
+        &["--config".into(), cfg_path.display().to_string()],
+    );
+    sd.wait_until(20, "8 frames translated", |s| {
+        s.worker_sum("stitched") >= 8 && s.worker_sum("tx_packets") >= 8
+    });
     // The RST (last on port 1) removes its stitch at once.
-    sd.wait_until(10, "stitch 1 removed after RST", |s| s.ok("stitch.list", None)["stitches"].as_array().is_some_and(|a| a.len() == 2));
+    sd.wait_until(10, "stitch 1 removed after RST", |s| {
+        s.ok("stitch.list", None)["stitches"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    });
     sd.ok("shutdown", None);
-    assert!(sd.wait_exit(20), "stitchd did not exit cleanly:\n{}", sd.log_text());
+    assert!(
+        sd.wait_exit(20),
+        "stitchd did not exit cleanly:\n{}",
+        sd.log_text()
+    );
 
     let want0 = [tcp(&x_b1), tcp(&x_b6), x_bu, tcp(&x_brst)];
     let want1 = [tcp(&x_c1), tcp(&x_c2), tcp(&x_c6), x_cu];
     for (port, want) in [(0, &want0[..]), (1, &want1[..])] {
         let got = pcap::read(&dir.join(format!("out{port}.pcap")));
-        assert_eq!(got.len(), want.len(), "port {port}: {} frames out, {} expected", got.len(), want.len());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "port {port}: {} frames out, {} expected",
+            got.len(),
+            want.len()
+        );
         for (k, (g, w)) in got.iter().zip(want).enumerate() {
             if g != w {
-                let diff: Vec<usize> = g.iter().zip(w.iter()).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
+                let diff: Vec<usize> = g
+                    .iter()
+                    .zip(w.iter())
+                    .enumerate()
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(i, _)| i)
+                    .collect();
                 panic!("port {port} frame {k} differs at byte offsets {diff:?}\n got {g:02x?}\nwant {w:02x?}");
             }
         }

@@ -45,7 +45,11 @@ fn net(app: &[&str]) -> Net {
     c.attach(&taps[0], Some("02:00:00:00:0c:01"), "198.18.0.1/24");
     a.attach(&taps[1], Some("02:00:00:00:0a:01"), "198.18.0.2/24");
     b.attach(&taps[2], Some("02:00:00:00:0b:01"), "198.18.0.3/24");
-    for (ns, tap, addr) in [(&c, &taps[0], "2001:db8::1/64"), (&a, &taps[1], "2001:db8::2/64"), (&b, &taps[2], "2001:db8::3/64")] {
+    for (ns, tap, addr) in [
+        (&c, &taps[0], "2001:db8::1/64"),
+        (&a, &taps[1], "2001:db8::2/64"),
+        (&b, &taps[2], "2001:db8::3/64"),
+    ] {
         ns.ip(&["-6", "addr", "add", addr, "dev", tap, "nodad"]);
     }
     Net { sd, c, a, b }
@@ -222,7 +226,13 @@ fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears
 fn handoff_over_ipv6_moves_64_mib_each_way_byte_exact() {
     let _g = serial();
     let n = net(&[]);
-    let t = start_transfer_on(&n, 64 * MIB, 48 * MIB, "[2001:db8::2]:7000", "[2001:db8::3]:8000");
+    let t = start_transfer_on(
+        &n,
+        64 * MIB,
+        48 * MIB,
+        "[2001:db8::2]:7000",
+        "[2001:db8::3]:8000",
+    );
     handoff_scenario_on(&n, t, "4E");
 }
 

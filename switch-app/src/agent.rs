@@ -13,12 +13,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agent_proto::{
-    error_code, open, seal, CapFlags, Capabilities, EndKind, HeaderFields, Keyring, Message, ReplayGuard, Reply,
-    ReplyCache, Side, TeardownMsg,
+    error_code, open, seal, CapFlags, Capabilities, EndKind, HeaderFields, Keyring, Message,
+    ReplayGuard, Reply, ReplyCache, Side, TeardownMsg,
 };
 use dpdk::{Mbuf, Mempool};
 use serde_json::{json, Value};
-use stitch_control::protocol::{LegA, LegB, PerEndpoint, PerLeg, Proto, StitchCommitParams, StitchPrepareParams, Teardown};
+use stitch_control::protocol::{
+    LegA, LegB, PerEndpoint, PerLeg, Proto, StitchCommitParams, StitchPrepareParams, Teardown,
+};
 use switch_core::flow::key::parse_flow;
 use switch_core::wire::checksum;
 use switch_core::{MacAddr, PortId};
@@ -50,7 +52,9 @@ pub fn for_agent(f: &[u8], a: &AgentAddrs) -> bool {
     }
     let et = u16::from_be_bytes([f[12], f[13]]);
     match et {
-        ETH_ARP => a.ipv4.is_some_and(|ip| f.len() >= 42 && f[38..42] == ip.octets()),
+        ETH_ARP => a
+            .ipv4
+            .is_some_and(|ip| f.len() >= 42 && f[38..42] == ip.octets()),
         ETH_IPV4 => {
             let Some(ip) = a.ipv4 else { return false };
             let ihl = usize::from(f[14] & 0x0f) * 4;
@@ -72,7 +76,9 @@ pub fn for_agent(f: &[u8], a: &AgentAddrs) -> bool {
                 return f[62..78] == ip.octets();
             }
             let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
-            next == 17 && u16::from_be_bytes([f[56], f[57]]) == a.port && (dst == ip.octets() || dst == all_nodes)
+            next == 17
+                && u16::from_be_bytes([f[56], f[57]]) == a.port
+                && (dst == ip.octets() || dst == all_nodes)
         }
         _ => false,
     }
@@ -127,7 +133,9 @@ pub struct Agent {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn teardown_of(t: agent_proto::Teardown) -> Option<Teardown> {
@@ -157,7 +165,8 @@ impl Agent {
     pub fn new(cfg: &AgentConfig, all_ports: Vec<PortId>) -> Result<Agent, String> {
         let mut keys = Keyring::new();
         for k in &cfg.keys {
-            keys.add_hex(k.id, &k.key).map_err(|e| format!("agent key {}: {e}", k.id))?;
+            keys.add_hex(k.id, &k.key)
+                .map_err(|e| format!("agent key {}: {e}", k.id))?;
         }
         let mut seed = [0u8; 8];
         if let Ok(b) = std::fs::read("/proc/sys/kernel/random/uuid") {
@@ -165,9 +174,17 @@ impl Agent {
                 seed[i % 8] ^= x.wrapping_mul(i as u8 | 1);
             }
         }
-        seed[..8].iter_mut().zip(now_ms().to_le_bytes()).for_each(|(a, b)| *a ^= b);
+        seed[..8]
+            .iter_mut()
+            .zip(now_ms().to_le_bytes())
+            .for_each(|(a, b)| *a ^= b);
         Ok(Agent {
-            addrs: AgentAddrs { ipv4: cfg.ipv4, ipv6: cfg.ipv6, port: cfg.port, mac: cfg.mac },
+            addrs: AgentAddrs {
+                ipv4: cfg.ipv4,
+                ipv6: cfg.ipv6,
+                port: cfg.port,
+                mac: cfg.mac,
+            },
             agent_port: cfg.agent_port,
             keys,
             out_key: cfg.keys[0].id,
@@ -244,13 +261,22 @@ impl Agent {
             return self.count("nd_ignored");
         }
         let src: [u8; 16] = f[22..38].try_into().unwrap_or([0; 16]);
-        let dst = if src == [0; 16] { Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets() } else { src };
+        let dst = if src == [0; 16] {
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets()
+        } else {
+            src
+        };
         // ICMPv6 neighbour advertisement: solicited + override, target link-layer option.
         let mut icmp = vec![136u8, 0, 0, 0, 0x60, 0, 0, 0];
         icmp.extend_from_slice(&ip.octets());
         icmp.extend_from_slice(&[2, 1]);
         icmp.extend_from_slice(&self.addrs.mac.0);
-        let ph = checksum::pseudo_header_v6(ip, Ipv6Addr::from(dst), switch_core::wire::IpProtocol::Icmpv6, icmp.len() as u32);
+        let ph = checksum::pseudo_header_v6(
+            ip,
+            Ipv6Addr::from(dst),
+            switch_core::wire::IpProtocol::Icmpv6,
+            icmp.len() as u32,
+        );
         let c = checksum::fold(ph + checksum::sum(&icmp));
         icmp[2..4].copy_from_slice(&(!c).to_be_bytes());
         let mut r = Vec::with_capacity(14 + 40 + icmp.len());
@@ -281,23 +307,43 @@ impl Agent {
     }
 
     /// A UDP frame from `our` address to `to` (MAC, IP, UDP port).
-    fn udp_frame(&self, to_mac: MacAddr, from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    fn udp_frame(
+        &self,
+        to_mac: MacAddr,
+        from: SocketAddr,
+        to: SocketAddr,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
         let eth = etherparse::PacketBuilder::ethernet2(self.addrs.mac.0, to_mac.0);
         let mut out = Vec::with_capacity(payload.len() + 66);
         match (from.ip(), to.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64).udp(from.port(), to.port()).write(&mut out, payload).ok()?,
-            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64).udp(from.port(), to.port()).write(&mut out, payload).ok()?,
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth
+                .ipv4(s.octets(), d.octets(), 64)
+                .udp(from.port(), to.port())
+                .write(&mut out, payload)
+                .ok()?,
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth
+                .ipv6(s.octets(), d.octets(), 64)
+                .udp(from.port(), to.port())
+                .write(&mut out, payload)
+                .ok()?,
             _ => return None,
         }
         Some(out)
     }
 
     fn on_udp(&mut self, f: &[u8], port: PortId, stitcher: &mut Stitcher, io: &mut Io<'_>) {
-        let Some(l4) = parse_flow(f) else { return self.count("malformed") };
+        let Some(l4) = parse_flow(f) else {
+            return self.count("malformed");
+        };
         if l4.key.proto != 17 {
             return self.count("malformed");
         }
-        let ttl = if l4.key.is_v6() { f[l4.l3_offset + 7] } else { f[l4.l3_offset + 8] };
+        let ttl = if l4.key.is_v6() {
+            f[l4.l3_offset + 7]
+        } else {
+            f[l4.l3_offset + 8]
+        };
         let payload = &f[l4.l4_offset + 8..l4.l4_offset + 8 + l4.payload_len];
         let peer_mac = MacAddr([f[6], f[7], f[8], f[9], f[10], f[11]]);
         let peer = SocketAddr::new(l4.key.src_ip(), l4.key.src_port);
@@ -311,13 +357,19 @@ impl Agent {
             IpAddr::V4(_) => self.addrs.ipv4.map(IpAddr::V4),
             IpAddr::V6(_) => self.addrs.ipv6.map(IpAddr::V6),
         };
-        let Some(our_ip) = ours else { return self.count("wrong_family") };
+        let Some(our_ip) = ours else {
+            return self.count("wrong_family");
+        };
         let us = SocketAddr::new(our_ip, self.addrs.port);
         if let Message::Reply(_) = &opened.msg {
             // An agent acknowledging a teardown message.
             let before = self.pending.len();
             self.pending.retain(|p| p.request_id != hdr.request_id);
-            return self.count(if self.pending.len() < before { "teardown_acked" } else { "stray_reply" });
+            return self.count(if self.pending.len() < before {
+                "teardown_acked"
+            } else {
+                "stray_reply"
+            });
         }
         if let Some(cached) = self.cache.get(hdr.key_id, hdr.request_id, now) {
             let cached = cached.to_vec();
@@ -350,26 +402,60 @@ impl Agent {
             Message::Prepare(p) => {
                 self.count("prepare");
                 let (Some(teardown), proto) = (teardown_of(p.teardown), p.proto) else {
-                    return self.reply_err(peer_mac, us, peer, port, hdr, None, error_code::UNSUPPORTED, "unknown teardown variant", io);
+                    return self.reply_err(
+                        peer_mac,
+                        us,
+                        peer,
+                        port,
+                        hdr,
+                        None,
+                        error_code::UNSUPPORTED,
+                        "unknown teardown variant",
+                        io,
+                    );
                 };
                 let proto = match proto {
                     agent_proto::Proto::Tcp => Proto::Tcp,
                     agent_proto::Proto::Udp => Proto::Udp,
                     agent_proto::Proto::Unknown(_) => {
-                        return self.reply_err(peer_mac, us, peer, port, hdr, None, error_code::UNSUPPORTED, "unknown protocol", io)
+                        return self.reply_err(
+                            peer_mac,
+                            us,
+                            peer,
+                            port,
+                            hdr,
+                            None,
+                            error_code::UNSUPPORTED,
+                            "unknown protocol",
+                            io,
+                        )
                     }
                 };
                 let params = StitchPrepareParams {
-                    leg_a: LegA { client: p.client, shell: p.shell_a },
-                    leg_b: LegB { shell: p.shell_b, core: p.core },
+                    leg_a: LegA {
+                        client: p.client,
+                        shell: p.shell_a,
+                    },
+                    leg_b: LegB {
+                        shell: p.shell_b,
+                        core: p.core,
+                    },
                     proto,
                     teardown,
                     idle_timeout: p.idle_timeout_s,
                     linger: p.linger_s,
                 };
-                result(stitcher.prepare(params).map(|v| v["id"].as_u64().map(|x| x as u32)), None)
+                result(
+                    stitcher
+                        .prepare(params)
+                        .map(|v| v["id"].as_u64().map(|x| x as u32)),
+                    None,
+                )
             }
-            Message::Freeze { stitch_id } => result(stitcher.freeze(stitch_id, io).map(|_| Some(stitch_id)), Some(stitch_id)),
+            Message::Freeze { stitch_id } => result(
+                stitcher.freeze(stitch_id, io).map(|_| Some(stitch_id)),
+                Some(stitch_id),
+            ),
             Message::Commit(c) => {
                 let params = StitchCommitParams {
                     id: c.stitch_id,
@@ -382,24 +468,50 @@ impl Agent {
                     timestamps: c.timestamps.map(|(leg_a, leg_b)| PerLeg { leg_a, leg_b }),
                     sack: c.sack.map(|(leg_a, leg_b)| PerLeg { leg_a, leg_b }),
                 };
-                result(stitcher.commit(params, io).map(|_| Some(c.stitch_id)), Some(c.stitch_id))
+                result(
+                    stitcher.commit(params, io).map(|_| Some(c.stitch_id)),
+                    Some(c.stitch_id),
+                )
             }
-            Message::Abort { stitch_id } => result(stitcher.abort(stitch_id, io).map(|_| Some(stitch_id)), Some(stitch_id)),
-            Message::Delete { stitch_id } => result(stitcher.delete(stitch_id, io).map(|_| Some(stitch_id)), Some(stitch_id)),
+            Message::Abort { stitch_id } => result(
+                stitcher.abort(stitch_id, io).map(|_| Some(stitch_id)),
+                Some(stitch_id),
+            ),
+            Message::Delete { stitch_id } => result(
+                stitcher.delete(stitch_id, io).map(|_| Some(stitch_id)),
+                Some(stitch_id),
+            ),
             Message::Heartbeat(hb) => {
-                let unknown: Vec<u32> = hb.stitch_ids.iter().copied().filter(|id| !stitcher.touch(*id)).collect();
+                let unknown: Vec<u32> = hb
+                    .stitch_ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !stitcher.touch(*id))
+                    .collect();
                 if unknown.is_empty() {
                     Message::Reply(Reply::ok(None))
                 } else {
-                    Message::Reply(Reply::error(None, error_code::NO_SUCH_STITCH, &format!("unknown stitches: {unknown:?}")))
+                    Message::Reply(Reply::error(
+                        None,
+                        error_code::NO_SUCH_STITCH,
+                        format!("unknown stitches: {unknown:?}"),
+                    ))
                 }
             }
             _ => return self.count("unexpected_message"),
         };
-        let fields = HeaderFields { request_id: hdr.request_id, response: true, timestamp_ms: now, nonce: self.nonce(), key_id: hdr.key_id };
+        let fields = HeaderFields {
+            request_id: hdr.request_id,
+            response: true,
+            timestamp_ms: now,
+            nonce: self.nonce(),
+            key_id: hdr.key_id,
+        };
         match seal(&answer, fields, &self.keys) {
             Ok(bytes) => {
-                let _ = self.cache.put(hdr.key_id, hdr.request_id, bytes.clone(), now);
+                let _ = self
+                    .cache
+                    .put(hdr.key_id, hdr.request_id, bytes.clone(), now);
                 if let Some(fr) = self.udp_frame(peer_mac, us, peer, &bytes) {
                     self.send_frame(&fr, Some(port), io.tx, io.pool);
                 }
@@ -421,8 +533,18 @@ impl Agent {
         msg: &str,
         io: &mut Io<'_>,
     ) {
-        let fields = HeaderFields { request_id: hdr.request_id, response: true, timestamp_ms: now_ms(), nonce: self.nonce(), key_id: hdr.key_id };
-        if let Ok(bytes) = seal(&Message::Reply(Reply::error(id, code, msg)), fields, &self.keys) {
+        let fields = HeaderFields {
+            request_id: hdr.request_id,
+            response: true,
+            timestamp_ms: now_ms(),
+            nonce: self.nonce(),
+            key_id: hdr.key_id,
+        };
+        if let Ok(bytes) = seal(
+            &Message::Reply(Reply::error(id, code, msg)),
+            fields,
+            &self.keys,
+        ) {
             if let Some(fr) = self.udp_frame(mac, us, peer, &bytes) {
                 self.send_frame(&fr, Some(port), io.tx, io.pool);
             }
@@ -472,7 +594,13 @@ impl Agent {
     /// timestamp, so the receiver's replay guard accepts it and its reply cache answers.
     fn transmit(&mut self, p: &mut Pending, io: &Io<'_>) {
         let now = now_ms();
-        let fields = HeaderFields { request_id: p.request_id, response: false, timestamp_ms: now, nonce: self.nonce(), key_id: self.out_key };
+        let fields = HeaderFields {
+            request_id: p.request_id,
+            response: false,
+            timestamp_ms: now,
+            nonce: self.nonce(),
+            key_id: self.out_key,
+        };
         if let Ok(bytes) = seal(&p.msg, fields, &self.keys) {
             if let Some(frame) = self.udp_frame(p.mac, p.from, p.to, &bytes) {
                 self.send_frame(&frame, p.port, io.tx, io.pool);
@@ -540,24 +668,39 @@ mod tests {
 
     #[test]
     fn udp_to_the_service_port_and_arp_for_the_service_address_are_recognised() {
-        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6]).ipv4([198, 18, 0, 2], [198, 18, 0, 254], 1).udp(5000, 4790);
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6])
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 254], 1)
+            .udp(5000, 4790);
         let mut f = Vec::new();
         b.write(&mut f, b"STCH").unwrap();
         assert!(for_agent(&f, &addrs()));
-        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6]).ipv4([198, 18, 0, 2], [255; 4], 1).udp(5000, 4790);
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6])
+            .ipv4([198, 18, 0, 2], [255; 4], 1)
+            .udp(5000, 4790);
         let mut g = Vec::new();
         b.write(&mut g, b"STCH").unwrap();
         assert!(for_agent(&g, &addrs()), "broadcast probe");
-        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6]).ipv4([198, 18, 0, 2], [198, 18, 0, 3], 1).udp(5000, 4790);
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6])
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 3], 1)
+            .udp(5000, 4790);
         let mut h = Vec::new();
         b.write(&mut h, b"STCH").unwrap();
         assert!(!for_agent(&h, &addrs()), "someone else's address");
         let mut arp = vec![0xff; 6];
-        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 8, 6, 0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 198, 18, 0, 254]);
+        arp.extend_from_slice(&[
+            2, 0, 0, 0, 0, 1, 8, 6, 0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 198, 18, 0, 2, 0, 0,
+            0, 0, 0, 0, 198, 18, 0, 254,
+        ]);
         assert!(for_agent(&arp, &addrs()));
         arp[41] = 3;
         assert!(!for_agent(&arp, &addrs()));
-        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6]).ipv6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], addrs().ipv6.unwrap().octets(), 1).udp(5000, 4790);
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6])
+            .ipv6(
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                addrs().ipv6.unwrap().octets(),
+                1,
+            )
+            .udp(5000, 4790);
         let mut v6 = Vec::new();
         b.write(&mut v6, b"STCH").unwrap();
         assert!(for_agent(&v6, &addrs()));

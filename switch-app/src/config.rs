@@ -393,7 +393,10 @@ impl Config {
             }
             for k in &a.keys {
                 if k.key.len() != 64 || !k.key.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return bad(format!("agent.keys id {}: key must be 64 hex digits (32 bytes)", k.id));
+                    return bad(format!(
+                        "agent.keys id {}: key must be 64 hex digits (32 bytes)",
+                        k.id
+                    ));
                 }
             }
             if !a.mac.is_unicast() || a.mac.is_zero() {

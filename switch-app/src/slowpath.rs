@@ -203,14 +203,23 @@ impl SlowPath {
             pool: &self.pool,
             workers: &self.worker_stats,
         };
-        drain_punts(&self.punt_queues, &mut self.stitcher, &mut self.agent, &mut io)
+        drain_punts(
+            &self.punt_queues,
+            &mut self.stitcher,
+            &mut self.agent,
+            &mut io,
+        )
     }
 
     /// Sends the teardown messages the stitcher queued (after a control request or tick).
     fn flush_notices(&mut self) {
         let notices = std::mem::take(&mut self.stitcher.notices);
         if let Some(a) = self.agent.as_mut() {
-            let io = Io { tx: &self.tx, pool: &self.pool, workers: &self.worker_stats };
+            let io = Io {
+                tx: &self.tx,
+                pool: &self.pool,
+                workers: &self.worker_stats,
+            };
             for n in &notices {
                 a.notify(n, &io);
             }

@@ -193,7 +193,13 @@ impl Worker {
         let mut targets = [PortId(0); 32];
         let mut fin_copy = FinCopy::default();
         // Filler for unused key slots of a burst.
-        let no_key = FlowKey::v4(std::net::Ipv4Addr::UNSPECIFIED, 0, std::net::Ipv4Addr::UNSPECIFIED, 0, 0);
+        let no_key = FlowKey::v4(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+            0,
+        );
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
@@ -242,7 +248,9 @@ impl Worker {
                     let mut k = 0;
                     for (i, slot) in pkts[..n].iter_mut().enumerate() {
                         let Some(m) = slot else { continue };
-                        let Some(l4) = parse_flow(m.data()) else { continue };
+                        let Some(l4) = parse_flow(m.data()) else {
+                            continue;
+                        };
                         let d = m.data();
                         let src = MacAddr([d[6], d[7], d[8], d[9], d[10], d[11]]);
                         if in_l2.is_some_and(|p| !p.security.permits(src)) {
@@ -258,7 +266,9 @@ impl Worker {
                     // Stage 2: one bulk lookup for the burst (the table overlaps the
                     // cache misses), then each hit is handled in arrival order.
                     flows.for_each_bulk(&keys[..k], |j, e| {
-                        let (Some(e), Some(l4)) = (e, l4s[j]) else { return };
+                        let (Some(e), Some(l4)) = (e, l4s[j]) else {
+                            return;
+                        };
                         let slot = &mut pkts[usize::from(idx[j])];
                         let Some(m) = slot.as_mut() else { return };
                         let Some(frame) = m.data_mut() else { return };
@@ -266,7 +276,14 @@ impl Worker {
                         let dec = process(frame, &l4, &e.rule, in_port, &mut fin_copy);
                         let (stitch, dir) = (e.rule.stitch, e.rule.dir);
                         if dec.notify {
-                            let note = Punt { stitch, dir, kind: PuntKind::Notice, tcp_flags: l4.tcp_flags, mbuf: None, fin: fin_copy };
+                            let note = Punt {
+                                stitch,
+                                dir,
+                                kind: PuntKind::Notice,
+                                tcp_flags: l4.tcp_flags,
+                                mbuf: None,
+                                fin: fin_copy,
+                            };
                             if punt.push(note).is_err() {
                                 r.drops[DropReason::PuntFull.index()] += 1;
                             }
@@ -280,7 +297,14 @@ impl Worker {
                                 }
                             }
                             StitchVerdict::Hold => {
-                                let h = Punt { stitch, dir, kind: PuntKind::Hold, tcp_flags: l4.tcp_flags, mbuf: slot.take(), fin: FinCopy::default() };
+                                let h = Punt {
+                                    stitch,
+                                    dir,
+                                    kind: PuntKind::Hold,
+                                    tcp_flags: l4.tcp_flags,
+                                    mbuf: slot.take(),
+                                    fin: FinCopy::default(),
+                                };
                                 match punt.push(h) {
                                     Ok(()) => r.punted += 1,
                                     Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
@@ -297,7 +321,14 @@ impl Worker {
                 for m in pkts[..n].iter_mut().filter_map(Option::take) {
                     if let Some(a) = &agent {
                         if for_agent(m.data(), a) {
-                            let p = Punt { stitch: 0, dir: Dir::CtoA, kind: PuntKind::Agent, tcp_flags: 0, mbuf: Some(m), fin: FinCopy::default() };
+                            let p = Punt {
+                                stitch: 0,
+                                dir: Dir::CtoA,
+                                kind: PuntKind::Agent,
+                                tcp_flags: 0,
+                                mbuf: Some(m),
+                                fin: FinCopy::default(),
+                            };
                             match punt.push(p) {
                                 Ok(()) => r.punted += 1,
                                 Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
@@ -310,7 +341,15 @@ impl Worker {
                         continue;
                     };
                     let mut learn_req = None;
-                    let outcome = classify(m.data(), in_port, &ports, table, &mut cache, now, &mut learn_req);
+                    let outcome = classify(
+                        m.data(),
+                        in_port,
+                        &ports,
+                        table,
+                        &mut cache,
+                        now,
+                        &mut learn_req,
+                    );
                     if let Some(req) = learn_req {
                         if learn.push(req).is_ok() {
                             r.learn_req += 1;

@@ -88,10 +88,26 @@ fn write_pcap(path: &str, frames: &[Vec<u8>]) -> Result<()> {
 }
 
 fn stitched(args: &[String]) -> Result<()> {
-    let out = args.first().context("usage: stitch-mkpcap --stitched OUT.pcap STITCHES [FRAMES] [FRAME_SIZE]")?;
-    let n: u32 = args.get(1).context("STITCHES")?.parse().context("STITCHES")?;
-    let frames: u32 = args.get(2).map(|s| s.parse()).transpose().context("FRAMES")?.unwrap_or(16384);
-    let size: usize = args.get(3).map(|s| s.parse()).transpose().context("FRAME_SIZE")?.unwrap_or(60);
+    let out = args
+        .first()
+        .context("usage: stitch-mkpcap --stitched OUT.pcap STITCHES [FRAMES] [FRAME_SIZE]")?;
+    let n: u32 = args
+        .get(1)
+        .context("STITCHES")?
+        .parse()
+        .context("STITCHES")?;
+    let frames: u32 = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()
+        .context("FRAMES")?
+        .unwrap_or(16384);
+    let size: usize = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()
+        .context("FRAME_SIZE")?
+        .unwrap_or(60);
     if n == 0 || frames == 0 || !(66..=1514).contains(&size.max(66)) {
         bail!("STITCHES and FRAMES must be > 0");
     }
@@ -104,7 +120,11 @@ fn stitched(args: &[String]) -> Result<()> {
             .ipv4(ip.to_be_bytes(), [198, 18, 0, 2], 64)
             .tcp(port, 7000, 1000 + j, 512)
             .ack(2000)
-            .options(&[etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Timestamp(100 + j, 50)])?;
+            .options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Timestamp(100 + j, 50),
+            ])?;
         let payload = vec![0u8; size.saturating_sub(66)];
         let mut f = Vec::new();
         b.write(&mut f, &payload)?;

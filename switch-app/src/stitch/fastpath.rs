@@ -113,6 +113,17 @@ pub fn process(
                 if hlen <= FIN_COPY {
                     fin_copy.buf[..hlen].copy_from_slice(&frame[..hlen]);
                     fin_copy.len = hlen;
+                    // The copy has no payload: make its IP length say so, so it parses
+                    // (the slow path recomputes the checksums of what it sends).
+                    let l3 = l4.l3_offset;
+                    let l4_len = hlen - l4.l4_offset;
+                    if l4.key.is_v6() {
+                        fin_copy.buf[l3 + 4..l3 + 6]
+                            .copy_from_slice(&(l4_len as u16).to_be_bytes());
+                    } else {
+                        fin_copy.buf[l3 + 2..l3 + 4]
+                            .copy_from_slice(&((hlen - l3) as u16).to_be_bytes());
+                    }
                 }
             }
             match translate(frame, t) {

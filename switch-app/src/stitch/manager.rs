@@ -28,11 +28,11 @@ use switch_core::stitch::translate::{translate, Translation};
 use switch_core::{MacAddr, PortId};
 
 use super::ack::{bare_fin, pure_ack};
-use crate::agent::AgentNotice;
-use agent_proto::{EndKind, Side};
 use super::rule::{Action, Dir, DirState, FlowRule};
+use crate::agent::AgentNotice;
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
+use agent_proto::{EndKind, Side};
 
 /// Most packets a frozen stitch holds; beyond, data is dropped (the sender retransmits).
 pub const MAX_HELD: usize = 4096;
@@ -252,7 +252,11 @@ impl Stitcher {
         }
         self.check_variant(p.teardown)?;
         let mac = |m: stitch_control::protocol::Mac| MacAddr(m.0);
-        let ep = |mac: MacAddr, a: SocketAddr| Endpoint { mac, ip: a.ip(), port: a.port() };
+        let ep = |mac: MacAddr, a: SocketAddr| Endpoint {
+            mac,
+            ip: a.ip(),
+            port: a.port(),
+        };
         let (mut first, mut last) = (None, None);
         for i in 0..count {
             let (client, shell_b) = if count == 1 {
@@ -269,8 +273,16 @@ impl Stitcher {
                 r1: SeqNumber(p.r1),
                 s2: SeqNumber(p.s2),
                 r2: SeqNumber(p.r2),
-                ts: p.ts.map(|t| TsParams { c_to_b_tsval_delta: t.c_to_b, b_to_c_tsval_delta: t.b_to_c }),
-                wscale: p.wscale.map(|w| WscaleParams { c: w.c, a1: w.a1, a2: w.a2, b: w.b }),
+                ts: p.ts.map(|t| TsParams {
+                    c_to_b_tsval_delta: t.c_to_b,
+                    b_to_c_tsval_delta: t.b_to_c,
+                }),
+                wscale: p.wscale.map(|w| WscaleParams {
+                    c: w.c,
+                    a1: w.a1,
+                    a2: w.a2,
+                    b: w.b,
+                }),
                 sack_c: p.sack.is_none_or(|s| s.leg_a),
                 sack_b: p.sack.is_none_or(|s| s.leg_b),
             };
@@ -278,22 +290,46 @@ impl Stitcher {
             let (b_port, c_port) = (PortId(p.ports.b), PortId(p.ports.c));
             let fin_to_shell = matches!(p.teardown, Teardown::D | Teardown::E);
             let prep = StitchPrepareParams {
-                leg_a: stitch_control::protocol::LegA { client, shell: p.leg_a.shell },
-                leg_b: stitch_control::protocol::LegB { shell: shell_b, core: p.leg_b.core },
+                leg_a: stitch_control::protocol::LegA {
+                    client,
+                    shell: p.leg_a.shell,
+                },
+                leg_b: stitch_control::protocol::LegB {
+                    shell: shell_b,
+                    core: p.leg_b.core,
+                },
                 proto: p.proto,
                 teardown: p.teardown,
                 idle_timeout: p.idle_timeout,
                 linger: p.linger,
             };
             let actions = |d: Dir| match d {
-                Dir::CtoA => Action::Translate { t: t_cb, out_port: b_port, fin_to_shell },
-                Dir::BtoA => Action::Translate { t: t_bc, out_port: c_port, fin_to_shell },
+                Dir::CtoA => Action::Translate {
+                    t: t_cb,
+                    out_port: b_port,
+                    fin_to_shell,
+                },
+                Dir::BtoA => Action::Translate {
+                    t: t_bc,
+                    out_port: c_port,
+                    fin_to_shell,
+                },
                 Dir::AtoC | Dir::AtoB => Action::DropShell,
             };
-            let id = match self.add(prep, actions, Phase::Stitched, Some((t_cb, b_port, t_bc, c_port))) {
+            let id = match self.add(
+                prep,
+                actions,
+                Phase::Stitched,
+                Some((t_cb, b_port, t_bc, c_port)),
+            ) {
                 Ok(id) => id,
                 Err(e) if first.is_some() => {
-                    return Err(err(format!("{} (after installing stitches {}-{})", e.message, first.unwrap_or(0), last.unwrap_or(0))))
+                    return Err(err(format!(
+                        "{} (after installing stitches {}-{})",
+                        e.message,
+                        first.unwrap_or(0),
+                        last.unwrap_or(0)
+                    )))
                 }
                 Err(e) => return Err(e),
             };
@@ -336,10 +372,18 @@ impl Stitcher {
         if !self.agents {
             return;
         }
-        let legs = [s.params.leg_a.client, s.params.leg_a.shell, s.params.leg_b.shell, s.params.leg_b.core];
+        let legs = [
+            s.params.leg_a.client,
+            s.params.leg_a.shell,
+            s.params.leg_b.shell,
+            s.params.leg_b.core,
+        ];
         let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
         let (shell, core) = match &s.live {
-            Some((t_cb, b_port, t_bc, _)) => ((t_bc.eth_src, s.state(Dir::AtoC).port()), (t_cb.eth_dst, Some(*b_port))),
+            Some((t_cb, b_port, t_bc, _)) => (
+                (t_bc.eth_src, s.state(Dir::AtoC).port()),
+                (t_cb.eth_dst, Some(*b_port)),
+            ),
             None => (
                 (mac(&s.state(Dir::CtoA).dst_mac), s.state(Dir::AtoC).port()),
                 (mac(&s.state(Dir::BtoA).src_mac), s.state(Dir::BtoA).port()),
@@ -351,7 +395,10 @@ impl Stitcher {
             kind,
             variant: s.params.teardown,
             legs,
-            bytes: (s.state(Dir::CtoA).bytes.load(Relaxed), s.state(Dir::BtoA).bytes.load(Relaxed)),
+            bytes: (
+                s.state(Dir::CtoA).bytes.load(Relaxed),
+                s.state(Dir::BtoA).bytes.load(Relaxed),
+            ),
             shell,
             core,
             to: to.to_vec(),
@@ -368,8 +415,13 @@ impl Stitcher {
     ) -> Result<u32, RpcError> {
         let (a, b) = (p.leg_a, p.leg_b);
         let fam = |x: &SocketAddr| x.is_ipv6();
-        if fam(&a.client) != fam(&a.shell) || fam(&b.shell) != fam(&b.core) || fam(&a.client) != fam(&b.core) {
-            return Err(err("all four addresses of a stitch must be of one family (IPv4 or IPv6)"));
+        if fam(&a.client) != fam(&a.shell)
+            || fam(&b.shell) != fam(&b.core)
+            || fam(&a.client) != fam(&b.core)
+        {
+            return Err(err(
+                "all four addresses of a stitch must be of one family (IPv4 or IPv6)",
+            ));
         }
         let proto = match p.proto {
             Proto::Tcp => 6,
@@ -383,7 +435,9 @@ impl Stitcher {
         ];
         for (i, k) in keys.iter().enumerate() {
             if keys[..i].contains(k) {
-                return Err(err(format!("leg A and leg B must differ: {k} appears twice")));
+                return Err(err(format!(
+                    "leg A and leg B must differ: {k} appears twice"
+                )));
             }
             if self.table.contains(k) {
                 let owner = self.table.get(k).map(|e| e.rule.stitch);
@@ -397,7 +451,12 @@ impl Stitcher {
         let states: [Arc<DirState>; 4] = std::array::from_fn(|_| Arc::new(DirState::default()));
         let mut inserted = Vec::new();
         for (d, k) in Dir::ALL.iter().zip(keys) {
-            let rule = FlowRule { stitch: id, dir: *d, action: action(*d), state: states[d.index()].clone() };
+            let rule = FlowRule {
+                stitch: id,
+                dir: *d,
+                action: action(*d),
+                state: states[d.index()].clone(),
+            };
             match self.table.insert(k, rule) {
                 FlowInsert::Inserted | FlowInsert::Replaced => inserted.push(k),
                 FlowInsert::Full => {
@@ -521,8 +580,9 @@ impl Stitcher {
                     "a TCP stitch needs s1, r1, s2 and r2 (the shell's sequence state)",
                 ));
             };
-            check_leg(ca, "C", "A", "leg A", s1, r1)?;
-            check_leg(ba, "B", "A", "leg B", s2, r2)?;
+            let verified_a = check_leg(ca, "C", "A", "leg A", s1, r1)?;
+            let verified_b = check_leg(ba, "B", "A", "leg B", s2, r2)?;
+            info["verified"] = json!({"leg_a": verified_a, "leg_b": verified_b});
             let ts_a = c
                 .timestamps
                 .map_or(ca.ts_seen.load(Relaxed) || ac.ts_seen.load(Relaxed), |t| {
@@ -719,7 +779,12 @@ impl Stitcher {
         for (d, m) in std::mem::take(&mut s.held) {
             Self::send_to_shell(&s, d, m, io);
         }
-        self.notice(&s, Side::Unknown(0), EndKind::Deleted, &[Side::Shell, Side::Core]);
+        self.notice(
+            &s,
+            Side::Unknown(0),
+            EndKind::Deleted,
+            &[Side::Shell, Side::Core],
+        );
         self.emit(json!({"event": "removed", "id": id, "reason": "deleted"}));
         Ok(json!({"id": id, "deleted": true, "released_to_shell": n}))
     }
@@ -771,7 +836,11 @@ impl Stitcher {
                 if p.tcp_flags & 0x04 != 0 {
                     let from = if p.dir == Dir::CtoA { "client" } else { "core" };
                     if let Some(s) = self.remove(id, io.workers) {
-                        let side = if p.dir == Dir::CtoA { Side::Client } else { Side::Core };
+                        let side = if p.dir == Dir::CtoA {
+                            Side::Client
+                        } else {
+                            Side::Core
+                        };
                         self.notice(&s, side, EndKind::Rst, &[Side::Shell, Side::Core]);
                     }
                     self.emit(json!({"event": "rst", "id": id, "from": from}));
@@ -803,7 +872,11 @@ impl Stitcher {
                 // 4E: the shell gets the untranslated FIN; the core has the translated one.
                 let mut ev = json!({"event": "fin", "id": id, "from": from, "forwarded_to": to, "teardown": teardown_name(variant)});
                 if variant == Teardown::B {
-                    let side = if p.dir == Dir::CtoA { Side::Client } else { Side::Core };
+                    let side = if p.dir == Dir::CtoA {
+                        Side::Client
+                    } else {
+                        Side::Core
+                    };
                     let s = self.stitches.remove(&id);
                     if let Some(s) = s {
                         self.notice(&s, side, EndKind::Fin, &[Side::Shell, Side::Core]);
@@ -813,7 +886,9 @@ impl Stitcher {
                     self.emit(ev);
                     return;
                 }
-                let Some(s) = self.stitches.get(&id) else { return };
+                let Some(s) = self.stitches.get(&id) else {
+                    return;
+                };
                 if matches!(variant, Teardown::D | Teardown::E) && p.fin.len > 0 {
                     if let Some(f) = bare_fin(&p.fin.buf[..p.fin.len]) {
                         if let Ok(m) = Mbuf::from_slice(io.pool, &f) {
@@ -857,7 +932,12 @@ impl Stitcher {
                     Self::send_to_shell(&s, d, m, io);
                 }
                 if reason == "idle" {
-                    self.notice(&s, Side::Unknown(0), EndKind::Idle, &[Side::Shell, Side::Core]);
+                    self.notice(
+                        &s,
+                        Side::Unknown(0),
+                        EndKind::Idle,
+                        &[Side::Shell, Side::Core],
+                    );
                 }
             }
             self.emit(json!({"event": "removed", "id": id, "reason": reason}));
@@ -874,7 +954,9 @@ fn nth_addr(a: SocketAddr, i: u32) -> SocketAddr {
     let step = i / 50_000;
     let ip = match a.ip() {
         std::net::IpAddr::V4(v4) => std::net::IpAddr::V4((u32::from(v4).wrapping_add(step)).into()),
-        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6((u128::from(v6).wrapping_add(u128::from(step))).into()),
+        std::net::IpAddr::V6(v6) => {
+            std::net::IpAddr::V6((u128::from(v6).wrapping_add(u128::from(step))).into())
+        }
     };
     SocketAddr::new(ip, port)
 }
@@ -890,26 +972,30 @@ fn check_leg(
     leg: &str,
     s: u32,
     r: u32,
-) -> Result<(), RpcError> {
-    if !peer.has_ack.load(Relaxed) || !peer.has_seq.load(Relaxed) {
-        return Err(err(format!(
-            "{leg}: no data or ACK seen from {who} yet; let traffic flow before commit"
-        )));
+) -> Result<bool, RpcError> {
+    // What the switch did not see, it cannot check: a peer that sent nothing through the
+    // switch since prepare (a hand-off right after set-up) is taken at the shell's word,
+    // which comes from the kernel (TCP_REPAIR) after the shell drained. Returns whether
+    // both checks could be made.
+    let (has_ack, has_seq) = (peer.has_ack.load(Relaxed), peer.has_seq.load(Relaxed));
+    if has_ack {
+        let acked = peer.ack.load(Relaxed);
+        if acked != s {
+            return Err(err(format!(
+                "{leg}: {who} has acknowledged up to {acked} but the shell sent up to {s} ({} bytes unacknowledged); drain and retry",
+                s.wrapping_sub(acked) as i32
+            )));
+        }
     }
-    let acked = peer.ack.load(Relaxed);
-    if acked != s {
-        return Err(err(format!(
-            "{leg}: {who} has acknowledged up to {acked} but the shell sent up to {s} ({} bytes unacknowledged); drain and retry",
-            s.wrapping_sub(acked) as i32
-        )));
+    if has_seq {
+        let sent = peer.seq_end.load(Relaxed);
+        if SeqNumber(r).after(SeqNumber(sent)) {
+            return Err(err(format!(
+                "{leg}: {shell} expects {who}'s byte {r} but {who} has sent only up to {sent} through the switch; wrong sequence state"
+            )));
+        }
     }
-    let sent = peer.seq_end.load(Relaxed);
-    if SeqNumber(r).after(SeqNumber(sent)) {
-        return Err(err(format!(
-            "{leg}: {shell} expects {who}'s byte {r} but {who} has sent only up to {sent} through the switch; wrong sequence state"
-        )));
-    }
-    Ok(())
+    Ok(has_ack && has_seq)
 }
 
 /// Waits until every worker has completed a poll round that started after now, so any

@@ -1,0 +1,453 @@
+//! The whole flow with real kernels: client C, shell A (running `stitch-shell`) and core B
+//! (running `stitch-core`) in namespaces on `net_tap` ports of stitchd, which speaks the
+//! agent protocol on its service address. Many concurrent connections with a bypass
+//! policy; every teardown variant; a hand-off the switch refuses.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use pmd_tests::{pattern, require_root, serial, sha256, sha256_of, unique_id, Netns, Stitchd};
+use stitch_shell::ShellStatus;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const SHELL: &str = "198.18.0.2:7000";
+const CORE: &str = "198.18.0.3:8000";
+
+struct World {
+    sd: Stitchd,
+    c: Netns,
+    a: Netns,
+    b: Netns,
+}
+
+/// `stitch-shell` running as its own process inside namespace A (`ip netns exec`, so it
+/// sees A's interfaces in /sys and /proc, as on a real shell host); stopped by its pid.
+struct ShellProc {
+    child: std::process::Child,
+    status_socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl ShellProc {
+    fn status(&self) -> ShellStatus {
+        let text = stitch_shell::status::fetch(&self.status_socket).unwrap_or_else(|e| {
+            panic!(
+                "shell status: {e}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        });
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("shell status JSON ({e}): {text}"))
+    }
+
+    fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ShellProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn world(linger: u32) -> World {
+    require_root();
+    let id = unique_id();
+    let dir = Stitchd::make_dir(&id);
+    let taps: Vec<String> = ["c", "a", "b"]
+        .iter()
+        .map(|n| format!("t{id}{n}"))
+        .collect();
+    let cfg = dir.join("s.toml");
+    let mut text = String::new();
+    for (i, t) in taps.iter().enumerate() {
+        text.push_str(&format!("[[ports]]\ndevargs = \"net_tap{i},iface={t}\"\n"));
+    }
+    text.push_str(&format!(
+        "[agent]\nipv4 = \"198.18.0.254\"\nkeys = [{{ id = 7, key = \"{KEY}\" }}]\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let _ = linger;
+    let sd = Stitchd::start(
+        &id,
+        dir,
+        &["-l".into(), "0-1".into()],
+        &["--config".into(), cfg.display().to_string()],
+    );
+    let c = Netns::new(&format!("st{id}c"));
+    let a = Netns::new(&format!("st{id}a"));
+    let b = Netns::new(&format!("st{id}b"));
+    c.attach(&taps[0], Some("02:00:00:00:0c:01"), "198.18.0.1/24");
+    a.attach(&taps[1], Some("02:00:00:00:0a:01"), "198.18.0.2/24");
+    b.attach(&taps[2], Some("02:00:00:00:0b:01"), "198.18.0.3/24");
+    World { sd, c, a, b }
+}
+
+fn shell_config(policy: &str, value: u64, teardown: &str, linger: u32) -> String {
+    let bypass = if value == 0 {
+        format!("{{ policy = \"{policy}\" }}")
+    } else {
+        format!("{{ policy = \"{policy}\", value = {value} }}")
+    };
+    format!(
+        "[switch]\naddress = \"198.18.0.254:4790\"\nkey_id = 7\nkey = \"{KEY}\"\nagent_listen = \"198.18.0.2:4791\"\n\
+         probe_timeout_ms = 1000\n\
+         [[mapping]]\nlisten = \"{SHELL}\"\ncore = \"{CORE}\"\nbypass = {bypass}\n\
+         teardown = \"{teardown}\"\nlinger_secs = {linger}\n"
+    )
+}
+
+fn start_shell(w: &World, cfg: String) -> ShellProc {
+    let dir = w.sd.dir.clone();
+    let status_socket = dir.join("shell.sock");
+    let cfg_path = dir.join("shell.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("status_socket = \"{}\"\n{cfg}", status_socket.display()),
+    )
+    .unwrap();
+    let log = dir.join("shell.log");
+    let bin = pmd_tests::stitchd_bin().with_file_name("stitch-shell");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.a.name])
+        .arg(&bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn stitch-shell");
+    let p = ShellProc {
+        child,
+        status_socket,
+        log,
+    };
+    wait_for("stitch-shell status socket", 10, || {
+        p.status_socket.exists()
+    });
+    // Discovery runs at start; give it its probe timeout.
+    wait_for("shell discovery", 5, || !p.status().stitching.is_empty());
+    std::thread::sleep(Duration::from_millis(1200));
+    p
+}
+
+fn start_core_agent(
+    w: &World,
+) -> (
+    stitch_core::CoreAgent,
+    std::sync::mpsc::Receiver<stitch_core::TeardownNotice>,
+) {
+    let cfg = stitch_core::CoreConfig::from_toml(&format!(
+        "listen = \"198.18.0.3:4791\"\nkey_id = 7\nkey = \"{KEY}\"\n"
+    ))
+    .expect("core config");
+    w.b.run(move || stitch_core::CoreAgent::start(&cfg))
+        .join()
+        .expect("core thread")
+        .expect("core agent starts")
+}
+
+/// Client side: sends a header (bytes C->B, bytes B->C, seed), then its data, reads B's
+/// data until EOF. Returns SHA-256 of what it read and the expected one.
+fn client(send: usize, recv: usize, seed: u64) -> (String, String) {
+    let mut s = TcpStream::connect_timeout(&SHELL.parse().unwrap(), Duration::from_secs(10))
+        .expect("connect to shell");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&(send as u64).to_be_bytes());
+    hdr.extend_from_slice(&(recv as u64).to_be_bytes());
+    hdr.extend_from_slice(&seed.to_be_bytes());
+    s.write_all(&hdr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let data = pattern(send, seed);
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let (got, n) = sha256_of(&s);
+    writer.join().unwrap();
+    assert_eq!(n, recv as u64, "client {seed}: bytes from core");
+    (got, sha256(&pattern(recv, seed ^ 0xffff)))
+}
+
+/// Core side: one connection: reads the header, sends its data, reads C's until EOF;
+/// returns (SHA-256 read, expected, local, peer).
+fn serve_one(s: TcpStream) -> (String, String, SocketAddr, SocketAddr) {
+    let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut hdr = [0u8; 24];
+    (&s).read_exact(&mut hdr).unwrap();
+    let send = u64::from_be_bytes(hdr[8..16].try_into().unwrap()) as usize;
+    let recv = u64::from_be_bytes(hdr[..8].try_into().unwrap()) as usize;
+    let seed = u64::from_be_bytes(hdr[16..24].try_into().unwrap());
+    let mut w = s.try_clone().unwrap();
+    let data = pattern(send, seed ^ 0xffff);
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let (got, n) = sha256_of(&s);
+    writer.join().unwrap();
+    assert_eq!(n, recv as u64, "core {seed}: bytes from client");
+    (got, sha256(&pattern(recv, seed)), local, peer)
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hundred_concurrent_connections_long_ones_bypassed_short_ones_relayed_nothing_lost() {
+    let _g = serial();
+    let w = world(2);
+    let shell = start_shell(&w, shell_config("after_bytes", 1 << 20, "4E", 2));
+    assert_eq!(
+        shell.status().stitching,
+        "available",
+        "{:?}",
+        shell.status()
+    );
+    let conns = 100usize;
+    let server = w.b.run(move || {
+        let l = TcpListener::bind(CORE).unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..conns {
+            let (s, _) = l.accept().unwrap();
+            handles.push(std::thread::spawn(move || serve_one(s)));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("core conn"))
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // 20 long transfers (24 MiB each way), 80 short ones (64 KiB each way).
+    let clients: Vec<_> = (0..conns)
+        .map(|i| {
+            let size = if i % 5 == 0 { 24 << 20 } else { 64 << 10 };
+            w.c.run(move || client(size, size, 1000 + i as u64))
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (got, want) = c.join().unwrap_or_else(|_| panic!("client {i} failed"));
+        assert_eq!(got, want, "client {i}: SHA-256 of B->C differs");
+    }
+    for (got, want, _, peer) in server.join().expect("core") {
+        assert_eq!(
+            got, want,
+            "core, connection from {peer}: SHA-256 of C->B differs"
+        );
+    }
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!(m.connections, 100, "{st:?}");
+    assert_eq!(m.failed_handoffs, 0, "{:?}", m.last_failure_reasons);
+    assert_eq!(
+        m.bypassed, 20,
+        "the 20 long connections are handed off: {m:?}"
+    );
+    let total = 20 * 2 * (24u64 << 20) + 80 * 2 * (64u64 << 10);
+    let by_shell = m.bytes_relayed_by_shell.c_to_b + m.bytes_relayed_by_shell.b_to_c;
+    assert!(
+        by_shell < total / 2,
+        "the shell relayed {by_shell} of {total} bytes"
+    );
+    let stitched: u64 = w.sd.ok("stats.get", None)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["stitched"].as_u64().unwrap())
+        .sum();
+    assert!(
+        stitched > 20 * 1000,
+        "switch translated only {stitched} packets"
+    );
+    let before = shell.status().mappings[0].bytes_relayed_by_shell.c_to_b;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        shell.status().mappings[0].bytes_relayed_by_shell.c_to_b,
+        before,
+        "the shell's counter still grows"
+    );
+    wait_for("every stitch removed after linger", 15, || {
+        w.sd.ok("stitch.list", None)["stitches"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    shell.shutdown();
+}
+
+/// One connection under `variant`: small transfer, immediate hand-off, client closes;
+/// returns (shell status after, core agent notices, core-side connection addresses).
+fn one_variant(variant: &str) -> (ShellStatus, Vec<stitch_core::TeardownNotice>, Stitchd) {
+    let w = world(1);
+    let (core_agent, notices) = start_core_agent(&w);
+    let shell = start_shell(&w, shell_config("immediate", 0, variant, 1));
+    let four_c = variant == "4C";
+    let server = w.b.run(move || {
+        let l = TcpListener::bind(CORE).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let r = serve_one(s);
+        if four_c {
+            // 4C: the core's application tells its agent, which tells the shell (from
+            // the core host, inside its namespace).
+            core_agent
+                .connection_closed(r.2, r.3, agent_proto::Teardown::C)
+                .expect("core tells shell");
+        }
+        r
+    });
+    let c = w.c.run(move || {
+        // Let the hand-off happen before the data moves, then close from the client.
+        client(2 << 20, 1 << 20, 77)
+    });
+    let (got, want) = c.join().expect("client");
+    assert_eq!(got, want, "{variant}: B->C");
+    let (got, want, _, _) = server.join().expect("core");
+    assert_eq!(got, want, "{variant}: C->B");
+    wait_for("stitch removed after linger", 15, || {
+        w.sd.ok("stitch.list", None)["stitches"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shell.status().mappings[0].active_stitched != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{variant}: the shell did not free the stitch: {:?}",
+            shell.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = shell.status();
+    assert_eq!(st.mappings[0].bypassed, 1, "{variant}: {st:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let got: Vec<_> = notices.try_iter().collect();
+    shell.shutdown();
+    drop(w.c);
+    drop(w.a);
+    drop(w.b);
+    (st, got, w.sd)
+}
+
+#[test]
+fn every_teardown_variant_closes_both_ends_and_notifies_as_the_variant_says() {
+    let _g = serial();
+    // 4B: the switch tells both agents.
+    let (st, core, _) = one_variant("4B");
+    assert!(
+        st.teardown.notices >= 1,
+        "4B: shell got no teardown message: {st:?}"
+    );
+    assert!(
+        core.iter().any(|n| n.to == agent_proto::Side::Core),
+        "4B: core agent got no message: {core:?}"
+    );
+    // 4C: the core tells the shell (the switch sends nothing).
+    let (st, core, _) = one_variant("4C");
+    assert!(
+        st.teardown.notices >= 1,
+        "4C: shell not told by the core: {st:?}"
+    );
+    assert!(
+        core.is_empty(),
+        "4C: the core agent got a message: {core:?}"
+    );
+    // 4D: the shell sees the untranslated FIN and tells the core.
+    let (st, core, _) = one_variant("4D");
+    assert!(st.teardown.fins_seen >= 1, "4D: shell saw no FIN: {st:?}");
+    assert!(
+        st.teardown.core_notified >= 1,
+        "4D: shell did not tell the core: {st:?}"
+    );
+    assert!(
+        core.iter().any(|n| n.to == agent_proto::Side::Core),
+        "4D: core agent got nothing: {core:?}"
+    );
+    // 4E: the shell sees the untranslated FIN; the core saw the translated one (EOF).
+    let (st, core, _) = one_variant("4E");
+    assert!(st.teardown.fins_seen >= 1, "4E: shell saw no FIN: {st:?}");
+    assert!(
+        core.is_empty(),
+        "4E: the core agent got a message: {core:?}"
+    );
+}
+
+#[test]
+fn a_refused_commit_leaves_the_connection_with_the_shell_and_loses_nothing() {
+    let _g = serial();
+    let w = world(1);
+    // Leg B without timestamps, leg A with: the switch must refuse the stitch.
+    w.b.exec("sysctl", &["-qw", "net.ipv4.tcp_timestamps=0"]);
+    let shell = start_shell(&w, shell_config("immediate", 0, "4E", 1));
+    let server = w.b.run(move || {
+        let l = TcpListener::bind(CORE).unwrap();
+        let (s, _) = l.accept().unwrap();
+        serve_one(s)
+    });
+    let (got, want) =
+        w.c.run(move || client(16 << 20, 16 << 20, 5))
+            .join()
+            .expect("client");
+    assert_eq!(got, want);
+    let (got, want, _, _) = server.join().expect("core");
+    assert_eq!(got, want);
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!(m.bypassed, 0, "{st:?}");
+    assert!(m.failed_handoffs >= 1, "{st:?}");
+    assert!(
+        m.last_failure_reasons
+            .iter()
+            .any(|r| r.contains("timestamps")),
+        "{:?}",
+        m.last_failure_reasons
+    );
+    assert_eq!(
+        m.bytes_relayed_by_shell.c_to_b,
+        16 << 20 | 24,
+        "the shell carried everything"
+    );
+    shell.shutdown();
+}
+
+#[test]
+fn a_shell_with_two_egress_interfaces_does_not_probe() {
+    let _g = serial();
+    let w = world(1);
+    w.a.ip(&["link", "add", "sva", "type", "veth", "peer", "name", "svb"]);
+    w.a.ip(&["addr", "add", "198.18.0.200/24", "dev", "sva"]);
+    w.a.ip(&["link", "set", "sva", "up"]);
+    w.a.ip(&["link", "set", "svb", "up"]);
+    let shell = start_shell(&w, shell_config("immediate", 0, "4E", 1));
+    let st = shell.status();
+    assert!(st.stitching.starts_with("not available"), "{st:?}");
+    assert!(st.stitching.contains("egress"), "{}", st.stitching);
+    let probes = w.sd.ok("stats.get", None)["agent"]["counters"]["probes_answered"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(probes, 0, "the shell probed anyway");
+    shell.shutdown();
+}
