@@ -95,6 +95,34 @@ impl Mbuf {
         Mbuf(self.0)
     }
 
+    /// Makes this mbuf hold exactly `bytes` (one segment), written in Rust: no FFI call.
+    /// For generators that refill freshly allocated mbufs. Returns false (and changes
+    /// nothing) when the mbuf is shared or `bytes` does not fit its data room.
+    #[inline]
+    pub fn fill(&mut self, bytes: &[u8]) -> bool {
+        if self.refcnt() != 1 {
+            return false;
+        }
+        // SAFETY: we hold the only reference (refcnt 1), so nobody else reads or writes
+        // the mbuf; the write stays inside the data room (checked against buf_len), and
+        // the length fields are set to describe exactly what was written.
+        unsafe {
+            let m = self.0.as_mut();
+            let off = usize::from(m.data_off);
+            if m.nb_segs != 1 || off + bytes.len() > usize::from(m.buf_len) {
+                return false;
+            }
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (m.buf_addr as *mut u8).add(off),
+                bytes.len(),
+            );
+            m.data_len = bytes.len() as u16;
+            m.pkt_len = bytes.len() as u32;
+        }
+        true
+    }
+
     /// A new packet holding a copy of `bytes` (slow path and tests).
     ///
     /// # Errors

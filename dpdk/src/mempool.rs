@@ -53,6 +53,27 @@ impl Mempool {
         &self.name
     }
 
+    /// Fills every slot of `out` with a fresh, empty mbuf in one call (all or nothing).
+    /// Returns false, leaving `out` untouched, when the pool cannot supply them all.
+    /// Slots must be empty (`None`); a slot that is not is left alone and the call fails.
+    pub fn alloc_bulk(&self, out: &mut [Option<crate::Mbuf>]) -> bool {
+        if out.iter().any(Option::is_some) || out.is_empty() {
+            return out.is_empty();
+        }
+        let n = out.len() as u32;
+        // SAFETY: `out` is a slice of `Option<Mbuf>`, each laid out as one `rte_mbuf *`
+        // (null = None, see mbuf.rs), all None; on success DPDK writes `n` owned mbuf
+        // pointers, which the slots then own; on failure it writes nothing.
+        let r = unsafe {
+            dpdk_sys::shim_pktmbuf_alloc_bulk(
+                self.raw.as_ptr(),
+                out.as_mut_ptr() as *mut *mut dpdk_sys::rte_mbuf,
+                n,
+            )
+        };
+        r == 0
+    }
+
     /// Mbufs currently free in the pool (approximate while lcores run).
     pub fn available(&self) -> u32 {
         // SAFETY: raw is a live pool.

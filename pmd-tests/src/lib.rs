@@ -22,6 +22,7 @@ use stitch_control::client::Client;
 
 pub mod pcap;
 pub mod relay;
+pub mod shell;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicU32 = AtomicU32::new(0);

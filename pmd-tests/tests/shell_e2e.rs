@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use pmd_tests::shell::ShellProc;
 use pmd_tests::{pattern, require_root, serial, sha256, sha256_of, unique_id, Netns, Stitchd};
 use stitch_shell::ShellStatus;
 
@@ -19,50 +20,6 @@ struct World {
     c: Netns,
     a: Netns,
     b: Netns,
-}
-
-/// `stitch-shell` running as its own process inside namespace A (`ip netns exec`, so it
-/// sees A's interfaces in /sys and /proc, as on a real shell host); stopped by its pid.
-struct ShellProc {
-    child: std::process::Child,
-    status_socket: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl ShellProc {
-    fn status(&self) -> ShellStatus {
-        let text = stitch_shell::status::fetch(&self.status_socket).unwrap_or_else(|e| {
-            panic!(
-                "shell status: {e}\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            )
-        });
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("shell status JSON ({e}): {text}"))
-    }
-
-    fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ShellProc {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn world(linger: u32) -> World {
@@ -113,38 +70,7 @@ fn shell_config(policy: &str, value: u64, teardown: &str, linger: u32) -> String
 }
 
 fn start_shell(w: &World, cfg: String) -> ShellProc {
-    let dir = w.sd.dir.clone();
-    let status_socket = dir.join("shell.sock");
-    let cfg_path = dir.join("shell.toml");
-    std::fs::write(
-        &cfg_path,
-        format!("status_socket = \"{}\"\n{cfg}", status_socket.display()),
-    )
-    .unwrap();
-    let log = dir.join("shell.log");
-    let bin = pmd_tests::stitchd_bin().with_file_name("stitch-shell");
-    let logf = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new("ip")
-        .args(["netns", "exec", &w.a.name])
-        .arg(&bin)
-        .arg("--config")
-        .arg(&cfg_path)
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf)
-        .spawn()
-        .expect("spawn stitch-shell");
-    let p = ShellProc {
-        child,
-        status_socket,
-        log,
-    };
-    wait_for("stitch-shell status socket", 10, || {
-        p.status_socket.exists()
-    });
-    // Discovery runs at start; give it its probe timeout.
-    wait_for("shell discovery", 5, || !p.status().stitching.is_empty());
-    std::thread::sleep(Duration::from_millis(1200));
-    p
+    ShellProc::start(&w.a, &w.sd.dir, &cfg)
 }
 
 fn start_core_agent(
@@ -166,6 +92,12 @@ fn start_core_agent(
 /// Client side: sends a header (bytes C->B, bytes B->C, seed), then its data, reads B's
 /// data until EOF. Returns SHA-256 of what it read and the expected one.
 fn client(send: usize, recv: usize, seed: u64) -> (String, String) {
+    client_ordered(send, recv, seed, 0)
+}
+
+/// `order`: 0 both ends send at once; 1 the client sends and closes first, then the core;
+/// 2 the core first.
+fn client_ordered(send: usize, recv: usize, seed: u64, order: u64) -> (String, String) {
     let mut s = TcpStream::connect_timeout(&SHELL.parse().unwrap(), Duration::from_secs(10))
         .expect("connect to shell");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -173,15 +105,31 @@ fn client(send: usize, recv: usize, seed: u64) -> (String, String) {
     hdr.extend_from_slice(&(send as u64).to_be_bytes());
     hdr.extend_from_slice(&(recv as u64).to_be_bytes());
     hdr.extend_from_slice(&seed.to_be_bytes());
+    hdr.extend_from_slice(&order.to_be_bytes());
     s.write_all(&hdr).unwrap();
     let mut w = s.try_clone().unwrap();
     let data = pattern(send, seed);
-    let writer = std::thread::spawn(move || {
+    let mut write = move || {
         w.write_all(&data).unwrap();
         w.shutdown(Shutdown::Write).unwrap();
-    });
-    let (got, n) = sha256_of(&s);
-    writer.join().unwrap();
+    };
+    let (got, n) = match order {
+        1 => {
+            write();
+            sha256_of(&s)
+        }
+        2 => {
+            let r = sha256_of(&s);
+            write();
+            r
+        }
+        _ => {
+            let writer = std::thread::spawn(write);
+            let r = sha256_of(&s);
+            writer.join().unwrap();
+            r
+        }
+    };
     assert_eq!(n, recv as u64, "client {seed}: bytes from core");
     (got, sha256(&pattern(recv, seed ^ 0xffff)))
 }
@@ -191,19 +139,35 @@ fn client(send: usize, recv: usize, seed: u64) -> (String, String) {
 fn serve_one(s: TcpStream) -> (String, String, SocketAddr, SocketAddr) {
     let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut hdr = [0u8; 24];
+    let mut hdr = [0u8; 32];
     (&s).read_exact(&mut hdr).unwrap();
     let send = u64::from_be_bytes(hdr[8..16].try_into().unwrap()) as usize;
     let recv = u64::from_be_bytes(hdr[..8].try_into().unwrap()) as usize;
     let seed = u64::from_be_bytes(hdr[16..24].try_into().unwrap());
+    let order = u64::from_be_bytes(hdr[24..32].try_into().unwrap());
     let mut w = s.try_clone().unwrap();
     let data = pattern(send, seed ^ 0xffff);
-    let writer = std::thread::spawn(move || {
+    let mut write = move || {
         w.write_all(&data).unwrap();
         w.shutdown(Shutdown::Write).unwrap();
-    });
-    let (got, n) = sha256_of(&s);
-    writer.join().unwrap();
+    };
+    let (got, n) = match order {
+        1 => {
+            let r = sha256_of(&s);
+            write();
+            r
+        }
+        2 => {
+            write();
+            sha256_of(&s)
+        }
+        _ => {
+            let writer = std::thread::spawn(write);
+            let r = sha256_of(&s);
+            writer.join().unwrap();
+            r
+        }
+    };
     assert_eq!(n, recv as u64, "core {seed}: bytes from client");
     (got, sha256(&pattern(recv, seed)), local, peer)
 }
@@ -300,10 +264,13 @@ fn hundred_concurrent_connections_long_ones_bypassed_short_ones_relayed_nothing_
 
 /// One connection under `variant`: small transfer, immediate hand-off, client closes;
 /// returns (shell status after, core agent notices, core-side connection addresses).
-fn one_variant(variant: &str) -> (ShellStatus, Vec<stitch_core::TeardownNotice>, Stitchd) {
+fn one_variant(
+    variant: &str,
+    order: u64,
+) -> (ShellStatus, Vec<stitch_core::TeardownNotice>, Stitchd) {
     let w = world(1);
     let (core_agent, notices) = start_core_agent(&w);
-    let shell = start_shell(&w, shell_config("immediate", 0, variant, 1));
+    let shell = start_shell(&w, shell_config("after_bytes", 256 << 10, variant, 1));
     let four_c = variant == "4C";
     let server = w.b.run(move || {
         let l = TcpListener::bind(CORE).unwrap();
@@ -318,20 +285,27 @@ fn one_variant(variant: &str) -> (ShellStatus, Vec<stitch_core::TeardownNotice>,
         }
         r
     });
-    let c = w.c.run(move || {
-        // Let the hand-off happen before the data moves, then close from the client.
-        client(2 << 20, 1 << 20, 77)
-    });
+    let c =
+        w.c.run(move || client_ordered(16 << 20, 8 << 20, 77, order));
     let (got, want) = c.join().expect("client");
     assert_eq!(got, want, "{variant}: B->C");
     let (got, want, _, _) = server.join().expect("core");
     assert_eq!(got, want, "{variant}: C->B");
-    wait_for("stitch removed after linger", 15, || {
-        w.sd.ok("stitch.list", None)["stitches"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = w.sd.ok("stitch.list", None);
+        if list["stitches"].as_array().unwrap().is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let id = list["stitches"][0]["id"].clone();
+            panic!(
+                "{variant}, order {order}: stitch not removed after linger: {}",
+                w.sd.ok("stitch.get", Some(serde_json::json!({"id": id})))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while shell.status().mappings[0].active_stitched != 0 {
         assert!(
@@ -355,44 +329,62 @@ fn one_variant(variant: &str) -> (ShellStatus, Vec<stitch_core::TeardownNotice>,
 #[test]
 fn every_teardown_variant_closes_both_ends_and_notifies_as_the_variant_says() {
     let _g = serial();
-    // 4B: the switch tells both agents.
-    let (st, core, _) = one_variant("4B");
-    assert!(
-        st.teardown.notices >= 1,
-        "4B: shell got no teardown message: {st:?}"
-    );
-    assert!(
-        core.iter().any(|n| n.to == agent_proto::Side::Core),
-        "4B: core agent got no message: {core:?}"
-    );
-    // 4C: the core tells the shell (the switch sends nothing).
-    let (st, core, _) = one_variant("4C");
-    assert!(
-        st.teardown.notices >= 1,
-        "4C: shell not told by the core: {st:?}"
-    );
-    assert!(
-        core.is_empty(),
-        "4C: the core agent got a message: {core:?}"
-    );
-    // 4D: the shell sees the untranslated FIN and tells the core.
-    let (st, core, _) = one_variant("4D");
-    assert!(st.teardown.fins_seen >= 1, "4D: shell saw no FIN: {st:?}");
-    assert!(
-        st.teardown.core_notified >= 1,
-        "4D: shell did not tell the core: {st:?}"
-    );
-    assert!(
-        core.iter().any(|n| n.to == agent_proto::Side::Core),
-        "4D: core agent got nothing: {core:?}"
-    );
-    // 4E: the shell sees the untranslated FIN; the core saw the translated one (EOF).
-    let (st, core, _) = one_variant("4E");
-    assert!(st.teardown.fins_seen >= 1, "4E: shell saw no FIN: {st:?}");
-    assert!(
-        core.is_empty(),
-        "4E: the core agent got a message: {core:?}"
-    );
+    // Once with the client closing first, once with the core closing first.
+    for order in [1u64, 2] {
+        let who = if order == 1 {
+            "client closes"
+        } else {
+            "core closes"
+        };
+        // 4B: the switch tells both agents.
+        let (st, core, _) = one_variant("4B", order);
+        assert!(
+            st.teardown.notices >= 1,
+            "4B, {who}: shell got no teardown message: {st:?}"
+        );
+        assert!(
+            core.iter().any(|n| n.to == agent_proto::Side::Core),
+            "4B, {who}: core agent got no message: {core:?}"
+        );
+        // 4C: the core tells the shell (the switch sends nothing).
+        let (st, core, _) = one_variant("4C", order);
+        assert!(
+            st.teardown.notices >= 1,
+            "4C, {who}: shell not told by the core: {st:?}"
+        );
+        // (A late RST after both ends closed — a retransmitted ACK meeting a socket that
+        // already went away — is reported to both agents in every variant; only FIN
+        // messages say how the variant notifies.)
+        let fin = |n: &&stitch_core::TeardownNotice| n.kind == agent_proto::EndKind::Fin;
+        assert!(
+            !core.iter().any(|n| fin(&n)),
+            "4C, {who}: the switch sent the core a FIN message: {core:?}"
+        );
+        // 4D: the shell sees the untranslated FIN and tells the core.
+        let (st, core, _) = one_variant("4D", order);
+        assert!(
+            st.teardown.fins_seen >= 1,
+            "4D, {who}: shell saw no FIN: {st:?}"
+        );
+        assert!(
+            st.teardown.core_notified >= 1,
+            "4D, {who}: shell did not tell the core: {st:?}"
+        );
+        assert!(
+            core.iter().any(|n| n.to == agent_proto::Side::Core),
+            "4D, {who}: core agent got nothing: {core:?}"
+        );
+        // 4E: the shell sees the untranslated FIN; the core saw the translated one (EOF).
+        let (st, core, _) = one_variant("4E", order);
+        assert!(
+            st.teardown.fins_seen >= 1,
+            "4E, {who}: shell saw no FIN: {st:?}"
+        );
+        assert!(
+            !core.iter().any(|n| fin(&n)),
+            "4E, {who}: the switch sent the core a FIN message: {core:?}"
+        );
+    }
 }
 
 #[test]
@@ -427,7 +419,7 @@ fn a_refused_commit_leaves_the_connection_with_the_shell_and_loses_nothing() {
     );
     assert_eq!(
         m.bytes_relayed_by_shell.c_to_b,
-        16 << 20 | 24,
+        (16 << 20) + 32,
         "the shell carried everything"
     );
     shell.shutdown();
@@ -449,5 +441,46 @@ fn a_shell_with_two_egress_interfaces_does_not_probe() {
         .as_u64()
         .unwrap_or(0);
     assert_eq!(probes, 0, "the shell probed anyway");
+    shell.shutdown();
+}
+
+#[test]
+fn a_switch_that_stops_answering_leaves_the_connection_with_the_shell_and_loses_nothing() {
+    let _g = serial();
+    let w = world(1);
+    let shell = start_shell(&w, shell_config("after_bytes", 4 << 20, "4E", 1));
+    assert_eq!(shell.status().stitching, "available");
+    // After discovery, the switch's service address becomes unreachable from the shell.
+    w.a.ip(&["route", "add", "blackhole", "198.18.0.254/32"]);
+    let server = w.b.run(move || {
+        let l = TcpListener::bind(CORE).unwrap();
+        let (s, _) = l.accept().unwrap();
+        serve_one(s)
+    });
+    let (got, want) =
+        w.c.run(move || client(32 << 20, 32 << 20, 9))
+            .join()
+            .expect("client");
+    assert_eq!(got, want);
+    let (got, want, _, _) = server.join().expect("core");
+    assert_eq!(got, want);
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!(m.bypassed, 0, "{st:?}");
+    assert!(m.failed_handoffs >= 1, "{st:?}");
+    assert!(
+        m.last_failure_reasons
+            .iter()
+            .all(|r| r.starts_with("prepare")),
+        "{:?}",
+        m.last_failure_reasons
+    );
+    assert!(
+        w.sd.ok("stitch.list", None)["stitches"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a stitch was left behind"
+    );
     shell.shutdown();
 }

@@ -472,7 +472,10 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
     c.connections.fetch_add(1, Ordering::Relaxed);
     c.active_relayed.fetch_add(1, Ordering::Relaxed);
     let qualifies = m.cfg.bypass.qualifies(client_port);
-    let mut attempted = false;
+    // A refused hand-off (the switch has not yet seen what it needs, the relay did not
+    // drain in time) is retried a few times, later, while the connection is relayed.
+    let mut attempts = 0u32;
+    let mut next_try = std::time::Instant::now();
     loop {
         if conn.closed() {
             c.relayed.fetch_add(1, Ordering::Relaxed);
@@ -482,7 +485,11 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
             conn.stop();
             break;
         }
-        if qualifies && !attempted && !conn.half_closed() {
+        if qualifies
+            && attempts < MAX_HANDOFF_ATTEMPTS
+            && std::time::Instant::now() >= next_try
+            && !conn.half_closed()
+        {
             let sample = ConnSample {
                 bytes: conn.bytes(),
                 reads: conn.reads(),
@@ -491,7 +498,9 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
             };
             let avail = lock(&m.avail).clone();
             if let (true, Ok(switch)) = (m.cfg.bypass.triggers(&sample), avail) {
-                attempted = true;
+                attempts += 1;
+                next_try =
+                    std::time::Instant::now() + Duration::from_millis(250 * u64::from(attempts));
                 match conn.hand_off(
                     &s.keys,
                     switch,
@@ -535,6 +544,9 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
     }
     c.active_relayed.fetch_sub(1, Ordering::Relaxed);
 }
+
+/// Hand-off attempts per connection before the shell keeps relaying it for good.
+const MAX_HANDOFF_ATTEMPTS: u32 = 3;
 
 /// Accounts for a stitch that ended and drops its silenced sockets.
 fn finish(s: &Shared, st: Stitched, bytes: Option<(u64, u64)>) {

@@ -28,7 +28,7 @@ use clap::Parser;
 use dpdk::{tsc, tsc_hz, Eal, Mbuf, Mempool, Port, PortConfig, RxBurst, TxBuffer};
 use hdrhistogram::Histogram;
 
-use perf::packet::{read_signature, stamp, Signature, MAX_FRAME};
+use perf::packet::{read_signature, stamp, Signature};
 use perf::profile::{line_rate_pps, Kind, Profile, Stream, Templates};
 use perf::range::{IpRange, MacRange, PortRange};
 use perf::report::{bisect, Raw, Search, Trial};
@@ -154,7 +154,6 @@ struct Tx {
     seq: u64,
     sent: u64,
     refused: u64,
-    buf: Vec<u8>,
 }
 
 impl Tx {
@@ -170,15 +169,24 @@ impl Tx {
                 self.next = now + self.interval; // more than 10 ms behind: do not burst to catch up
             }
         }
-        for _ in 0..self.burst {
+        // One pool call for the whole burst; each mbuf is then filled in Rust.
+        let mut slots: [Option<Mbuf>; dpdk::MAX_BURST] = Default::default();
+        let n = self.burst.min(dpdk::MAX_BURST);
+        if !self.pool.alloc_bulk(&mut slots[..n]) {
+            self.refused += 1;
+        }
+        for slot in &mut slots[..n] {
+            let Some(mut m) = slot.take() else { break };
             let s = usize::from(self.t.pattern[self.pat]);
             self.pat = (self.pat + 1) % self.t.pattern.len();
             let frames = &self.t.streams[s];
             let fr = frames[self.cursor[s]];
             self.cursor[s] = (self.cursor[s] + 1) % frames.len();
-            let len = usize::from(fr.len);
-            let b = &mut self.buf[..len];
-            b.copy_from_slice(self.t.frame(fr));
+            if !m.fill(self.t.frame(fr)) {
+                self.refused += 1;
+                continue;
+            }
+            let Some(b) = m.data_mut() else { continue };
             stamp(
                 b,
                 fr.csum,
@@ -187,18 +195,10 @@ impl Tx {
                     tsc: now,
                 },
             );
-            match Mbuf::from_slice(&self.pool, b) {
-                Ok(m) => {
-                    self.seq += 1;
-                    let r = self.txb.push(m);
-                    self.sent += u64::from(r.sent);
-                    self.refused += u64::from(r.dropped);
-                }
-                Err(_) => {
-                    self.refused += 1;
-                    break;
-                }
-            }
+            self.seq += 1;
+            let r = self.txb.push(m);
+            self.sent += u64::from(r.sent);
+            self.refused += u64::from(r.dropped);
         }
         let r = self.txb.flush();
         self.sent += u64::from(r.sent);
@@ -302,7 +302,6 @@ impl Gen {
             seq: self.seq,
             sent: 0,
             refused: 0,
-            buf: vec![0; MAX_FRAME],
         };
         let rx = Rx {
             port: self.rx_port,

@@ -623,6 +623,21 @@ impl Stitcher {
             })
             .map_err(|e| err(format!("stitch {id} refused: {e}")))?;
             if ts_a {
+                // The deltas need the last TSval of each of the four senders since
+                // prepare: refuse, with the reason, rather than guess (a wrong guess makes
+                // the receiver's PAWS check drop everything).
+                for (st, who) in [
+                    (ca, "C"),
+                    (ac, "the shell on leg A"),
+                    (ba, "B"),
+                    (ab, "the shell on leg B"),
+                ] {
+                    if !st.ts_seen.load(Relaxed) {
+                        return Err(err(format!(
+                            "stitch {id}: no timestamp seen from {who} since prepare; retry once traffic has flowed both ways on both legs"
+                        )));
+                    }
+                }
                 // TSval never goes backwards for the receiver: B last saw the shell's clock
                 // (A->B), and C's clock is at least what C last sent, so C's later TSvals
                 // shifted by the difference start at or after what B saw. Likewise for C.
