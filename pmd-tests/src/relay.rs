@@ -1,19 +1,18 @@
-//! A minimal shell for stitch tests: a TCP relay (C -> A1 ... A2 -> B) that can hand its
-//! connection to stitchd the way DESIGN.md describes (prepare, freeze, drain, read the
-//! sequence state with TCP_REPAIR, commit; on refusal, abort and carry on relaying).
-//! The real shell is `stitch-shell` (issue 4); this one exists so the stitch engine's
-//! tests exercise real kernels now.
+//! A bare TCP relay (C -> A1 ... A2 -> B) for the stitch engine's step-by-step tests
+//! (freeze then abort, refusals), which drive the lifecycle over the control socket
+//! themselves. The hand-off (drain, TCP_REPAIR, commit) exists once, in `stitch-shell`,
+//! which the whole-flow tests use.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{Netns, Stitchd};
+use crate::Netns;
 
 /// A relayed connection: the two sockets and the two pump threads.
 pub struct Relay {
@@ -121,43 +120,6 @@ impl Relay {
         }
     }
 
-    fn queues_empty(&self) -> io::Result<bool> {
-        Ok(tcp_repair::unread_bytes(&self.ca)? == 0
-            && tcp_repair::unread_bytes(&self.ab)? == 0
-            && tcp_repair::unacked_bytes(&self.ca)? == 0
-            && tcp_repair::unacked_bytes(&self.ab)? == 0)
-    }
-
-    /// Relays until nothing is left to relay and everything sent is acknowledged, stable
-    /// for `quiet`; then stops the pumps.
-    fn drain(&mut self, quiet: Duration, limit: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        let mut empty_since: Option<Instant> = None;
-        while Instant::now() < deadline {
-            if self.queues_empty().map_err(|e| e.to_string())? {
-                let since = *empty_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= quiet {
-                    self.stop_pumps();
-                    if self.queues_empty().map_err(|e| e.to_string())? {
-                        return Ok(());
-                    }
-                    self.start_pumps();
-                    empty_since = None;
-                }
-            } else {
-                empty_since = None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Err(format!(
-            "relay did not drain within {limit:?}: unread {}/{}, unacked {}/{}",
-            tcp_repair::unread_bytes(&self.ca).unwrap_or(0),
-            tcp_repair::unread_bytes(&self.ab).unwrap_or(0),
-            tcp_repair::unacked_bytes(&self.ca).unwrap_or(0),
-            tcp_repair::unacked_bytes(&self.ab).unwrap_or(0)
-        ))
-    }
-
     /// `stitch.prepare` params for this connection.
     pub fn prepare_params(&self, teardown: &str) -> Value {
         json!({
@@ -165,47 +127,6 @@ impl Relay {
             "leg_b": {"shell": self.shell_b.to_string(), "core": self.core.to_string()},
             "teardown": teardown,
         })
-    }
-
-    /// The whole hand-off. On success the sockets stay open in repair mode (silent) and
-    /// the switch carries the connection. On any failure the stitch is aborted and the
-    /// relay carries on; the error says why.
-    pub fn hand_off(&mut self, sd: &Stitchd, id: u64) -> Result<Value, String> {
-        let result = self.try_hand_off(sd, id);
-        if result.is_err() {
-            if self.handed_off {
-                let _ = tcp_repair::leave_repair(&self.ca);
-                let _ = tcp_repair::leave_repair(&self.ab);
-                self.handed_off = false;
-            }
-            let _ = sd.call("stitch.abort", Some(json!({"id": id})));
-            if self.pumps.is_empty() {
-                self.start_pumps();
-            }
-        }
-        result
-    }
-
-    fn try_hand_off(&mut self, sd: &Stitchd, id: u64) -> Result<Value, String> {
-        sd.call("stitch.freeze", Some(json!({"id": id})))
-            .map_err(|e| format!("freeze: {e}"))?;
-        self.drain(Duration::from_millis(30), Duration::from_secs(10))?;
-        let ia = tcp_repair::tcp_info(&self.ca).map_err(|e| e.to_string())?;
-        let ib = tcp_repair::tcp_info(&self.ab).map_err(|e| e.to_string())?;
-        tcp_repair::enter_repair(&self.ca).map_err(|e| format!("TCP_REPAIR: {e}"))?;
-        self.handed_off = true;
-        tcp_repair::enter_repair(&self.ab).map_err(|e| format!("TCP_REPAIR: {e}"))?;
-        let a = tcp_repair::read_seqs(&self.ca).map_err(|e| e.to_string())?;
-        let b = tcp_repair::read_seqs(&self.ab).map_err(|e| e.to_string())?;
-        let params = json!({
-            "id": id,
-            "s1": a.send, "r1": a.recv, "s2": b.send, "r2": b.recv,
-            "wscale": {"c": ia.peer_wscale, "a1": ia.own_wscale, "a2": ib.own_wscale, "b": ib.peer_wscale},
-            "timestamps": {"leg_a": ia.timestamps, "leg_b": ib.timestamps},
-            "sack": {"leg_a": ia.sack, "leg_b": ib.sack},
-        });
-        sd.call("stitch.commit", Some(params))
-            .map_err(|e| format!("commit refused: {e}"))
     }
 
     /// Bytes relayed by the relay itself, both directions.

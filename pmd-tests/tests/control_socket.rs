@@ -188,6 +188,26 @@ fn every_method_answers_and_bad_input_gets_clear_errors_without_changing_state()
     assert_eq!(r["removed"], 1);
     assert_eq!(sd.ok("mac.list", None)["entries"], json!([]));
 
+    // Teardown 4B and 4D need the agent protocol, which this switch has not configured.
+    for variant in ["4B", "4D"] {
+        let e = sd
+            .call(
+                "stitch.prepare",
+                Some(
+                    json!({"leg_a": {"client": "198.18.0.1:40000", "shell": "198.18.0.2:7000"},
+                            "leg_b": {"shell": "198.18.0.2:45000", "core": "198.18.0.3:8000"},
+                            "teardown": variant}),
+                ),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("agent protocol") && e.contains(variant), "{e}");
+    }
+    assert!(sd.ok("stitch.list", None)["stitches"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
     sd.ok("shutdown", None);
     assert!(
         sd.wait_exit(20),

@@ -10,12 +10,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pmd_tests::relay::{self, Relay};
+use pmd_tests::shell::ShellProc;
 use pmd_tests::{
     pattern, require_cmd, require_root, serial, sha256, sha256_of, unique_id, Netns, Stitchd,
 };
 use serde_json::{json, Value};
 
 const MIB: usize = 1 << 20;
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 struct Net {
     sd: Stitchd,
@@ -33,12 +35,19 @@ fn net(app: &[&str]) -> Net {
         .iter()
         .map(|n| format!("t{id}{n}"))
         .collect();
-    let mut eal = vec!["-l".to_string(), "0-1".into(), "--no-pci".into()];
+    // Taps, plus the agent protocol so stitch-shell can hand connections off.
+    let mut text = String::new();
     for (i, t) in taps.iter().enumerate() {
-        eal.push(format!("--vdev=net_tap{i},iface={t}"));
+        text.push_str(&format!("[[ports]]\ndevargs = \"net_tap{i},iface={t}\"\n"));
     }
-    let app: Vec<String> = app.iter().map(|s| s.to_string()).collect();
-    let sd = Stitchd::start(&id, dir, &eal, &app);
+    text.push_str(&format!(
+        "[agent]\nipv4 = \"198.18.0.254\"\nipv6 = \"2001:db8::fe\"\nkeys = [{{ id = 7, key = \"{KEY}\" }}]\n"
+    ));
+    let cfg = dir.join("s.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut args: Vec<String> = vec!["--config".into(), cfg.display().to_string()];
+    args.extend(app.iter().map(|s| s.to_string()));
+    let sd = Stitchd::start(&id, dir, &["-l".into(), "0-1".into()], &args);
     let c = Netns::new(&format!("st{id}c"));
     let a = Netns::new(&format!("st{id}a"));
     let b = Netns::new(&format!("st{id}b"));
@@ -149,60 +158,87 @@ fn prepare(sd: &Stitchd, r: &Relay, teardown: &str, linger: u32) -> u64 {
     v["id"].as_u64().expect("id")
 }
 
-fn wait_gone(sd: &Stitchd, id: u64, secs: u64) {
-    sd.wait_until(secs, "stitch removed after linger", |s| {
-        s.ok("stitch.list", None)["stitches"]
-            .as_array()
-            .is_some_and(|a| a.iter().all(|x| x["id"] != id))
+/// The whole flow with the real `stitch-shell` in namespace A (policy `after_bytes`
+/// 8 MiB): C and B exchange data through it; part way the shell hands the connection to
+/// stitchd over the agent protocol; everything arrives; the shell's byte counter stops at
+/// the hand-off; the stitch goes after the close and the linger.
+fn shell_scenario(
+    n: &Net,
+    c_to_b: usize,
+    b_to_c: usize,
+    teardown: &str,
+    shell: &str,
+    core: &str,
+    switch: &str,
+) -> Value {
+    let cfg = format!(
+        "[switch]\naddress = \"{switch}\"\nkey_id = 7\nkey = \"{KEY}\"\nagent_listen = \"{}\"\n\
+         [[mapping]]\nlisten = \"{shell}\"\ncore = \"{core}\"\nbypass = {{ policy = \"after_bytes\", value = {} }}\n\
+         teardown = \"{teardown}\"\nlinger_secs = 1\n",
+        SocketAddr::new(shell.parse::<SocketAddr>().unwrap().ip(), 4791),
+        8 * MIB
+    );
+    let sh = ShellProc::start(&n.a, &n.sd.dir, &cfg);
+    assert_eq!(sh.status().stitching, "available", "{:?}", sh.status());
+    let core_addr: SocketAddr = core.parse().unwrap();
+    let shell_addr: SocketAddr = shell.parse().unwrap();
+    let x = pattern(c_to_b, 0xc11e);
+    let y = pattern(b_to_c, 0xc0fe);
+    let (want_at_core, want_at_client) = (sha256(&x), sha256(&y));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let core_t = n.b.run(move || {
+        let l = TcpListener::bind(core_addr).expect("core bind");
+        ready_tx.send(()).ok();
+        let (s, _) = l.accept().expect("core accept");
+        duplex(s, y)
     });
-}
-
-/// The common scenario: relay part way, hand off, finish, check, close, linger, gone.
-fn handoff_scenario(n: &Net, c_to_b: usize, b_to_c: usize, teardown: &str) -> Value {
-    handoff_scenario_on(n, start_transfer(n, c_to_b, b_to_c), teardown)
-}
-
-fn handoff_scenario_on(n: &Net, t: Transfer, teardown: &str) -> Value {
-    let (c_to_b, b_to_c) = (t.c_to_b, t.b_to_c);
-    let mut t = t;
-    wait_relayed(&t, 8 * MIB as u64);
-    let mut attempt = 0;
-    let (id, commit) = loop {
-        attempt += 1;
-        let id = prepare(&n.sd, &t.relay, teardown, 1);
-        std::thread::sleep(Duration::from_millis(50));
-        match t.relay.hand_off(&n.sd, id) {
-            Ok(v) => break (id, v),
-            // A refusal leaves the relay carrying the connection (hand_off aborted the
-            // stitch); under injected loss the shell may not drain in time: try again.
-            Err(e) if attempt < 5 => eprintln!("hand-off attempt {attempt} refused: {e}"),
-            Err(e) => panic!(
-                "hand-off failed {attempt} times, last: {e}\n{}",
-                n.sd.log_text()
-            ),
-        }
-    };
-    let relayed_at_handoff = t.relay.relayed_total();
-    let detail_mid = n.sd.ok("stitch.get", Some(json!({"id": id})));
-    assert_eq!(detail_mid["state"], "stitched", "{detail_mid}");
-    let relay = finish(t);
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("core ready");
+    let client_t = n.c.run(move || {
+        let s = TcpStream::connect_timeout(&shell_addr, Duration::from_secs(10))
+            .expect("client connect");
+        duplex(s, x)
+    });
+    let (at_client, n_client) = client_t.join().expect("client");
+    let (at_core, n_core) = core_t.join().expect("core");
+    assert_eq!(n_core, c_to_b as u64, "bytes C->B");
+    assert_eq!(n_client, b_to_c as u64, "bytes B->C");
+    assert_eq!(at_core, want_at_core, "SHA-256 of C->B differs");
+    assert_eq!(at_client, want_at_client, "SHA-256 of B->C differs");
+    let st = sh.status();
+    let m = &st.mappings[0];
     assert_eq!(
-        relay.relayed_total(),
-        relayed_at_handoff,
-        "the shell relayed bytes after the hand-off"
+        m.bypassed, 1,
+        "not handed off: {:?}",
+        m.last_failure_reasons
     );
+    let by_shell = m.bytes_relayed_by_shell.c_to_b + m.bytes_relayed_by_shell.b_to_c;
     assert!(
-        relayed_at_handoff < (c_to_b + b_to_c) as u64,
-        "hand-off happened after everything was relayed"
+        by_shell < (c_to_b + b_to_c) as u64 / 2,
+        "the shell relayed {by_shell} bytes"
     );
-    let detail = n.sd.ok("stitch.get", Some(json!({"id": id})));
-    let stitched_bytes = detail["directions"]["c_to_a"]["bytes"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(stitched_bytes > 0, "{detail}");
-    wait_gone(&n.sd, id, 10);
-    drop(relay);
-    json!({"commit": commit, "relayed_by_shell": relayed_at_handoff, "attempts": attempt})
+    std::thread::sleep(Duration::from_millis(300));
+    let later = sh.status().mappings[0].bytes_relayed_by_shell.c_to_b;
+    assert_eq!(
+        later, m.bytes_relayed_by_shell.c_to_b,
+        "the shell's counter still grows"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !n.sd.ok("stitch.list", None)["stitches"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "stitch not removed after close + linger: {}",
+            n.sd.ok("stitch.list", None)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sh.shutdown();
+    json!({"relayed_by_shell": by_shell, "failed_handoffs": m.failed_handoffs})
 }
 
 #[test]
@@ -210,7 +246,15 @@ fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears
     let _g = serial();
     let n = net(&[]);
     // C sends less, so C's FIN comes first: a client-initiated close.
-    let r = handoff_scenario(&n, 200 * MIB, 220 * MIB, "4E");
+    let r = shell_scenario(
+        &n,
+        200 * MIB,
+        220 * MIB,
+        "4E",
+        "198.18.0.2:7000",
+        "198.18.0.3:8000",
+        "198.18.0.254:4790",
+    );
     eprintln!("{r}");
     let st = n.sd.ok("stats.get", None);
     let stitched: u64 = st["workers"]
@@ -226,14 +270,15 @@ fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears
 fn handoff_over_ipv6_moves_64_mib_each_way_byte_exact() {
     let _g = serial();
     let n = net(&[]);
-    let t = start_transfer_on(
+    shell_scenario(
         &n,
         64 * MIB,
         48 * MIB,
+        "4E",
         "[2001:db8::2]:7000",
         "[2001:db8::3]:8000",
+        "[2001:db8::fe]:4790",
     );
-    handoff_scenario_on(&n, t, "4E");
 }
 
 #[test]
@@ -247,7 +292,15 @@ fn handoff_under_1pct_loss_and_reordering_then_core_closes_4c() {
         );
     }
     // B sends less, so B's FIN comes first: a core-initiated close.
-    handoff_scenario(&n, 48 * MIB, 40 * MIB, "4C");
+    shell_scenario(
+        &n,
+        48 * MIB,
+        40 * MIB,
+        "4C",
+        "198.18.0.2:7000",
+        "198.18.0.3:8000",
+        "198.18.0.254:4790",
+    );
     assert!(n.sd.drops("fault_injected") > 0, "no loss was injected");
 }
 
@@ -333,14 +386,14 @@ fn refusals_say_why_and_disturb_no_traffic() {
             .unwrap_err()
             .to_string();
     assert!(e.contains("needs s1, r1, s2 and r2"), "{e}");
-    // 4B/4D need the agent protocol.
-    let mut p = t.relay.prepare_params("4B");
-    p["leg_a"]["client"] = json!("198.18.0.1:1");
+    // Legs of two address families cannot be stitched.
+    let mut p = t.relay.prepare_params("4E");
+    p["leg_a"]["client"] = json!("[2001:db8::1]:1");
     let e =
         n.sd.call("stitch.prepare", Some(p))
             .unwrap_err()
             .to_string();
-    assert!(e.contains("4B"), "{e}");
+    assert!(e.contains("one family"), "{e}");
     // After all that, give the connection back; nothing was lost.
     n.sd.ok("stitch.abort", Some(json!({"id": id})));
     finish(t);
