@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -62,8 +62,10 @@ pub fn stitchd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("STITCHD_BIN") {
         return PathBuf::from(p);
     }
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let here = exe.parent().expect("exe dir");
+    let dir = if here.join("stitchd").is_file() { here } else { here.parent().expect("target dir") };
     let bin = dir.join("stitchd");
     assert!(
         bin.is_file(),
