@@ -65,7 +65,11 @@ pub fn stitchd_bin() -> PathBuf {
     // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
     let exe = std::env::current_exe().expect("current_exe");
     let here = exe.parent().expect("exe dir");
-    let dir = if here.join("stitchd").is_file() { here } else { here.parent().expect("target dir") };
+    let dir = if here.join("stitchd").is_file() {
+        here
+    } else {
+        here.parent().expect("target dir")
+    };
     let bin = dir.join("stitchd");
     assert!(
         bin.is_file(),
