@@ -95,28 +95,38 @@ fn start_transfer(n: &Net, c_to_b: usize, b_to_c: usize) -> Transfer {
     start_transfer_on(n, c_to_b, b_to_c, "198.18.0.2:7000", "198.18.0.3:8000")
 }
 
+/// B: accepts one connection on `at` and runs [`duplex`] with `data`; returns once listening.
+fn start_core(n: &Net, at: SocketAddr, data: Vec<u8>) -> std::thread::JoinHandle<(String, u64)> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let core = n.b.run(move || {
+        let l = TcpListener::bind(at).expect("core bind");
+        ready_tx.send(()).ok();
+        let (s, _) = l.accept().expect("core accept");
+        duplex(s, data)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("core ready");
+    core
+}
+
+/// C: connects to `to` and runs [`duplex`] with `data`.
+fn start_client(n: &Net, to: SocketAddr, data: Vec<u8>) -> std::thread::JoinHandle<(String, u64)> {
+    n.c.run(move || {
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(10)).expect("client connect");
+        duplex(s, data)
+    })
+}
+
 fn start_transfer_on(n: &Net, c_to_b: usize, b_to_c: usize, shell: &str, core: &str) -> Transfer {
     let core_addr: SocketAddr = core.parse().unwrap();
     let shell_addr: SocketAddr = shell.parse().unwrap();
     let x = pattern(c_to_b, 0xc11e);
     let y = pattern(b_to_c, 0xc0fe);
     let (want_at_core, want_at_client) = (sha256(&x), sha256(&y));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let core = n.b.run(move || {
-        let l = TcpListener::bind(core_addr).expect("core bind");
-        ready_tx.send(()).ok();
-        let (s, _) = l.accept().expect("core accept");
-        duplex(s, y)
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("core ready");
+    let core = start_core(n, core_addr, y);
     let relay_rx = relay::spawn(&n.a, shell_addr, core_addr);
-    let client = n.c.run(move || {
-        let s = TcpStream::connect_timeout(&shell_addr, Duration::from_secs(10))
-            .expect("client connect");
-        duplex(s, x)
-    });
+    let client = start_client(n, shell_addr, x);
     let relay = relay_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("relay connected");
@@ -185,21 +195,8 @@ fn shell_scenario(
     let x = pattern(c_to_b, 0xc11e);
     let y = pattern(b_to_c, 0xc0fe);
     let (want_at_core, want_at_client) = (sha256(&x), sha256(&y));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let core_t = n.b.run(move || {
-        let l = TcpListener::bind(core_addr).expect("core bind");
-        ready_tx.send(()).ok();
-        let (s, _) = l.accept().expect("core accept");
-        duplex(s, y)
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("core ready");
-    let client_t = n.c.run(move || {
-        let s = TcpStream::connect_timeout(&shell_addr, Duration::from_secs(10))
-            .expect("client connect");
-        duplex(s, x)
-    });
+    let core_t = start_core(n, core_addr, y);
+    let client_t = start_client(n, shell_addr, x);
     let (at_client, n_client) = client_t.join().expect("client");
     let (at_core, n_core) = core_t.join().expect("core");
     assert_eq!(n_core, c_to_b as u64, "bytes C->B");

@@ -50,10 +50,7 @@ fn main() -> Result<()> {
     if !(54..=1514).contains(&size) {
         bail!("FRAME_SIZE must be 54-1514");
     }
-    let mut out = Vec::new();
-    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    let mut frames = Vec::with_capacity(flows as usize);
     for i in 0..flows {
         let b = i.to_be_bytes();
         let src_mac = [2, 0, 1, b[1], b[2], b[3]];
@@ -64,13 +61,9 @@ fn main() -> Result<()> {
         let payload = vec![0u8; size.saturating_sub(54)];
         let mut frame = Vec::with_capacity(size);
         builder.write(&mut frame, &payload)?;
-        for v in [i, 0, frame.len() as u32, frame.len() as u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&frame);
+        frames.push(frame);
     }
-    std::fs::write(&args[1], out).with_context(|| format!("writing {}", args[1]))?;
-    Ok(())
+    write_pcap(&args[1], &frames)
 }
 
 fn write_pcap(path: &str, frames: &[Vec<u8>]) -> Result<()> {
