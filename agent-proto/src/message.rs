@@ -632,7 +632,7 @@ mod tests {
         let c = Message::ProbeReply(Capabilities {
             flags: CapFlags::TCP,
             free_flows: 0,
-            request_addr: "10.0.0.1:4790".parse().unwrap(),
+            request_addr: "198.18.0.254:4790".parse().unwrap(),
             switch_id: "s".repeat(65),
         });
         assert!(matches!(encode_body(&c), Err(AgentError::Malformed(_))));

@@ -277,9 +277,10 @@ mod tests {
     #[test]
     fn addr_v4_encodes_family_address_port() {
         let mut w = Writer::default();
-        w.put_addr(0x8002, &"10.0.0.1:80".parse().unwrap()).unwrap();
-        assert_eq!(w.buf, [0x80, 0x02, 0, 7, 4, 10, 0, 0, 1, 0, 80]);
-        assert_eq!(get_addr(&w.buf[4..]), Ok("10.0.0.1:80".parse().unwrap()));
+        w.put_addr(0x8002, &"198.18.0.1:80".parse().unwrap())
+            .unwrap();
+        assert_eq!(w.buf, [0x80, 0x02, 0, 7, 4, 198, 18, 0, 1, 0, 80]);
+        assert_eq!(get_addr(&w.buf[4..]), Ok("198.18.0.1:80".parse().unwrap()));
     }
 
     #[test]

@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn every_value_of_every_range_appears_with_its_step() {
         let mut s = Stream::new(Kind::Udp);
-        s.src_ip = "10.0.0.1-10.0.0.200/3".parse().unwrap(); // 67 values
+        s.src_ip = "198.18.0.1-198.18.0.200/3".parse().unwrap(); // 67 values
         s.dst_port = "5000-5100/10".parse().unwrap(); // 11 values
         s.src_mac = "02:00:00:00:00:00-02:00:00:00:00:04".parse().unwrap(); // 5 values
         let t = Templates::build(&[s]).unwrap();
@@ -373,7 +373,7 @@ mod tests {
             // pktgen range mode: each field steps independently and wraps to its start.
             assert_eq!(
                 u32::from(src),
-                u32::from(Ipv4Addr::new(10, 0, 0, 1)) + 3 * i as u32
+                u32::from(Ipv4Addr::new(198, 18, 0, 1)) + 3 * i as u32
             );
             assert_eq!(u.destination_port(), 5000 + 10 * (i as u16 % 11));
             ips.insert(src);
@@ -384,7 +384,7 @@ mod tests {
         assert!(ports.iter().all(|p| (p - 5000) % 10 == 0 && *p <= 5100));
         assert!(ips
             .iter()
-            .all(|a| (u32::from(*a) - u32::from(Ipv4Addr::new(10, 0, 0, 1))) % 3 == 0));
+            .all(|a| (u32::from(*a) - u32::from(Ipv4Addr::new(198, 18, 0, 1))) % 3 == 0));
     }
 
     #[test]

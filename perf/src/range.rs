@@ -201,12 +201,12 @@ mod tests {
 
     #[test]
     fn ip_and_mac_ranges_parse_and_count() {
-        let r: IpRange = "10.0.0.250-10.0.1.4".parse().unwrap();
+        let r: IpRange = "198.18.0.250-198.18.1.4".parse().unwrap();
         assert_eq!(r.0.len(), 11);
-        assert_eq!(r.at(6), Ipv4Addr::new(10, 0, 1, 0));
+        assert_eq!(r.at(6), Ipv4Addr::new(198, 18, 1, 0));
         let m: MacRange = "02:00:00:00:00:fe-02:00:00:00:01:01".parse().unwrap();
         assert_eq!(m.at(2), [2, 0, 0, 0, 1, 0]);
-        let one: IpRange = "1.2.3.4".parse().unwrap();
+        let one: IpRange = "198.19.2.3".parse().unwrap();
         assert_eq!(one.0.len(), 1);
     }
 

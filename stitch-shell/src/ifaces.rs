@@ -312,8 +312,8 @@ mod tests {
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\t0\t0\t0
 eth0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
-eth1\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
-eth2\t0000A8C0\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0
+eth1\t000013C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+eth2\t008013C6\t00000000\t0000\t0\t0\t0\t0080FFFF\t0\t0\t0
 ";
 
     const ROUTE6: &str = "20010db8000000000000000000000000 20 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
@@ -334,7 +334,7 @@ eth2\t0000A8C0\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0
                 ("lo".into(), "127.0.0.1".parse().unwrap()),
                 ("eth0".into(), "198.18.0.2".parse().unwrap()),
                 ("eth0".into(), "2001:db8::2".parse().unwrap()),
-                ("eth1".into(), "10.0.0.2".parse().unwrap()),
+                ("eth1".into(), "198.19.9.2".parse().unwrap()),
             ],
             routes,
         }
@@ -405,7 +405,7 @@ eth2\t0000A8C0\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0
             &["198.18.0.2:7000".parse().unwrap()],
             &[
                 "198.18.0.3:8000".parse().unwrap(),
-                "10.0.0.9:8000".parse().unwrap(),
+                "198.19.9.9:8000".parse().unwrap(),
             ],
         );
         assert_eq!(c.egress, ["eth0", "eth1"]);

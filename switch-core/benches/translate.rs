@@ -193,7 +193,7 @@ fn main() {
         env_u32("BENCH_RUNS", RUNS),
         env_u32("BENCH_ITERS", ITERS)
     );
-    let (c4, a4) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    let (c4, a4) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
     let (a24, b4) = (Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 7, 9));
     let t4 = to_b(a24.into(), b4.into());
     let v6 = |s: &str| -> IpAddr { s.parse::<Ipv6Addr>().expect("address").into() };

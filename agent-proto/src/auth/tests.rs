@@ -65,8 +65,8 @@ fn every_message(v6: bool) -> Vec<Message> {
         Message::Prepare(PrepareReq {
             client: a("198.51.100.7:40000", "[2001:db8:1::7]:40000"),
             shell_a: a("192.0.2.10:443", "[2001:db8::10]:443"),
-            shell_b: a("10.1.0.10:51000", "[fd00::10]:51000"),
-            core: a("10.1.0.20:8443", "[fd00::20]:8443"),
+            shell_b: a("198.18.1.10:51000", "[2001:db8:1::10]:51000"),
+            core: a("198.18.1.20:8443", "[2001:db8:1::20]:8443"),
             proto: Proto::Tcp,
             teardown: Teardown::E,
             idle_timeout_s: Some(300),

@@ -285,7 +285,7 @@ mod tests {
 
     fn frame(src: MacAddr, dst: MacAddr) -> Vec<u8> {
         let b = etherparse::PacketBuilder::ethernet2(src.0, dst.0)
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64)
             .udp(1000, 2000);
         let mut out = Vec::new();
         b.write(&mut out, b"payload").unwrap();
@@ -549,7 +549,7 @@ mod tests {
     fn vlan_tagged_frame_is_classified_by_its_macs() {
         let b = etherparse::PacketBuilder::ethernet2(A.0, B.0)
             .single_vlan(etherparse::VlanId::try_new(10).unwrap())
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64)
             .udp(1, 2);
         let mut f = Vec::new();
         b.write(&mut f, &[]).unwrap();

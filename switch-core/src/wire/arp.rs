@@ -312,18 +312,18 @@ mod tests {
     static REQUEST: [u8; 28] = [
         0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, // eth/ipv4, request
         0x02, 0x00, 0x00, 0x00, 0x00, 0x01, // sha
-        0x0a, 0x00, 0x00, 0x01, // spa 10.0.0.1
+        0xc6, 0x12, 0x00, 0x01, // spa 198.18.0.1
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // tha
-        0x0a, 0x00, 0x00, 0x02, // tpa 10.0.0.2
+        0xc6, 0x12, 0x00, 0x02, // tpa 198.18.0.2
     ];
 
     fn repr() -> ArpRepr {
         ArpRepr {
             operation: ArpOperation::Request,
             sender_hardware_addr: MacAddr([2, 0, 0, 0, 0, 1]),
-            sender_protocol_addr: Ipv4Addr::new(10, 0, 0, 1),
+            sender_protocol_addr: Ipv4Addr::new(198, 18, 0, 1),
             target_hardware_addr: MacAddr::ZERO,
-            target_protocol_addr: Ipv4Addr::new(10, 0, 0, 2),
+            target_protocol_addr: Ipv4Addr::new(198, 18, 0, 2),
         }
     }
 
@@ -334,9 +334,9 @@ mod tests {
         assert_eq!(p.protocol_type(), 0x0800);
         assert_eq!(p.operation(), ArpOperation::Request);
         assert_eq!(p.sender_hardware_addr(), MacAddr([2, 0, 0, 0, 0, 1]));
-        assert_eq!(p.sender_protocol_addr(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(p.sender_protocol_addr(), Ipv4Addr::new(198, 18, 0, 1));
         assert_eq!(p.target_hardware_addr(), MacAddr::ZERO);
-        assert_eq!(p.target_protocol_addr(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(p.target_protocol_addr(), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(ArpRepr::parse(&p), Ok(repr()));
     }
 

@@ -466,7 +466,7 @@ mod tests {
     fn parses_etherparse_vlan_frame() {
         let builder = etherparse::PacketBuilder::ethernet2(SRC.0, DST.0)
             .single_vlan(etherparse::VlanId::try_new(42).unwrap())
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64)
             .udp(1000, 2000);
         let mut out = Vec::new();
         builder.write(&mut out, b"hi").unwrap();

@@ -380,16 +380,16 @@ impl Ipv4Repr {
 mod tests {
     use super::*;
 
-    // 10.0.0.1 -> 10.0.0.2, UDP, ttl 64, DF, ident 0x1234, 4 bytes payload.
+    // 198.18.0.1 -> 198.18.0.2, UDP, ttl 64, DF, ident 0x1234, 4 bytes payload.
     static PACKET: [u8; 24] = [
-        0x45, 0x00, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x14, 0x9f, 0x0a, 0x00, 0x00,
-        0x01, 0x0a, 0x00, 0x00, 0x02, 0xde, 0xad, 0xbe, 0xef,
+        0x45, 0x00, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x9c, 0x79, 0xc6, 0x12, 0x00,
+        0x01, 0xc6, 0x12, 0x00, 0x02, 0xde, 0xad, 0xbe, 0xef,
     ];
 
     fn repr() -> Ipv4Repr {
         Ipv4Repr {
-            src_addr: Ipv4Addr::new(10, 0, 0, 1),
-            dst_addr: Ipv4Addr::new(10, 0, 0, 2),
+            src_addr: Ipv4Addr::new(198, 18, 0, 1),
+            dst_addr: Ipv4Addr::new(198, 18, 0, 2),
             protocol: IpProtocol::Udp,
             payload_len: 4,
             ttl: 64,
@@ -414,9 +414,9 @@ mod tests {
         assert_eq!(p.frag_offset(), 0);
         assert_eq!(p.ttl(), 64);
         assert_eq!(p.protocol(), IpProtocol::Udp);
-        assert_eq!(p.checksum(), 0x149f);
-        assert_eq!(p.src_addr(), Ipv4Addr::new(10, 0, 0, 1));
-        assert_eq!(p.dst_addr(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(p.checksum(), 0x9c79);
+        assert_eq!(p.src_addr(), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(p.dst_addr(), Ipv4Addr::new(198, 18, 0, 2));
         assert!(p.verify_checksum());
         assert_eq!(p.payload(), &[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(Ipv4Repr::parse(&p), Ok(repr()));
@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn matches_etherparse() {
         let builder =
-            etherparse::PacketBuilder::ipv4([192, 168, 1, 1], [192, 168, 1, 2], 17).tcp(1, 2, 3, 4);
+            etherparse::PacketBuilder::ipv4([198, 18, 1, 1], [198, 18, 1, 2], 17).tcp(1, 2, 3, 4);
         let mut out = Vec::new();
         builder.write(&mut out, b"payload").unwrap();
         let p = Ipv4Packet::new_checked(&out[..]).unwrap();

@@ -281,15 +281,15 @@ mod tests {
     static PACKET: [u8; 44] = [
         0x6b, 0x81, 0x23, 0x45, // version 6, tc 0xb8, flow 0x12345
         0x00, 0x04, 0x11, 0x40, // payload 4, UDP, hop limit 64
-        0xfd, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, // fd00::1
-        0xfd, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, // fd00::2
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, // 2001:db8::1
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, // 2001:db8::2
         0xde, 0xad, 0xbe, 0xef,
     ];
 
     fn repr() -> Ipv6Repr {
         Ipv6Repr {
-            src_addr: "fd00::1".parse().unwrap(),
-            dst_addr: "fd00::2".parse().unwrap(),
+            src_addr: "2001:db8::1".parse().unwrap(),
+            dst_addr: "2001:db8::2".parse().unwrap(),
             next_header: IpProtocol::Udp,
             payload_len: 4,
             hop_limit: 64,
@@ -307,8 +307,8 @@ mod tests {
         assert_eq!(p.payload_len(), 4);
         assert_eq!(p.next_header(), IpProtocol::Udp);
         assert_eq!(p.hop_limit(), 64);
-        assert_eq!(p.src_addr(), "fd00::1".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(p.dst_addr(), "fd00::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.src_addr(), "2001:db8::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.dst_addr(), "2001:db8::2".parse::<Ipv6Addr>().unwrap());
         assert_eq!(p.payload(), &[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(Ipv6Repr::parse(&p), Ok(repr()));
     }

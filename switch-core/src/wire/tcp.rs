@@ -676,15 +676,15 @@ mod tests {
 
     fn v4() -> IpPair {
         IpPair::V4 {
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
+            src: Ipv4Addr::new(198, 18, 0, 1),
+            dst: Ipv4Addr::new(198, 18, 0, 2),
         }
     }
 
     // SYN 49152 -> 80, seq 0x01020304, window 0xffff, MSS 1460, WS 7, EOL.
     static SYN: [u8; 28] = [
         0xc0, 0x00, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0x70, 0x02, 0xff,
-        0xff, 0xa5, 0xc6, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x03, 0x03, 0x07, 0x00,
+        0xff, 0x2d, 0xa1, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x03, 0x03, 0x07, 0x00,
     ];
 
     fn syn_repr() -> TcpRepr<'static> {
@@ -716,7 +716,7 @@ mod tests {
         assert!(p.flags().contains(TcpFlags::SYN));
         assert!(!p.flags().contains(TcpFlags::SYN | TcpFlags::ACK));
         assert_eq!(p.window_len(), 0xffff);
-        assert_eq!(p.checksum(), 0xa5c6);
+        assert_eq!(p.checksum(), 0x2da1);
         assert_eq!(p.urgent_at(), 0);
         assert_eq!(p.options(), &SYN[20..]);
         assert_eq!(p.payload(), &[] as &[u8]);
@@ -729,7 +729,7 @@ mod tests {
                 Ok(TcpOption::EndOfList)
             ]
         );
-        assert!(p.verify_checksum_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
+        assert!(p.verify_checksum_v4(Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)));
         assert_eq!(TcpRepr::parse_verified(&p, &v4()), Ok(syn_repr()));
     }
 
@@ -851,7 +851,7 @@ mod tests {
     #[test]
     fn etherparse_segments_verify_and_parse() {
         use etherparse::TcpOptionElement as E;
-        let b = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        let b = etherparse::PacketBuilder::ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64)
             .tcp(1234, 443, 1000, 5000)
             .syn()
             .ack(42)
@@ -866,7 +866,7 @@ mod tests {
         let mut out = Vec::new();
         b.write(&mut out, b"data").unwrap();
         let p = TcpPacket::new_checked(&out[20..]).unwrap();
-        assert!(p.verify_checksum_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
+        assert!(p.verify_checksum_v4(Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)));
         let r = TcpRepr::parse_verified(&p, &v4()).unwrap();
         assert_eq!(r.flags, TcpFlags::SYN | TcpFlags::ACK);
         assert_eq!(r.ack_number, 42);
@@ -876,8 +876,8 @@ mod tests {
         assert_eq!(r.window_scale, Some(9));
         assert_eq!(r.payload, b"data");
 
-        let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-        let dst = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let src = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        let dst = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
         let b = etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64)
             .tcp(1, 2, 3, 4)
             .rst();
@@ -902,10 +902,10 @@ mod tests {
         let c = checksum::update32(c, p.seq_number(), 0xdead_beef);
         p.set_seq_number(0xdead_beef);
         // NAT the destination address: pseudo-header changes too.
-        let old = Ipv4Addr::new(10, 0, 0, 2);
-        let new = Ipv4Addr::new(192, 168, 7, 9);
+        let old = Ipv4Addr::new(198, 18, 0, 2);
+        let new = Ipv4Addr::new(198, 19, 7, 9);
         let c = checksum::update_bytes(c, &old.octets(), &new.octets());
         p.set_checksum(c);
-        assert!(p.verify_checksum_v4(Ipv4Addr::new(10, 0, 0, 1), new));
+        assert!(p.verify_checksum_v4(Ipv4Addr::new(198, 18, 0, 1), new));
     }
 }

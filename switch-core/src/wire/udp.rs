@@ -272,14 +272,14 @@ mod tests {
 
     fn v4() -> IpPair {
         IpPair::V4 {
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
+            src: Ipv4Addr::new(198, 18, 0, 1),
+            dst: Ipv4Addr::new(198, 18, 0, 2),
         }
     }
 
-    // 1234 -> 80, payload "abcd", over 10.0.0.1 -> 10.0.0.2.
+    // 1234 -> 80, payload "abcd", over 198.18.0.1 -> 198.18.0.2.
     static DATAGRAM: [u8; 12] = [
-        0x04, 0xd2, 0x00, 0x50, 0x00, 0x0c, 0x21, 0xeb, b'a', b'b', b'c', b'd',
+        0x04, 0xd2, 0x00, 0x50, 0x00, 0x0c, 0xa9, 0xc5, b'a', b'b', b'c', b'd',
     ];
 
     #[test]
@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(p.src_port(), 1234);
         assert_eq!(p.dst_port(), 80);
         assert_eq!(p.len(), 12);
-        assert_eq!(p.checksum(), 0x21eb);
+        assert_eq!(p.checksum(), 0xa9c5);
         assert_eq!(p.payload(), b"abcd");
         assert!(p.verify_checksum(&v4()));
         let r = UdpRepr::parse_verified(&p, &v4()).unwrap();
@@ -382,8 +382,8 @@ mod tests {
         assert!(p.verify_checksum_v4(Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 2, 2, 2)));
         assert!(!p.verify_checksum_v4(Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 2, 2, 3)));
 
-        let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-        let dst = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let src = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+        let dst = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
         let b = etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64).udp(5000, 53);
         let mut out = Vec::new();
         b.write(&mut out, b"query6").unwrap();
