@@ -225,7 +225,16 @@ fn hundred_concurrent_connections_long_ones_bypassed_short_ones_relayed_nothing_
     let st = shell.status();
     let m = &st.mappings[0];
     assert_eq!(m.connections, 100, "{st:?}");
-    assert_eq!(m.failed_handoffs, 0, "{:?}", m.last_failure_reasons);
+    // Under load a hand-off may be refused for a reason that passes (the relay did not
+    // drain in time; the switch had not yet seen a timestamp from every sender): the shell
+    // retries, and every long connection must end up bypassed.
+    assert!(
+        m.last_failure_reasons
+            .iter()
+            .all(|r| r.contains("drain timeout") || r.contains("retry once traffic")),
+        "{:?}",
+        m.last_failure_reasons
+    );
     assert_eq!(
         m.bypassed, 20,
         "the 20 long connections are handed off: {m:?}"

@@ -546,7 +546,7 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
 }
 
 /// Hand-off attempts per connection before the shell keeps relaying it for good.
-const MAX_HANDOFF_ATTEMPTS: u32 = 3;
+const MAX_HANDOFF_ATTEMPTS: u32 = 5;
 
 /// Accounts for a stitch that ended and drops its silenced sockets.
 fn finish(s: &Shared, st: Stitched, bytes: Option<(u64, u64)>) {
