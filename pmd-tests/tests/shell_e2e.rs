@@ -396,6 +396,23 @@ fn every_teardown_variant_closes_both_ends_and_notifies_as_the_variant_says() {
     }
 }
 
+/// One connection C -> shell -> B moving `bytes` each way at once; both directions must
+/// arrive intact.
+fn exchange(w: &World, bytes: usize, seed: u64) {
+    let server = w.b.run(move || {
+        let l = TcpListener::bind(CORE).unwrap();
+        let (s, _) = l.accept().unwrap();
+        serve_one(s)
+    });
+    let (got, want) =
+        w.c.run(move || client(bytes, bytes, seed))
+            .join()
+            .expect("client");
+    assert_eq!(got, want, "B->C");
+    let (got, want, _, _) = server.join().expect("core");
+    assert_eq!(got, want, "C->B");
+}
+
 #[test]
 fn a_refused_commit_leaves_the_connection_with_the_shell_and_loses_nothing() {
     let _g = serial();
@@ -403,18 +420,7 @@ fn a_refused_commit_leaves_the_connection_with_the_shell_and_loses_nothing() {
     // Leg B without timestamps, leg A with: the switch must refuse the stitch.
     w.b.exec("sysctl", &["-qw", "net.ipv4.tcp_timestamps=0"]);
     let shell = start_shell(&w, shell_config("immediate", 0, "4E", 1));
-    let server = w.b.run(move || {
-        let l = TcpListener::bind(CORE).unwrap();
-        let (s, _) = l.accept().unwrap();
-        serve_one(s)
-    });
-    let (got, want) =
-        w.c.run(move || client(16 << 20, 16 << 20, 5))
-            .join()
-            .expect("client");
-    assert_eq!(got, want);
-    let (got, want, _, _) = server.join().expect("core");
-    assert_eq!(got, want);
+    exchange(&w, 16 << 20, 5);
     let st = shell.status();
     let m = &st.mappings[0];
     assert_eq!(m.bypassed, 0, "{st:?}");
@@ -461,18 +467,7 @@ fn a_switch_that_stops_answering_leaves_the_connection_with_the_shell_and_loses_
     assert_eq!(shell.status().stitching, "available");
     // After discovery, the switch's service address becomes unreachable from the shell.
     w.a.ip(&["route", "add", "blackhole", "198.18.0.254/32"]);
-    let server = w.b.run(move || {
-        let l = TcpListener::bind(CORE).unwrap();
-        let (s, _) = l.accept().unwrap();
-        serve_one(s)
-    });
-    let (got, want) =
-        w.c.run(move || client(32 << 20, 32 << 20, 9))
-            .join()
-            .expect("client");
-    assert_eq!(got, want);
-    let (got, want, _, _) = server.join().expect("core");
-    assert_eq!(got, want);
+    exchange(&w, 32 << 20, 9);
     let st = shell.status();
     let m = &st.mappings[0];
     assert_eq!(m.bypassed, 0, "{st:?}");

@@ -34,18 +34,8 @@ fn main() -> Result<()> {
         println!("usage: stitch-mkpcap OUT.pcap [FLOWS=1000] [FRAME_SIZE=60] [DST_MAC=02:00:00:ff:00:01]");
         return Ok(());
     }
-    let flows: u32 = args
-        .get(2)
-        .map(|s| s.parse())
-        .transpose()
-        .context("FLOWS")?
-        .unwrap_or(1000);
-    let size: usize = args
-        .get(3)
-        .map(|s| s.parse())
-        .transpose()
-        .context("FRAME_SIZE")?
-        .unwrap_or(60);
+    let flows: u32 = opt(&args, 2, "FLOWS", 1000)?;
+    let size: usize = opt(&args, 3, "FRAME_SIZE", 60)?;
     let dst = parse_mac(args.get(4).map_or("02:00:00:ff:00:01", String::as_str))?;
     if !(54..=1514).contains(&size) {
         bail!("FRAME_SIZE must be 54-1514");
@@ -89,18 +79,8 @@ fn stitched(args: &[String]) -> Result<()> {
         .context("STITCHES")?
         .parse()
         .context("STITCHES")?;
-    let frames: u32 = args
-        .get(2)
-        .map(|s| s.parse())
-        .transpose()
-        .context("FRAMES")?
-        .unwrap_or(16384);
-    let size: usize = args
-        .get(3)
-        .map(|s| s.parse())
-        .transpose()
-        .context("FRAME_SIZE")?
-        .unwrap_or(60);
+    let frames: u32 = opt(args, 2, "FRAMES", 16384)?;
+    let size: usize = opt(args, 3, "FRAME_SIZE", 60)?;
     if n == 0 || frames == 0 || !(66..=1514).contains(&size.max(66)) {
         bail!("STITCHES and FRAMES must be > 0");
     }
@@ -124,4 +104,16 @@ fn stitched(args: &[String]) -> Result<()> {
         v.push(f);
     }
     write_pcap(out, &v)
+}
+
+/// Argument `i` parsed as `T`, or `default` when absent; the error names the argument.
+fn opt<T: std::str::FromStr>(args: &[String], i: usize, name: &str, default: T) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    args.get(i)
+        .map(|s| s.parse::<T>())
+        .transpose()
+        .with_context(|| name.to_string())
+        .map(|v| v.unwrap_or(default))
 }
