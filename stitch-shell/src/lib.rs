@@ -500,7 +500,7 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
             if let (true, Ok(switch)) = (m.cfg.bypass.triggers(&sample), avail) {
                 attempts += 1;
                 next_try =
-                    std::time::Instant::now() + Duration::from_millis(250 * u64::from(attempts));
+                    std::time::Instant::now() + Duration::from_millis(50 * u64::from(attempts));
                 match conn.hand_off(
                     &s.keys,
                     switch,

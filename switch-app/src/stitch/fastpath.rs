@@ -195,9 +195,13 @@ fn observe(frame: &[u8], l4: &L4Info, st: &DirState, in_port: PortId) {
     }
     for opt in TcpOptionsIter::new(opts) {
         match opt {
-            Ok(TcpOption::Timestamp { tsval, .. }) => {
+            Ok(TcpOption::Timestamp { tsval, tsecr }) => {
                 st.tsval.store(tsval, Relaxed);
                 st.ts_seen.store(true, Relaxed);
+                if flags & ACK != 0 && tsecr != 0 {
+                    st.tsecr.store(tsecr, Relaxed);
+                    st.tsecr_seen.store(true, Relaxed);
+                }
             }
             Ok(TcpOption::Mss(m)) if syn => st.syn_mss.store(u32::from(m), Relaxed),
             Ok(TcpOption::WindowScale(w)) if syn => st.syn_wscale.store(u32::from(w), Relaxed),

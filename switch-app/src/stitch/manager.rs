@@ -624,25 +624,31 @@ impl Stitcher {
             .map_err(|e| err(format!("stitch {id} refused: {e}")))?;
             if ts_a {
                 // The deltas need the last TSval of each of the four senders since
-                // prepare: refuse, with the reason, rather than guess (a wrong guess makes
-                // the receiver's PAWS check drop everything).
-                for (st, who) in [
-                    (ca, "C"),
-                    (ac, "the shell on leg A"),
-                    (ba, "B"),
-                    (ab, "the shell on leg B"),
-                ] {
-                    if !st.ts_seen.load(Relaxed) {
-                        return Err(err(format!(
+                // prepare, seen in its packets or echoed by its peer: refuse, with the
+                // reason, rather than guess (a wrong guess makes the receiver's PAWS
+                // check drop everything).
+                let mut last = [0u32; 4];
+                for (i, (st, echo, who)) in [
+                    (ca, ac, "C"),
+                    (ac, ca, "the shell on leg A"),
+                    (ba, ab, "B"),
+                    (ab, ba, "the shell on leg B"),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    last[i] = st.last_tsval(echo).ok_or_else(|| {
+                        err(format!(
                             "stitch {id}: no timestamp seen from {who} since prepare; retry once traffic has flowed both ways on both legs"
-                        )));
-                    }
+                        ))
+                    })?;
                 }
+                let [ts_c, ts_a1, ts_b, ts_a2] = last;
                 // TSval never goes backwards for the receiver: B last saw the shell's clock
                 // (A->B), and C's clock is at least what C last sent, so C's later TSvals
                 // shifted by the difference start at or after what B saw. Likewise for C.
-                let d_cb = ab.tsval.load(Relaxed).wrapping_sub(ca.tsval.load(Relaxed));
-                let d_bc = ac.tsval.load(Relaxed).wrapping_sub(ba.tsval.load(Relaxed));
+                let d_cb = ts_a2.wrapping_sub(ts_c);
+                let d_bc = ts_a1.wrapping_sub(ts_b);
                 sp.ts = Some(TsParams {
                     c_to_b_tsval_delta: d_cb,
                     b_to_c_tsval_delta: d_bc,

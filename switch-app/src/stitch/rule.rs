@@ -106,6 +106,11 @@ pub struct DirState {
     /// Latest TSval sent in this direction (timestamps seen when set).
     pub tsval: AtomicU32,
     pub ts_seen: AtomicBool,
+    /// Latest TSecr (non-zero, on an ACK) in this direction: the last TSval of the other
+    /// end that this sender saw, which stands in for that end's TSval when the other end
+    /// sent nothing since prepare.
+    pub tsecr: AtomicU32,
+    pub tsecr_seen: AtomicBool,
     /// From a SYN of this direction, when the switch saw one.
     pub syn_mss: AtomicU32,
     pub syn_wscale: AtomicU32,
@@ -134,6 +139,8 @@ impl Default for DirState {
             has_ack: AtomicBool::new(false),
             tsval: AtomicU32::new(0),
             ts_seen: AtomicBool::new(false),
+            tsecr: AtomicU32::new(0),
+            tsecr_seen: AtomicBool::new(false),
             syn_mss: AtomicU32::new(0),
             syn_wscale: AtomicU32::new(UNSEEN),
             syn_sack: AtomicBool::new(false),
@@ -186,6 +193,18 @@ impl DirState {
     pub fn port(&self) -> Option<PortId> {
         let p = self.in_port.load(Relaxed);
         (p != UNSEEN).then_some(PortId(p as u16))
+    }
+
+    /// The last TSval `self` (one direction) is known to have sent: seen in its own
+    /// packets, or else echoed back by the other end (`echo`, the reverse direction).
+    pub fn last_tsval(&self, echo: &DirState) -> Option<u32> {
+        if self.ts_seen.load(Relaxed) {
+            Some(self.tsval.load(Relaxed))
+        } else if echo.tsecr_seen.load(Relaxed) {
+            Some(echo.tsecr.load(Relaxed))
+        } else {
+            None
+        }
     }
 
     /// Window scale from a SYN, when seen.
