@@ -252,15 +252,9 @@ fn refused_commit_resumes_relaying_without_losing_a_byte() {
     });
     let st = shell.status();
     let m = &st.mappings[0];
-    assert_eq!(
-        (
-            m.connections,
-            m.bypassed,
-            m.failed_handoffs,
-            m.active_stitched
-        ),
-        (1, 0, 1, 0)
-    );
+    // A refused hand-off is retried (at most 5 attempts in all) while the connection lasts.
+    assert!((1..=5).contains(&m.failed_handoffs), "{m:?}");
+    assert_eq!((m.connections, m.bypassed, m.active_stitched), (1, 0, 0));
     assert!(
         m.last_failure_reasons[0].contains("commit refused (code 7): test refuses commit"),
         "{:?}",
@@ -268,14 +262,18 @@ fn refused_commit_resumes_relaying_without_losing_a_byte() {
     );
     assert_eq!(m.bytes_relayed_by_shell.c_to_b, 20 << 20);
     assert_eq!(m.bytes_relayed_by_shell.b_to_c, 20 << 20);
-    // The shell went through the whole protocol, then gave the stitch back.
-    assert_eq!(sw.count(|m| matches!(m, Message::Prepare(_))), 1);
-    assert_eq!(sw.count(|m| matches!(m, Message::Freeze { .. })), 1);
-    assert_eq!(sw.count(|m| matches!(m, Message::Commit(_))), 1);
-    assert_eq!(
-        sw.count(|m| matches!(m, Message::Abort { stitch_id: 100 })),
-        1
+    // The shell went through the whole protocol (at least once; a later attempt may stop
+    // earlier, e.g. when the connection is closing), then gave the stitch back each time.
+    let tries = m.failed_handoffs as usize;
+    let count = |f: fn(&Message) -> bool| sw.count(f);
+    let commits = count(|m| matches!(m, Message::Commit(_)));
+    assert!(
+        (1..=tries).contains(&commits),
+        "{commits} commits in {tries} tries"
     );
+    assert!((commits..=tries).contains(&count(|m| matches!(m, Message::Prepare(_)))));
+    assert!((commits..=tries).contains(&count(|m| matches!(m, Message::Freeze { .. }))));
+    assert!(count(|m| matches!(m, Message::Abort { stitch_id: 100 })) >= commits);
     let log = sw.log.lock().unwrap();
     let Some(Message::Prepare(p)) = log.iter().find(|m| matches!(m, Message::Prepare(_))) else {
         unreachable!()
@@ -306,7 +304,8 @@ fn unreachable_switch_times_out_and_the_transfer_completes() {
     });
     let st = shell.status();
     let m = &st.mappings[0];
-    assert_eq!((m.bypassed, m.failed_handoffs), (0, 1));
+    assert_eq!(m.bypassed, 0);
+    assert!((1..=5).contains(&m.failed_handoffs), "{m:?}");
     assert!(
         m.last_failure_reasons[0].starts_with("prepare: no reply from"),
         "{:?}",
