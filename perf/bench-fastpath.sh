@@ -107,8 +107,8 @@ with open(f4, "w") as f:
     for i in range(n):
         port = (10000 + i % 50000 - 1) % 65535 + 1
         src = ipaddress.IPv4Address(base + i // 50000)
-        f.write(f"E198.18.0.2 {src} 7000 {port} 6 1\n")
-open(f6, "w").write("E2001:db8::2 2001:db8::1 7000 10000 6 1\n")
+        f.write(f"R198.18.0.2 {src} 7000 {port} 6 1\n")
+open(f6, "w").write("R2001:db8::2 2001:db8::1 7000 10000 6 1\n")
 PY
     sl3=$(run "l3fwd $n" bf$$f$n 'l3fwd' -- "$refs/l3fwd/build/l3fwd" -l 1 "${eal_mem[@]}" --file-prefix=bf$$f$n "${sports[@]}" -- \
         -p 0x3 -E --parse-ptype --config='(0,0,1),(1,0,1)' --rule_ipv4="$dir/r4" --rule_ipv6="$dir/r6")
@@ -150,6 +150,30 @@ TOML
     kill -TERM "$spid"; wait "$spid" || true
     rm -f "$dir/s.sock"
     echo "| $n | $frames | $sio | $sl3 | **${sst:-?}** | $(ratio "$sio" "${sst:-?}") | $(ratio "$sl3" "${sst:-?}") | $rss | $tbl |"
+done
+echo
+
+# --- memory per stitch: RSS with N installed stitches minus RSS with 1, same mempool ------
+echo "### Memory per installed stitch (RSS with N stitches minus RSS with 1; 16k-mbuf pool)"
+echo
+echo "| stitches | RSS MiB | flow table MiB (allocated) | bytes per stitch (RSS delta / N) |"
+echo "|---|---|---|---|"
+"$bin/stitch-mkpcap" --stitched "$dir/m.pcap" 1 64 60 >/dev/null
+base_rss=""
+for n in 1 $counts; do
+    sed -e "s/^count = .*/count = $n/" -e "s/^flow_table_size = .*/flow_table_size = $((n * 4 + 64))/" \
+        -e "s/^mbufs = .*/mbufs = 16384/" -e "s#rx_pcap=[^,]*#rx_pcap=$dir/m.pcap#" \
+        -e "s/^file_prefix = .*/file_prefix = \"bf$$m$n\"/" "$dir/s.toml" > "$dir/m.toml"
+    "$bin/stitchd" --config "$dir/m.toml" > "$dir/m.log" 2>&1 &
+    mpid=$!
+    for _ in $(seq 1200); do [ -S "$dir/s.sock" ] && break; kill -0 "$mpid" 2>/dev/null || { cat "$dir/m.log" >&2; exit 1; }; sleep 0.1; done
+    rss=$(awk '/VmRSS/ {print $2}' /proc/$mpid/status)
+    tbl=$("$bin/stitchctl" --socket "$dir/s.sock" --json stats.get | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["stitch"].get("flow_table_bytes",0)/2**20))')
+    kill -TERM "$mpid"; wait "$mpid" || true
+    rm -f "$dir/s.sock"
+    [ -n "$base_rss" ] || base_rss=$rss
+    per=$(python3 -c "print(round(($rss - $base_rss) * 1024 / max($n - 1, 1)))")
+    echo "| $n | $((rss / 1024)) | $tbl | $per |"
 done
 echo
 echo "Cycles per packet at $mhz MHz from each busy thread's own CPU time ($cpp); ratios are"

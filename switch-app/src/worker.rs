@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Mbuf, Port, RxBurst, TxBuffer, MAX_BURST};
-use switch_core::flow::key::{parse_flow, FlowKey};
+use switch_core::flow::key::{parse_flow, FlowKey, L4Info};
 use switch_core::flow::table::FlowTableReader;
 use switch_core::l2::pipeline::{classify, L2Outcome, L2Ports, LearnCache, LearnRequest};
 use switch_core::l2::table::MacTableReader;
@@ -107,16 +107,30 @@ struct Output {
     tx: Vec<TxBuffer>,
     delayed: Vec<Option<Mbuf>>,
     faults: Arc<Vec<PortFault>>,
+    /// Any port's fault injection on: read once per poll round, so the production path
+    /// (no faults) pays one predictable branch per packet, never an atomic load.
+    faulty: bool,
     rng: Rng,
 }
 
 impl Output {
+    /// Reads the fault settings (once per poll round).
+    fn refresh_faults(&mut self) {
+        self.faulty = self.faults.iter().any(PortFault::active);
+    }
+
     #[inline]
     fn push(&mut self, port: usize, m: Mbuf, r: &mut Round) {
         let Some(tx) = self.tx.get_mut(port) else {
             r.drops[DropReason::NoBridge.index()] += 1;
             return;
         };
+        if !self.faulty {
+            let res = tx.push(m);
+            r.tx_pkts += u64::from(res.sent);
+            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            return;
+        }
         if let Some(f) = self.faults.get(port).filter(|f| f.active()) {
             match draw(f, &mut self.rng) {
                 Fault::Drop => {
@@ -187,11 +201,11 @@ impl Worker {
             tx,
             delayed: (0..n_ports).map(|_| None).collect(),
             faults,
+            faulty: false,
             rng: Rng::new(tsc_start ^ u64::from(stats.lcore)),
         };
         let mut burst = RxBurst::default();
         let mut cache = LearnCache::new();
-        let mut targets = [PortId(0); 32];
         let mut fin_copy = FinCopy::default();
         // Filler for unused key slots of a burst.
         let no_key = FlowKey::v4(
@@ -201,6 +215,17 @@ impl Worker {
             0,
             0,
         );
+        // Per-burst staging, reused (not re-initialised) burst after burst: the parse
+        // of each packet (key and offsets, looked up and then used by the rewrite) and
+        // where the packet sits in the burst.
+        let mut l4s = [L4Info {
+            key: no_key,
+            l3_offset: 0,
+            l4_offset: 0,
+            tcp_flags: 0,
+            payload_len: 0,
+        }; MAX_BURST];
+        let mut idx = [0u8; MAX_BURST];
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
@@ -211,6 +236,7 @@ impl Worker {
             let now = (now_tsc.wrapping_sub(tsc_start) / hz) as u32;
             let stitching = flow_count.load(Ordering::Relaxed) > 0;
             let mut r = Round::default();
+            out.refresh_faults();
             while let Some((p, m)) = inject.pop() {
                 out.push(usize::from(p.0), m, &mut r);
             }
@@ -228,15 +254,13 @@ impl Worker {
                 let mut pkts: [Option<Mbuf>; MAX_BURST] = Default::default();
                 let mut n = 0;
                 for m in burst.drain() {
+                    m.prefetch_data();
                     r.rx_pkts += 1;
                     r.rx_bytes += u64::from(m.pkt_len());
                     pkts[n] = Some(m);
                     n += 1;
                 }
                 if stitching {
-                    let mut keys = [no_key; MAX_BURST];
-                    let mut l4s = [None; MAX_BURST];
-                    let mut idx = [0u8; MAX_BURST];
                     let mut k = 0;
                     for (i, slot) in pkts[..n].iter_mut().enumerate() {
                         let Some(m) = slot else { continue };
@@ -250,22 +274,22 @@ impl Worker {
                             *slot = None;
                             continue;
                         }
-                        keys[k] = l4.key;
-                        l4s[k] = Some(l4);
+                        l4s[k] = l4;
                         idx[k] = i as u8;
                         k += 1;
                     }
                     // Stage 2: one bulk lookup for the burst (the table overlaps the
                     // cache misses), then each hit is handled in arrival order.
-                    flows.for_each_bulk(&keys[..k], |j, e| {
-                        let (Some(e), Some(l4)) = (e, l4s[j]) else {
+                    flows.for_each_bulk_by(&l4s[..k], |l| &l.key, |j, e| {
+                        let Some(e) = e else {
                             return;
                         };
+                        let l4 = &l4s[j];
                         let slot = &mut pkts[usize::from(idx[j])];
                         let Some(m) = slot.as_mut() else { return };
                         let Some(frame) = m.data_mut() else { return };
                         fin_copy.len = 0;
-                        let dec = process(frame, &l4, e, in_port, &mut fin_copy, &stats.stitch);
+                        let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
                         let (stitch, dir) = (e.record.stitch, e.value.dir);
                         if dec.notify {
                             let note = Punt {
@@ -309,7 +333,17 @@ impl Worker {
                         }
                     });
                 }
-                // Stage 3: everything else is switched by L2.
+                // Stage 3: everything else is switched by L2. First the MAC table slots
+                // of every frame's source and destination are prefetched, so the probes'
+                // misses overlap (as the flow table's bulk lookup does).
+                if let Some(t) = table {
+                    for m in pkts[..n].iter().flatten() {
+                        if let Some(h) = m.data().first_chunk::<12>() {
+                            t.prefetch(MacAddr([h[0], h[1], h[2], h[3], h[4], h[5]]));
+                            t.prefetch(MacAddr([h[6], h[7], h[8], h[9], h[10], h[11]]));
+                        }
+                    }
+                }
                 for m in pkts[..n].iter_mut().filter_map(Option::take) {
                     if let Some(a) = &agent {
                         if for_agent(m.data(), a) {
@@ -352,16 +386,16 @@ impl Worker {
                     match outcome {
                         L2Outcome::Forward(p) => out.push(usize::from(p.0), m, &mut r),
                         L2Outcome::Flood => {
-                            let k = ports.flood_targets(in_port, &mut targets);
-                            if k == 0 {
+                            let targets = ports.flood_list(in_port);
+                            let Some((last, rest)) = targets.split_last() else {
                                 r.drops[DropReason::NoBridge.index()] += 1;
                                 continue;
-                            }
+                            };
                             r.flooded += 1;
-                            for t in &targets[..k - 1] {
+                            for t in rest {
                                 out.push(usize::from(t.0), m.share(), &mut r);
                             }
-                            out.push(usize::from(targets[k - 1].0), m, &mut r);
+                            out.push(usize::from(last.0), m, &mut r);
                         }
                         L2Outcome::Drop(reason) => r.drops[reason.index()] += 1,
                     }

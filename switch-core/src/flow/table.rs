@@ -202,6 +202,13 @@ fn word(sig: u32, idx: u32) -> u64 {
     u64::from(sig) << 32 | u64::from(idx + 1)
 }
 
+/// Asks the CPU to bring the cache line holding `r` in (a hint: it never faults and
+/// changes nothing), for the pipelined lookups of the MAC table and the workers.
+#[inline]
+pub fn prefetch_ref<T>(r: &T) {
+    prefetch(r as *const T);
+}
+
 #[inline]
 fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
@@ -376,17 +383,28 @@ impl<V: Copy, R> FlowTableReader<V, R> {
 
     /// Looks up every key and calls `f(i, hit)` for `keys[i]`, in order. The misses of
     /// a chunk of [`MAX_BURST`] keys overlap (module docs: the stages).
-    pub fn for_each_bulk<'a, F>(&'a self, keys: &[FlowKey], mut f: F)
+    pub fn for_each_bulk<'a, F>(&'a self, keys: &[FlowKey], f: F)
     where
         F: FnMut(usize, Option<Hit<'a, V, R>>),
     {
+        self.for_each_bulk_by(keys, |k| k, f);
+    }
+
+    /// [`FlowTableReader::for_each_bulk`] over items that hold their key (`key`
+    /// extracts it), so a caller's parse results need not be copied into a key array.
+    #[inline]
+    pub fn for_each_bulk_by<'a, T, K, F>(&'a self, items: &[T], key: K, mut f: F)
+    where
+        K: Fn(&T) -> &FlowKey,
+        F: FnMut(usize, Option<Hit<'a, V, R>>),
+    {
         let s = &*self.shared;
-        for (c, kc) in keys.chunks(MAX_BURST).enumerate() {
+        for (c, kc) in items.chunks(MAX_BURST).enumerate() {
             let mut hs = [0u64; MAX_BURST];
             let mut found = [u32::MAX; MAX_BURST];
             // Stage 1: hash, prefetch the first bucket.
             for (i, k) in kc.iter().enumerate() {
-                hs[i] = s.hash(k);
+                hs[i] = s.hash(key(k));
                 let (_, b1, _) = s.homes(hs[i]);
                 prefetch(&s.buckets[b1]);
             }
@@ -404,6 +422,7 @@ impl<V: Copy, R> FlowTableReader<V, R> {
             }
             // Stage 3: confirm the key (else the full probe); prefetch the record.
             for (i, k) in kc.iter().enumerate() {
+                let k = key(k);
                 let idx = found[i];
                 // SAFETY: idx came from a published word loaded with Acquire in stage 2.
                 let ok = idx != u32::MAX && unsafe { s.entry(idx) }.key == *k;
@@ -415,7 +434,10 @@ impl<V: Copy, R> FlowTableReader<V, R> {
                 if found[i] != u32::MAX {
                     // SAFETY: as above.
                     let rec = unsafe { s.entry(found[i]) }.record;
-                    prefetch(s.records[rec as usize].0.get());
+                    let p = s.records[rec as usize].0.get().cast::<u8>();
+                    for line in (0..std::mem::size_of::<R>()).step_by(64) {
+                        prefetch(p.wrapping_add(line));
+                    }
                 }
             }
             // Stage 4: hand out, in order.
