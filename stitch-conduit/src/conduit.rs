@@ -1,1 +1,1101 @@
-//! placeholder
+//! The conduit daemon: owns the sockets, threads and clocks around [`Session`] and
+//! [`Matcher`].
+//!
+//! Per connection, one loop thread owns the [`Session`] and every write; reader threads
+//! (application, original path, stitched connection) only read and forward what they
+//! read to it over a channel, so the session sees one ordered event stream. Reading
+//! from the application stops while more than [`CREDIT_BYTES`] are read but not yet
+//! written to a conduit connection (held during the drain included): back-pressure
+//! reaches the application through TCP.
+//!
+//! Around the loops: listeners for applications (`[[route]]`), for original connections
+//! arriving over the proxy chain (`[[inbound]]`), for stitched connections, the UDP
+//! matching socket (verdicts from the matcher, peers' publications), and the Unix
+//! control socket (JSON lines: `list`, `stitch`, `refuse`).
+//!
+//! Stitch slots: each connection is stitched at most once. An outgoing attempt and an
+//! incoming hello racing for the same connection are resolved by global id (the lower
+//! id's attempt wins), so both sides initiating at once yields exactly one stitched
+//! connection.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agent_proto::ReplayGuard;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConduitConfig, ConduitFile, Matching};
+use crate::desc::{ConnDesc, Proto, Tuple};
+use crate::envelope::{fresh_nonce, open, seal};
+use crate::frame::{Frame, FrameReader};
+use crate::matcher::Matcher;
+use crate::msg::{Message, Outcome, Reason};
+use crate::scope::Scopes;
+use crate::session::{EndReason, Input, Output, Phase, Session, SessionStats, Timing};
+
+/// Most application bytes read but not yet written to a conduit connection.
+pub const CREDIT_BYTES: usize = 4 << 20;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConduitError {
+    /// A listening socket could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another I/O failure at start-up.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Unix time in milliseconds (for the replay guard's window).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a connection's matching stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MatchState {
+    /// Not published.
+    Idle,
+    /// Published, no verdict yet.
+    Published,
+    /// Not matched yet.
+    Pending {
+        /// Why.
+        reason: String,
+    },
+    /// Matched.
+    Matched {
+        /// Whether this side initiates.
+        initiator: bool,
+        /// The peer's global id.
+        peer_global_id: u64,
+    },
+    /// Refused for good.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The stitch slot of a connection (at most one stitch per connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// No stitch.
+    Free,
+    /// This side is connecting.
+    Outgoing,
+    /// Stitched.
+    Established,
+}
+
+/// Role of this conduit for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The application connected here (a `[[route]]`).
+    Opener,
+    /// The connection arrived over the proxy chain (an `[[inbound]]`).
+    Acceptor,
+}
+
+/// One connection as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnStatus {
+    /// Id for `stitch` / `refuse`.
+    pub id: u64,
+    /// Role.
+    pub role: Role,
+    /// This side's description (age as of now).
+    pub desc: ConnDesc,
+    /// Scope name.
+    pub scope: String,
+    /// Session phase.
+    pub phase: Phase,
+    /// Matching.
+    pub matching: MatchState,
+    /// Stitch slot.
+    pub stitch: Slot,
+    /// Whether the application refused stitching.
+    pub refused_by_app: bool,
+    /// The last reason something did not happen (refusals, failures).
+    pub last_reason: Option<String>,
+    /// How it ended, once ended.
+    pub ended: Option<EndReason>,
+    /// Microseconds from the match (verdict or request) to the stitched connection
+    /// being ready.
+    pub match_to_ready_us: Option<u64>,
+    /// Session counters.
+    pub stats: SessionStats,
+}
+
+#[derive(Debug)]
+struct ConnState {
+    phase: Phase,
+    matching: MatchState,
+    slot: Slot,
+    refused: bool,
+    last_reason: Option<String>,
+    ended: Option<EndReason>,
+    stats: SessionStats,
+    publish_requested: bool,
+    matched_at: Option<Instant>,
+    match_to_ready_us: Option<u64>,
+}
+
+enum Ev {
+    In(Input),
+    Initiate(SocketAddr),
+    Stitched(TcpStream),
+    Publish,
+}
+
+struct Conn {
+    id: u64,
+    role: Role,
+    desc: ConnDesc,
+    created: Instant,
+    tx: Sender<Ev>,
+    st: Mutex<ConnState>,
+}
+
+impl Conn {
+    fn st(&self) -> MutexGuard<'_, ConnState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn desc_now(&self) -> ConnDesc {
+        ConnDesc {
+            age_ms: self.created.elapsed().as_millis() as u64,
+            ..self.desc
+        }
+    }
+}
+
+/// Bytes read from the application and not yet written out.
+struct Credit {
+    used: Mutex<(usize, bool)>,
+    cv: Condvar,
+}
+
+impl Credit {
+    fn new() -> Credit {
+        Credit {
+            used: Mutex::new((0, false)),
+            cv: Condvar::new(),
+        }
+    }
+    /// Waits until below the limit; false once closed.
+    fn wait(&self) -> bool {
+        let mut g = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while g.0 >= CREDIT_BYTES && !g.1 {
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        !g.1
+    }
+    fn take(&self, n: usize) {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).0 += n;
+    }
+    fn give(&self, n: usize) {
+        let mut g = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(n);
+        self.cv.notify_all();
+    }
+    fn close(&self) {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Sentinel "address" of this conduit's own descriptions in its local matcher.
+const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+struct Shared {
+    cfg: ConduitFile,
+    scopes: Scopes,
+    start: Instant,
+    conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    udp: UdpSocket,
+    guard: Mutex<ReplayGuard>,
+    local: Mutex<Matcher>,
+    timing: Timing,
+}
+
+fn log(sh: &Shared, text: std::fmt::Arguments<'_>) {
+    eprintln!("conduit[{}]: {text}", sh.cfg.global_id);
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn conns(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn find(&self, tuple: &Tuple, scope: u32) -> Option<Arc<Conn>> {
+        self.conns()
+            .values()
+            .find(|c| c.desc.tuple == *tuple && c.desc.scope == scope && c.st().ended.is_none())
+            .cloned()
+    }
+
+    fn seal(&self, m: &Message, scope: u32) -> Option<Vec<u8>> {
+        let nonce = fresh_nonce().ok()?;
+        match seal(m, scope, unix_ms(), nonce, &self.scopes) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                log(self, format_args!("cannot seal: {e}"));
+                None
+            }
+        }
+    }
+
+    fn send_udp(&self, m: &Message, scope: u32, to: SocketAddr) {
+        if let Some(b) = self.seal(m, scope) {
+            if let Err(e) = self.udp.send_to(&b, to) {
+                log(self, format_args!("send to {to}: {e}"));
+            }
+        }
+    }
+
+    /// Publishes a connection's description the configured way.
+    fn publish(&self, conn: &Conn) {
+        let desc = conn.desc_now();
+        let m = Message::Publish {
+            desc,
+            stitch_addr: self.cfg.stitch_listen,
+        };
+        {
+            let mut st = conn.st();
+            if st.matching == MatchState::Idle {
+                st.matching = MatchState::Published;
+            }
+        }
+        match &self.cfg.matching {
+            Matching::Centralized { matcher } => self.send_udp(&m, desc.scope, *matcher),
+            Matching::Peer { peers } => {
+                for p in peers {
+                    self.send_udp(&m, desc.scope, *p);
+                }
+                let verdicts = self
+                    .local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .publish(LOCAL, desc.scope, desc, self.cfg.stitch_listen, unix_ms());
+                self.local_verdicts(verdicts);
+            }
+            Matching::None => {}
+        }
+    }
+
+    fn local_verdicts(&self, verdicts: Vec<(SocketAddr, Message)>) {
+        for (to, v) in verdicts {
+            if to == LOCAL {
+                self.on_verdict(v, "local matcher");
+            }
+        }
+    }
+
+    fn withdraw(&self, conn: &Conn) {
+        let m = Message::Withdraw { desc: conn.desc };
+        match &self.cfg.matching {
+            Matching::Centralized { matcher } => self.send_udp(&m, conn.desc.scope, *matcher),
+            Matching::Peer { peers } => {
+                for p in peers {
+                    self.send_udp(&m, conn.desc.scope, *p);
+                }
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .withdraw(conn.desc.scope, conn.desc);
+            }
+            Matching::None => {}
+        }
+    }
+
+    fn on_verdict(&self, v: Message, from: &str) {
+        let Message::Verdict { desc, outcome } = v else {
+            return;
+        };
+        let Some(conn) = self.find(&desc.tuple, desc.scope) else {
+            log(self, format_args!("verdict from {from} for unknown {}", desc.tuple));
+            return;
+        };
+        log(self, format_args!("conn {} ({}): verdict from {from}: {outcome:?}", conn.id, desc.tuple));
+        let mut st = conn.st();
+        match outcome {
+            Outcome::Pending(r) => {
+                if matches!(st.matching, MatchState::Published | MatchState::Pending { .. }) {
+                    st.matching = MatchState::Pending {
+                        reason: r.to_string(),
+                    };
+                    st.last_reason = Some(r.to_string());
+                }
+            }
+            Outcome::Refused(r) => {
+                st.matching = MatchState::Refused {
+                    reason: r.to_string(),
+                };
+                st.last_reason = Some(r.to_string());
+            }
+            Outcome::Initiate { peer, peer_stitch } => {
+                if matches!(st.matching, MatchState::Matched { .. }) {
+                    return;
+                }
+                st.matching = MatchState::Matched {
+                    initiator: true,
+                    peer_global_id: peer.global_id,
+                };
+                st.matched_at = Some(Instant::now());
+                drop(st);
+                let _ = conn.tx.send(Ev::Initiate(peer_stitch));
+            }
+            Outcome::PeerInitiates { peer } => {
+                if !matches!(st.matching, MatchState::Matched { .. }) {
+                    st.matching = MatchState::Matched {
+                        initiator: false,
+                        peer_global_id: peer.global_id,
+                    };
+                    st.matched_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<ConnStatus> {
+        self.conns()
+            .values()
+            .map(|c| {
+                let st = c.st();
+                ConnStatus {
+                    id: c.id,
+                    role: c.role,
+                    desc: c.desc_now(),
+                    scope: self.scopes.name_of(c.desc.scope),
+                    phase: st.phase,
+                    matching: st.matching.clone(),
+                    stitch: st.slot,
+                    refused_by_app: st.refused,
+                    last_reason: st.last_reason.clone(),
+                    ended: st.ended,
+                    match_to_ready_us: st.match_to_ready_us,
+                    stats: st.stats,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Binds every listener, prints `conduit ready` on stderr, then serves forever.
+///
+/// # Errors
+/// [`ConduitError`] when a listener cannot be bound.
+pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
+    let f = cfg.file;
+    let bind = |what: &'static str, a: SocketAddr| {
+        TcpListener::bind(a).map_err(|source| ConduitError::Bind {
+            what,
+            addr: a.to_string(),
+            source,
+        })
+    };
+    let routes = f
+        .route
+        .iter()
+        .map(|r| Ok((r.clone(), bind("route", r.listen)?)))
+        .collect::<Result<Vec<_>, ConduitError>>()?;
+    let inbounds = f
+        .inbound
+        .iter()
+        .map(|i| Ok((i.clone(), bind("inbound", i.listen)?)))
+        .collect::<Result<Vec<_>, ConduitError>>()?;
+    let stitch = bind("stitch_listen", f.stitch_listen)?;
+    let udp = UdpSocket::bind(f.match_listen).map_err(|source| ConduitError::Bind {
+        what: "match_listen",
+        addr: f.match_listen.to_string(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(&f.control);
+    let control = UnixListener::bind(&f.control).map_err(|source| ConduitError::Bind {
+        what: "control",
+        addr: f.control.display().to_string(),
+        source,
+    })?;
+    let timing = Timing {
+        heartbeat_interval_us: f.heartbeat_interval_ms * 1000,
+        heartbeat_timeout_us: f.heartbeat_timeout_ms * 1000,
+        drain_timeout_us: f.drain_timeout_ms * 1000,
+    };
+    let sh = Arc::new(Shared {
+        local: Mutex::new(Matcher::new(cfg.scopes.clone(), 65_536, 60_000)),
+        scopes: cfg.scopes,
+        start: Instant::now(),
+        conns: Mutex::new(BTreeMap::new()),
+        next_id: AtomicU64::new(1),
+        udp,
+        guard: Mutex::new(ReplayGuard::new(65_536)),
+        timing,
+        cfg: f,
+    });
+    for (route, l) in routes {
+        let sh = sh.clone();
+        thread::spawn(move || {
+            for app in l.incoming().flatten() {
+                let (sh, route) = (sh.clone(), route.clone());
+                thread::spawn(move || open_route(sh, route, app));
+            }
+        });
+    }
+    for (inb, l) in inbounds {
+        let sh = sh.clone();
+        thread::spawn(move || {
+            for orig in l.incoming().flatten() {
+                let (sh, inb) = (sh.clone(), inb.clone());
+                thread::spawn(move || accept_inbound(sh, inb, orig));
+            }
+        });
+    }
+    {
+        let sh = sh.clone();
+        thread::spawn(move || {
+            for s in stitch.incoming().flatten() {
+                let sh = sh.clone();
+                thread::spawn(move || accept_stitch(sh, s));
+            }
+        });
+    }
+    {
+        let sh = sh.clone();
+        thread::spawn(move || udp_loop(sh));
+    }
+    log(
+        &sh,
+        format_args!("conduit ready (stitch {}, match {})", sh.cfg.stitch_listen, sh.cfg.match_listen),
+    );
+    for c in control.incoming().flatten() {
+        let sh = sh.clone();
+        thread::spawn(move || control_conn(sh, c));
+    }
+    Ok(())
+}
+
+fn open_route(sh: Arc<Shared>, route: crate::config::Route, app: TcpStream) {
+    let Some(scope) = sh.scopes.by_name(&route.scope).map(|s| s.key_id) else {
+        return;
+    };
+    let Ok(app_addr) = app.peer_addr() else {
+        return;
+    };
+    let orig = match TcpStream::connect_timeout(&route.upstream, Duration::from_secs(5)) {
+        Ok(o) => o,
+        Err(e) => {
+            log(&sh, format_args!("upstream {}: {e}", route.upstream));
+            return;
+        }
+    };
+    let _ = orig.set_nodelay(true);
+    let _ = app.set_nodelay(true);
+    let open = Frame::Open {
+        global_id: sh.cfg.global_id,
+        scope,
+        app: app_addr,
+        service: route.service,
+    };
+    if (&orig).write_all(&open.encode()).is_err() {
+        return;
+    }
+    let desc = ConnDesc {
+        tuple: Tuple {
+            proto: Proto::Tcp,
+            src: app_addr,
+            dst: route.service,
+        },
+        age_ms: 0,
+        global_id: sh.cfg.global_id,
+        scope,
+    };
+    run_conn(
+        sh,
+        Role::Opener,
+        desc,
+        route.auto,
+        route.preconfigured_peer,
+        app,
+        orig,
+    );
+}
+
+fn accept_inbound(sh: Arc<Shared>, inb: crate::config::Inbound, orig: TcpStream) {
+    let Some(scope) = sh.scopes.by_name(&inb.scope).map(|s| s.key_id) else {
+        return;
+    };
+    let _ = orig.set_read_timeout(Some(Duration::from_secs(10)));
+    let first = FrameReader::new(&orig).next_frame();
+    let app_addr = match first {
+        Ok(Frame::Open { app, .. }) => app,
+        other => {
+            log(&sh, format_args!("inbound {}: expected Open, got {other:?}", inb.listen));
+            return;
+        }
+    };
+    let _ = orig.set_read_timeout(None);
+    let target = match TcpStream::connect_timeout(&inb.target, Duration::from_secs(5)) {
+        Ok(t) => t,
+        Err(e) => {
+            log(&sh, format_args!("target {}: {e}", inb.target));
+            return;
+        }
+    };
+    let _ = orig.set_nodelay(true);
+    let _ = target.set_nodelay(true);
+    let desc = ConnDesc {
+        tuple: Tuple {
+            proto: Proto::Tcp,
+            src: inb.service,
+            dst: app_addr,
+        },
+        age_ms: 0,
+        global_id: sh.cfg.global_id,
+        scope,
+    };
+    run_conn(sh, Role::Acceptor, desc, inb.auto, None, target, orig);
+}
+
+fn spawn_frame_reader(
+    stream: TcpStream,
+    tx: Sender<Ev>,
+    wrap: fn(Frame) -> Input,
+    closed: Input,
+) {
+    thread::spawn(move || {
+        let mut r = FrameReader::new(stream);
+        loop {
+            match r.next_frame() {
+                Ok(f) => {
+                    if tx.send(Ev::In(wrap(f))).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = tx.send(Ev::In(closed));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_conn(
+    sh: Arc<Shared>,
+    role: Role,
+    desc: ConnDesc,
+    auto: bool,
+    preconfigured_peer: Option<SocketAddr>,
+    mut app: TcpStream,
+    mut orig: TcpStream,
+) {
+    let (tx, rx) = mpsc::channel();
+    let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+    let conn = Arc::new(Conn {
+        id,
+        role,
+        desc,
+        created: Instant::now(),
+        tx: tx.clone(),
+        st: Mutex::new(ConnState {
+            phase: Phase::Original,
+            matching: MatchState::Idle,
+            slot: Slot::Free,
+            refused: false,
+            last_reason: None,
+            ended: None,
+            stats: SessionStats::default(),
+            publish_requested: false,
+            matched_at: None,
+            match_to_ready_us: None,
+        }),
+    });
+    sh.conns().insert(id, conn.clone());
+    log(&sh, format_args!("conn {id}: {role:?} {}", desc.tuple));
+    let credit = Arc::new(Credit::new());
+    let (Ok(app_r), Ok(orig_r)) = (app.try_clone(), orig.try_clone()) else {
+        return;
+    };
+    {
+        let (tx, credit) = (tx.clone(), credit.clone());
+        thread::spawn(move || {
+            let mut app_r = app_r;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if !credit.wait() {
+                    return;
+                }
+                match app_r.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Ev::In(Input::AppEof));
+                        return;
+                    }
+                    Ok(n) => {
+                        credit.take(n);
+                        if tx.send(Ev::In(Input::App(buf[..n].to_vec()))).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    spawn_frame_reader(orig_r, tx.clone(), Input::Original, Input::OriginalClosed);
+
+    let mut session = Session::new(sh.timing, sh.now_us());
+    let mut stitched: Option<TcpStream> = None;
+    let mut app_bytes: u64 = 0;
+    let mut publish_started = false;
+    let mut next_publish = Instant::now();
+    let republish = Duration::from_millis(sh.cfg.republish_ms.max(10));
+    let ended: EndReason;
+    'outer: loop {
+        let wait = Duration::from_micros(session.next_deadline(sh.now_us()).clamp(1_000, 20_000));
+        let mut evs = Vec::new();
+        match rx.recv_timeout(wait) {
+            Ok(e) => evs.push(e),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                ended = EndReason::ProtocolError;
+                break;
+            }
+        }
+        while evs.len() < 64 {
+            match rx.try_recv() {
+                Ok(e) => evs.push(e),
+                Err(_) => break,
+            }
+        }
+        evs.push(Ev::In(Input::Tick));
+        for ev in evs {
+            let outs = match ev {
+                Ev::In(input) => {
+                    if let Input::App(b) = &input {
+                        app_bytes += b.len() as u64;
+                    }
+                    session.handle(input, sh.now_us())
+                }
+                Ev::Initiate(peer) => {
+                    let (sh, conn) = (sh.clone(), conn.clone());
+                    thread::spawn(move || initiate(sh, conn, peer));
+                    Vec::new()
+                }
+                Ev::Stitched(s) => {
+                    let Ok(r) = s.try_clone() else { continue };
+                    let outs = session.handle(Input::StitchReady, sh.now_us());
+                    spawn_frame_reader(r, tx.clone(), Input::Stitched, Input::StitchedClosed);
+                    stitched = Some(s);
+                    let mut st = conn.st();
+                    st.match_to_ready_us = st.matched_at.map(|t| t.elapsed().as_micros() as u64);
+                    log(&sh, format_args!("conn {id}: stitched connection ready, draining"));
+                    outs
+                }
+                Ev::Publish => {
+                    publish_started = true;
+                    next_publish = Instant::now();
+                    Vec::new()
+                }
+            };
+            for o in outs {
+                match o {
+                    Output::ToApp(b) => {
+                        app_bytes += b.len() as u64;
+                        if app.write_all(&b).is_err() {
+                            ended = EndReason::ApplicationClosed;
+                            break 'outer;
+                        }
+                    }
+                    Output::AppFin => {
+                        let _ = app.shutdown(Shutdown::Write);
+                    }
+                    Output::ToOriginal(f) => {
+                        if let Frame::Data { payload, .. } = &f {
+                            credit.give(payload.len());
+                        }
+                        if orig.write_all(&f.encode()).is_err() {
+                            let _ = tx.send(Ev::In(Input::OriginalClosed));
+                        }
+                    }
+                    Output::ToStitched(f) => {
+                        if let Frame::Data { payload, .. } = &f {
+                            credit.give(payload.len());
+                        }
+                        let ok = stitched
+                            .as_mut()
+                            .is_some_and(|s| s.write_all(&f.encode()).is_ok());
+                        if !ok {
+                            let _ = tx.send(Ev::In(Input::StitchedClosed));
+                        }
+                    }
+                    Output::Ended(r) => {
+                        ended = r;
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        // Publication policy: automatic after enough bytes, or on request.
+        let wants = {
+            let st = conn.st();
+            let open = matches!(
+                st.matching,
+                MatchState::Idle | MatchState::Published | MatchState::Pending { .. }
+            ) && st.slot == Slot::Free
+                && !st.refused;
+            open && (st.publish_requested || (auto && app_bytes >= sh.cfg.publish_after_bytes))
+        };
+        if wants {
+            if let Some(peer) = preconfigured_peer {
+                let mut st = conn.st();
+                st.matching = MatchState::Matched {
+                    initiator: true,
+                    peer_global_id: 0,
+                };
+                st.matched_at = Some(Instant::now());
+                drop(st);
+                log(&sh, format_args!("conn {id}: pre-configured port, stitching to {peer}"));
+                let _ = tx.send(Ev::Initiate(peer));
+            } else if !matches!(sh.cfg.matching, Matching::None) {
+                if !publish_started || Instant::now() >= next_publish {
+                    publish_started = true;
+                    next_publish = Instant::now() + republish;
+                    sh.publish(&conn);
+                }
+            }
+        }
+        let mut st = conn.st();
+        st.phase = session.phase();
+        st.stats = session.stats();
+    }
+    credit.close();
+    {
+        let mut st = conn.st();
+        st.phase = Phase::Ended;
+        st.stats = session.stats();
+        st.ended = Some(ended);
+    }
+    log(&sh, format_args!("conn {id}: ended: {ended:?}"));
+    if ended.is_normal() {
+        let _ = app.shutdown(Shutdown::Both);
+    } else {
+        // Tell the application as if its connection had ended: reset it.
+        let _ = app.shutdown(Shutdown::Both);
+    }
+    let _ = orig.shutdown(Shutdown::Both);
+    if let Some(s) = stitched {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    if !matches!(conn.st().matching, MatchState::Idle) {
+        sh.withdraw(&conn);
+    }
+}
+
+fn initiate(sh: Arc<Shared>, conn: Arc<Conn>, peer: SocketAddr) {
+    {
+        let mut st = conn.st();
+        if st.refused {
+            st.last_reason = Some(Reason::RefusedByApplication.to_string());
+            return;
+        }
+        if st.slot != Slot::Free {
+            st.last_reason = Some(Reason::AlreadyStitched.to_string());
+            return;
+        }
+        st.slot = Slot::Outgoing;
+    }
+    let fail = |why: String| {
+        log(&sh, format_args!("conn {}: stitch to {peer} failed: {why}", conn.id));
+        let mut st = conn.st();
+        if st.slot == Slot::Outgoing {
+            st.slot = Slot::Free;
+        }
+        st.last_reason = Some(why);
+    };
+    let Some(hello) = sh.seal(&Message::StitchHello { desc: conn.desc_now() }, conn.desc.scope) else {
+        return fail("cannot seal hello".into());
+    };
+    let mut s = match TcpStream::connect_timeout(&peer, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("connect: {e}")),
+    };
+    let _ = s.set_nodelay(true);
+    if let Err(e) = s.write_all(&Frame::StitchHello { sealed: hello }.encode()) {
+        return fail(format!("send hello: {e}"));
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    match FrameReader::new(&s).next_frame() {
+        Ok(Frame::StitchAccept) => {
+            let _ = s.set_read_timeout(None);
+            let mut st = conn.st();
+            if st.slot != Slot::Outgoing {
+                return;
+            }
+            st.slot = Slot::Established;
+            drop(st);
+            log(&sh, format_args!("conn {}: peer {peer} accepted the stitch", conn.id));
+            let _ = conn.tx.send(Ev::Stitched(s));
+        }
+        Ok(Frame::StitchRefuse { reason }) => {
+            let mut st = conn.st();
+            if st.slot == Slot::Outgoing {
+                st.slot = Slot::Free;
+            }
+            if st.slot == Slot::Free {
+                st.matching = MatchState::Refused {
+                    reason: format!("peer refused: {reason}"),
+                };
+            }
+            st.last_reason = Some(format!("peer refused: {reason}"));
+            drop(st);
+            log(&sh, format_args!("conn {}: peer {peer} refused: {reason}", conn.id));
+        }
+        other => fail(format!("no answer to hello: {other:?}")),
+    }
+}
+
+fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
+    let from = s.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let sealed = match FrameReader::new(&s).next_frame() {
+        Ok(Frame::StitchHello { sealed }) => sealed,
+        other => {
+            log(&sh, format_args!("stitched connection from {from}: expected hello, got {other:?}"));
+            return;
+        }
+    };
+    let opened = {
+        let mut g = sh.guard.lock().unwrap_or_else(|p| p.into_inner());
+        open(&sealed, &sh.scopes, &mut g, unix_ms())
+    };
+    let refuse = |r: Reason| {
+        log(&sh, format_args!("refused stitched connection from {from}: {r}"));
+        let _ = (&s).write_all(&Frame::StitchRefuse { reason: r }.encode());
+    };
+    let desc = match opened {
+        Ok(o) => match o.msg {
+            Message::StitchHello { desc } if desc.scope == o.key_id => desc,
+            Message::StitchHello { .. } => return refuse(Reason::ScopeMismatch),
+            _ => {
+                log(&sh, format_args!("stitched connection from {from}: not a hello"));
+                return;
+            }
+        },
+        Err(e) => {
+            log(&sh, format_args!("refused stitched connection from {from}: {e}"));
+            return;
+        }
+    };
+    if !sh.scopes.get(desc.scope).is_some_and(|sc| sc.admits(desc.global_id)) {
+        return refuse(Reason::NotMember);
+    }
+    let Some(conn) = sh.find(&desc.tuple.mirror(), desc.scope) else {
+        return refuse(Reason::UnknownConnection);
+    };
+    {
+        let mut st = conn.st();
+        if st.refused {
+            st.last_reason = Some(format!(
+                "refused stitch from global id {}: {}",
+                desc.global_id,
+                Reason::RefusedByApplication
+            ));
+            drop(st);
+            return refuse(Reason::RefusedByApplication);
+        }
+        let take = match st.slot {
+            Slot::Free => true,
+            Slot::Outgoing => desc.global_id < sh.cfg.global_id,
+            Slot::Established => false,
+        };
+        if !take {
+            st.last_reason = Some(format!(
+                "refused stitch from global id {}: {}",
+                desc.global_id,
+                Reason::AlreadyStitched
+            ));
+            drop(st);
+            return refuse(Reason::AlreadyStitched);
+        }
+        st.slot = Slot::Established;
+        if st.matched_at.is_none() {
+            st.matched_at = Some(Instant::now());
+        }
+    }
+    if (&s).write_all(&Frame::StitchAccept.encode()).is_err() {
+        conn.st().slot = Slot::Free;
+        return;
+    }
+    let _ = s.set_read_timeout(None);
+    let _ = s.set_nodelay(true);
+    log(&sh, format_args!("conn {}: accepted stitch from {from} (global id {})", conn.id, desc.global_id));
+    let _ = conn.tx.send(Ev::Stitched(s));
+}
+
+fn udp_loop(sh: Arc<Shared>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = sh.udp.recv_from(&mut buf) else {
+            continue;
+        };
+        let opened = {
+            let mut g = sh.guard.lock().unwrap_or_else(|p| p.into_inner());
+            open(&buf[..n], &sh.scopes, &mut g, unix_ms())
+        };
+        let o = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                log(&sh, format_args!("refused datagram from {from}: {e}"));
+                continue;
+            }
+        };
+        match o.msg {
+            Message::Verdict { .. } => sh.on_verdict(o.msg, &from.to_string()),
+            Message::Publish { desc, stitch_addr } => {
+                if !matches!(sh.cfg.matching, Matching::Peer { .. }) {
+                    continue;
+                }
+                log(&sh, format_args!("peer publication from {from}: {} (global id {})", desc.tuple, desc.global_id));
+                let verdicts = sh
+                    .local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .publish(from, o.key_id, desc, stitch_addr, unix_ms());
+                for (to, v) in &verdicts {
+                    if *to != LOCAL {
+                        if let Message::Verdict { outcome: Outcome::Refused(r) | Outcome::Pending(r), .. } = v {
+                            log(&sh, format_args!("peer publication from {from}: {r}"));
+                        }
+                    }
+                }
+                sh.local_verdicts(verdicts);
+            }
+            Message::Withdraw { desc } => {
+                sh.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .withdraw(o.key_id, desc);
+            }
+            Message::StitchHello { .. } => {}
+        }
+    }
+}
+
+/// A control request (one JSON object a line).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// List connections and their stitches.
+    List,
+    /// Stitch connection `id`: to `peer` (a stitch address) directly, or by publishing.
+    Stitch {
+        /// Connection id from `list`.
+        id: u64,
+        /// The peer conduit's stitch address; absent: publish now.
+        #[serde(default)]
+        peer: Option<SocketAddr>,
+    },
+    /// Refuse stitching connection `id` (incoming hellos refused, no publishing).
+    Refuse {
+        /// Connection id from `list`.
+        id: u64,
+    },
+}
+
+fn answer(sh: &Shared, line: &str) -> serde_json::Value {
+    let err = |e: String| serde_json::json!({ "ok": false, "error": e });
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return err(format!("bad request: {e}")),
+    };
+    let get = |id: u64| sh.conns().get(&id).cloned();
+    match req {
+        Request::List => serde_json::json!({
+            "ok": true,
+            "global_id": sh.cfg.global_id,
+            "connections": sh.status(),
+        }),
+        Request::Stitch { id, peer } => {
+            let Some(conn) = get(id) else {
+                return err(format!("no connection {id}"));
+            };
+            let mut st = conn.st();
+            if st.ended.is_some() {
+                return err(format!("connection {id} has ended"));
+            }
+            if st.refused {
+                return err(Reason::RefusedByApplication.to_string());
+            }
+            if st.slot != Slot::Free {
+                let why = Reason::AlreadyStitched.to_string();
+                st.last_reason = Some(why.clone());
+                return err(why);
+            }
+            match peer {
+                Some(p) => {
+                    st.matched_at = Some(Instant::now());
+                    drop(st);
+                    let _ = conn.tx.send(Ev::Initiate(p));
+                    serde_json::json!({ "ok": true, "action": "stitching", "peer": p.to_string() })
+                }
+                None if matches!(sh.cfg.matching, Matching::None) => {
+                    err("no matching configured: give \"peer\"".into())
+                }
+                None => {
+                    st.publish_requested = true;
+                    drop(st);
+                    let _ = conn.tx.send(Ev::Publish);
+                    serde_json::json!({ "ok": true, "action": "published" })
+                }
+            }
+        }
+        Request::Refuse { id } => {
+            let Some(conn) = get(id) else {
+                return err(format!("no connection {id}"));
+            };
+            conn.st().refused = true;
+            serde_json::json!({ "ok": true })
+        }
+    }
+}
+
+fn control_conn(sh: Arc<Shared>, c: UnixStream) {
+    let Ok(w) = c.try_clone() else { return };
+    let mut w = w;
+    for line in BufReader::new(c).lines() {
+        let Ok(line) = line else { return };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut out = answer(&sh, &line).to_string();
+        out.push('\n');
+        if w.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

@@ -1,1 +1,72 @@
-fn main() {}
+//! `stitch-conduit`: the conduit daemon, the centralized matching server, and a plain
+//! TCP relay for tests. See `docs/source-switching.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Source switching (seed 000): conduits carry an application's TCP stream over a proxy
+/// chain, publish descriptions to a matching scope, and move matched connections onto a
+/// direct stitched connection after draining by sequence numbers.
+#[derive(Parser)]
+#[command(name = "stitch-conduit", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a conduit: application ports ([[route]]), ports the proxy chain connects to
+    /// ([[inbound]]), the stitch listener, the matching socket and the Unix control
+    /// socket (JSON lines: {"cmd":"list"}, {"cmd":"stitch","id":N[,"peer":"ADDR"]},
+    /// {"cmd":"refuse","id":N}). Prints "conduit ready" on stderr once listening.
+    Conduit {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the centralized matching server (UDP). Prints "matcher listening on ADDR"
+    /// on stderr once bound; every verdict and refusal is logged on stderr.
+    Matcher {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Relay TCP connections from LISTEN to CONNECT (a stand-in proxy for tests),
+    /// optionally writing byte counts ("c2s s2c connections") to a stats file.
+    Relay {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Address to connect each accepted connection to.
+        #[arg(long)]
+        connect: SocketAddr,
+        /// File rewritten every 20 ms with the byte counts.
+        #[arg(long)]
+        stats: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Conduit { config } => {
+            let cfg = stitch_conduit::config::ConduitConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            stitch_conduit::conduit::run(cfg)?;
+        }
+        Cmd::Matcher { config } => {
+            let cfg = stitch_conduit::config::MatcherConfig::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            stitch_conduit::matcher_server::run(cfg)?;
+        }
+        Cmd::Relay {
+            listen,
+            connect,
+            stats,
+        } => stitch_conduit::relay::run(listen, connect, stats)?,
+    }
+    Ok(())
+}
