@@ -338,14 +338,26 @@ impl Shared {
             return;
         };
         let Some(conn) = self.find(&desc.tuple, desc.scope) else {
-            log(self, format_args!("verdict from {from} for unknown {}", desc.tuple));
+            log(
+                self,
+                format_args!("verdict from {from} for unknown {}", desc.tuple),
+            );
             return;
         };
-        log(self, format_args!("conn {} ({}): verdict from {from}: {outcome:?}", conn.id, desc.tuple));
+        log(
+            self,
+            format_args!(
+                "conn {} ({}): verdict from {from}: {outcome:?}",
+                conn.id, desc.tuple
+            ),
+        );
         let mut st = conn.st();
         match outcome {
             Outcome::Pending(r) => {
-                if matches!(st.matching, MatchState::Published | MatchState::Pending { .. }) {
+                if matches!(
+                    st.matching,
+                    MatchState::Published | MatchState::Pending { .. }
+                ) {
                     st.matching = MatchState::Pending {
                         reason: r.to_string(),
                     };
@@ -490,7 +502,10 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
     }
     log(
         &sh,
-        format_args!("conduit ready (stitch {}, match {})", sh.cfg.stitch_listen, sh.cfg.match_listen),
+        format_args!(
+            "conduit ready (stitch {}, match {})",
+            sh.cfg.stitch_listen, sh.cfg.match_listen
+        ),
     );
     for c in control.incoming().flatten() {
         let sh = sh.clone();
@@ -554,7 +569,10 @@ fn accept_inbound(sh: Arc<Shared>, inb: crate::config::Inbound, orig: TcpStream)
     let app_addr = match first {
         Ok(Frame::Open { app, .. }) => app,
         other => {
-            log(&sh, format_args!("inbound {}: expected Open, got {other:?}", inb.listen));
+            log(
+                &sh,
+                format_args!("inbound {}: expected Open, got {other:?}", inb.listen),
+            );
             return;
         }
     };
@@ -581,12 +599,7 @@ fn accept_inbound(sh: Arc<Shared>, inb: crate::config::Inbound, orig: TcpStream)
     run_conn(sh, Role::Acceptor, desc, inb.auto, None, target, orig);
 }
 
-fn spawn_frame_reader(
-    stream: TcpStream,
-    tx: Sender<Ev>,
-    wrap: fn(Frame) -> Input,
-    closed: Input,
-) {
+fn spawn_frame_reader(stream: TcpStream, tx: Sender<Ev>, wrap: fn(Frame) -> Input, closed: Input) {
     thread::spawn(move || {
         let mut r = FrameReader::new(stream);
         loop {
@@ -713,7 +726,10 @@ fn run_conn(
                     stitched = Some(s);
                     let mut st = conn.st();
                     st.match_to_ready_us = st.matched_at.map(|t| t.elapsed().as_micros() as u64);
-                    log(&sh, format_args!("conn {id}: stitched connection ready, draining"));
+                    log(
+                        &sh,
+                        format_args!("conn {id}: stitched connection ready, draining"),
+                    );
                     outs
                 }
                 Ev::Publish => {
@@ -779,7 +795,10 @@ fn run_conn(
                 };
                 st.matched_at = Some(Instant::now());
                 drop(st);
-                log(&sh, format_args!("conn {id}: pre-configured port, stitching to {peer}"));
+                log(
+                    &sh,
+                    format_args!("conn {id}: pre-configured port, stitching to {peer}"),
+                );
                 let _ = tx.send(Ev::Initiate(peer));
             } else if !matches!(sh.cfg.matching, Matching::None) {
                 if !publish_started || Instant::now() >= next_publish {
@@ -830,14 +849,22 @@ fn initiate(sh: Arc<Shared>, conn: Arc<Conn>, peer: SocketAddr) {
         st.slot = Slot::Outgoing;
     }
     let fail = |why: String| {
-        log(&sh, format_args!("conn {}: stitch to {peer} failed: {why}", conn.id));
+        log(
+            &sh,
+            format_args!("conn {}: stitch to {peer} failed: {why}", conn.id),
+        );
         let mut st = conn.st();
         if st.slot == Slot::Outgoing {
             st.slot = Slot::Free;
         }
         st.last_reason = Some(why);
     };
-    let Some(hello) = sh.seal(&Message::StitchHello { desc: conn.desc_now() }, conn.desc.scope) else {
+    let Some(hello) = sh.seal(
+        &Message::StitchHello {
+            desc: conn.desc_now(),
+        },
+        conn.desc.scope,
+    ) else {
         return fail("cannot seal hello".into());
     };
     let mut s = match TcpStream::connect_timeout(&peer, Duration::from_secs(3)) {
@@ -858,7 +885,10 @@ fn initiate(sh: Arc<Shared>, conn: Arc<Conn>, peer: SocketAddr) {
             }
             st.slot = Slot::Established;
             drop(st);
-            log(&sh, format_args!("conn {}: peer {peer} accepted the stitch", conn.id));
+            log(
+                &sh,
+                format_args!("conn {}: peer {peer} accepted the stitch", conn.id),
+            );
             let _ = conn.tx.send(Ev::Stitched(s));
         }
         Ok(Frame::StitchRefuse { reason }) => {
@@ -873,7 +903,10 @@ fn initiate(sh: Arc<Shared>, conn: Arc<Conn>, peer: SocketAddr) {
             }
             st.last_reason = Some(format!("peer refused: {reason}"));
             drop(st);
-            log(&sh, format_args!("conn {}: peer {peer} refused: {reason}", conn.id));
+            log(
+                &sh,
+                format_args!("conn {}: peer {peer} refused: {reason}", conn.id),
+            );
         }
         other => fail(format!("no answer to hello: {other:?}")),
     }
@@ -885,7 +918,10 @@ fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
     let sealed = match FrameReader::new(&s).next_frame() {
         Ok(Frame::StitchHello { sealed }) => sealed,
         other => {
-            log(&sh, format_args!("stitched connection from {from}: expected hello, got {other:?}"));
+            log(
+                &sh,
+                format_args!("stitched connection from {from}: expected hello, got {other:?}"),
+            );
             return;
         }
     };
@@ -894,7 +930,10 @@ fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
         open(&sealed, &sh.scopes, &mut g, unix_ms())
     };
     let refuse = |r: Reason| {
-        log(&sh, format_args!("refused stitched connection from {from}: {r}"));
+        log(
+            &sh,
+            format_args!("refused stitched connection from {from}: {r}"),
+        );
         let _ = (&s).write_all(&Frame::StitchRefuse { reason: r }.encode());
     };
     let desc = match opened {
@@ -902,16 +941,26 @@ fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
             Message::StitchHello { desc } if desc.scope == o.key_id => desc,
             Message::StitchHello { .. } => return refuse(Reason::ScopeMismatch),
             _ => {
-                log(&sh, format_args!("stitched connection from {from}: not a hello"));
+                log(
+                    &sh,
+                    format_args!("stitched connection from {from}: not a hello"),
+                );
                 return;
             }
         },
         Err(e) => {
-            log(&sh, format_args!("refused stitched connection from {from}: {e}"));
+            log(
+                &sh,
+                format_args!("refused stitched connection from {from}: {e}"),
+            );
             return;
         }
     };
-    if !sh.scopes.get(desc.scope).is_some_and(|sc| sc.admits(desc.global_id)) {
+    if !sh
+        .scopes
+        .get(desc.scope)
+        .is_some_and(|sc| sc.admits(desc.global_id))
+    {
         return refuse(Reason::NotMember);
     }
     let Some(conn) = sh.find(&desc.tuple.mirror(), desc.scope) else {
@@ -953,7 +1002,13 @@ fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
     }
     let _ = s.set_read_timeout(None);
     let _ = s.set_nodelay(true);
-    log(&sh, format_args!("conn {}: accepted stitch from {from} (global id {})", conn.id, desc.global_id));
+    log(
+        &sh,
+        format_args!(
+            "conn {}: accepted stitch from {from} (global id {})",
+            conn.id, desc.global_id
+        ),
+    );
     let _ = conn.tx.send(Ev::Stitched(s));
 }
 
@@ -980,15 +1035,27 @@ fn udp_loop(sh: Arc<Shared>) {
                 if !matches!(sh.cfg.matching, Matching::Peer { .. }) {
                     continue;
                 }
-                log(&sh, format_args!("peer publication from {from}: {} (global id {})", desc.tuple, desc.global_id));
-                let verdicts = sh
-                    .local
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .publish(from, o.key_id, desc, stitch_addr, unix_ms());
+                log(
+                    &sh,
+                    format_args!(
+                        "peer publication from {from}: {} (global id {})",
+                        desc.tuple, desc.global_id
+                    ),
+                );
+                let verdicts = sh.local.lock().unwrap_or_else(|p| p.into_inner()).publish(
+                    from,
+                    o.key_id,
+                    desc,
+                    stitch_addr,
+                    unix_ms(),
+                );
                 for (to, v) in &verdicts {
                     if *to != LOCAL {
-                        if let Message::Verdict { outcome: Outcome::Refused(r) | Outcome::Pending(r), .. } = v {
+                        if let Message::Verdict {
+                            outcome: Outcome::Refused(r) | Outcome::Pending(r),
+                            ..
+                        } = v
+                        {
                             log(&sh, format_args!("peer publication from {from}: {r}"));
                         }
                     }

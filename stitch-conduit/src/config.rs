@@ -31,7 +31,10 @@ pub struct ScopeConfig {
 fn scopes_of(list: &[ScopeConfig]) -> Result<Scopes, ConfigError> {
     let mut out = Vec::new();
     for s in list {
-        if out.iter().any(|o: &Scope| o.key_id == s.key_id || o.name == s.name) {
+        if out
+            .iter()
+            .any(|o: &Scope| o.key_id == s.key_id || o.name == s.name)
+        {
             return Err(ConfigError::Invalid(format!(
                 "scope {} repeats a name or key id",
                 s.name
@@ -263,7 +266,8 @@ impl ConduitConfig {
                 "at least one [[route]] or [[inbound]] needed".into(),
             ));
         }
-        if file.heartbeat_interval_ms == 0 || file.heartbeat_timeout_ms <= file.heartbeat_interval_ms
+        if file.heartbeat_interval_ms == 0
+            || file.heartbeat_timeout_ms <= file.heartbeat_interval_ms
         {
             return Err(ConfigError::Invalid(
                 "heartbeat_timeout_ms must exceed heartbeat_interval_ms > 0".into(),

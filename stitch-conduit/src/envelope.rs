@@ -245,7 +245,10 @@ mod tests {
             open(&bytes, &scopes(KEY), &mut guard, NOW),
             Err(WireError::BadMac)
         );
-        assert!(guard.is_empty(), "a forged datagram must not fill the guard");
+        assert!(
+            guard.is_empty(),
+            "a forged datagram must not fill the guard"
+        );
         assert_eq!(
             seal(&all_messages()[0], 8, NOW, [1; 16], &scopes(KEY)),
             Err(WireError::UnknownKey(8))
@@ -286,9 +289,6 @@ mod tests {
             let _ = Message::decode_body((x >> 8) as u8 % 6, &b[HEADER_LEN..]);
         }
         // Unknown message type (signed correctly) is an error, not a panic.
-        assert_eq!(
-            Message::decode_body(9, &[]),
-            Err(WireError::UnknownType(9))
-        );
+        assert_eq!(Message::decode_body(9, &[]), Err(WireError::UnknownType(9)));
     }
 }

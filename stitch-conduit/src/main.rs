@@ -36,7 +36,7 @@ enum Cmd {
         config: PathBuf,
     },
     /// Relay TCP connections from LISTEN to CONNECT (a stand-in proxy for tests),
-    /// optionally writing byte counts ("c2s s2c connections") to a stats file.
+    /// optionally writing byte counts ("c2s s2c connections generation") to a stats file.
     Relay {
         /// Address to listen on.
         #[arg(long)]

@@ -37,7 +37,9 @@ pub fn run(cfg: MatcherConfig) -> io::Result<()> {
             Ok(o) => o,
             Err(e) => {
                 *refused.entry(e.counter_name()).or_default() += 1;
-                eprintln!("matcher: refused datagram from {from}: {e} (refused so far: {refused:?})");
+                eprintln!(
+                    "matcher: refused datagram from {from}: {e} (refused so far: {refused:?})"
+                );
                 continue;
             }
         };
@@ -53,8 +55,14 @@ pub fn run(cfg: MatcherConfig) -> io::Result<()> {
                     if let Message::Verdict { desc, outcome } = &v {
                         eprintln!("matcher: verdict to {to} for {}: {outcome:?}", desc.tuple);
                     }
+                    // Sealed with the key of the receiver's own scope (a different-scope
+                    // notice goes to a member of the other scope).
+                    let key_id = match &v {
+                        Message::Verdict { desc, .. } => desc.scope,
+                        _ => o.key_id,
+                    };
                     let sealed = fresh_nonce().and_then(|nonce| {
-                        seal(&v, o.key_id, unix_ms(), nonce, &scopes)
+                        seal(&v, key_id, unix_ms(), nonce, &scopes)
                             .map_err(|e| io::Error::other(e.to_string()))
                     });
                     match sealed {

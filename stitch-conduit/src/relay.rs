@@ -1,7 +1,7 @@
 //! A plain TCP relay (a "shell" proxy in the seed's picture), for tests and
 //! demonstrations: every connection accepted on `listen` is joined to a new connection
 //! to `connect`, bytes copied both ways, half-closes passed on. It counts the bytes it
-//! carried and rewrites a stats file (`c2s s2c connections`, one line) every 20 ms, so
+//! carried and rewrites a stats file (`c2s s2c connections generation`, one line) every 20 ms, so
 //! a test can see that after the switch-over only heartbeats cross it.
 
 use std::io::{self, Read, Write};
@@ -46,9 +46,9 @@ pub fn run(listen: SocketAddr, connect: SocketAddr, stats: Option<PathBuf>) -> i
         let counts = counts.clone();
         thread::spawn(move || {
             let tmp = path.with_extension("tmp");
-            loop {
+            for generation in 0u64.. {
                 let line = format!(
-                    "{} {} {}\n",
+                    "{} {} {} {generation}\n",
                     counts.c2s.load(Ordering::Relaxed),
                     counts.s2c.load(Ordering::Relaxed),
                     counts.conns.load(Ordering::Relaxed)

@@ -169,7 +169,11 @@ fn drain_timeout_releases_held_data_and_a_lost_message_shows_as_a_gap() {
     sim.input(1, Input::StitchReady);
     sim.input(0, Input::App(vec![2; 10]));
     while sim.step() {}
-    assert_eq!(sim.s[0].held_bytes(), 10, "held until the peer acknowledges");
+    assert_eq!(
+        sim.s[0].held_bytes(),
+        10,
+        "held until the peer acknowledges"
+    );
     sim.now = 3_000_000;
     // Keep heartbeats alive for the tick.
     sim.s[0].last_ack_at = sim.now;
