@@ -800,12 +800,12 @@ fn run_conn(
                     format_args!("conn {id}: pre-configured port, stitching to {peer}"),
                 );
                 let _ = tx.send(Ev::Initiate(peer));
-            } else if !matches!(sh.cfg.matching, Matching::None) {
-                if !publish_started || Instant::now() >= next_publish {
-                    publish_started = true;
-                    next_publish = Instant::now() + republish;
-                    sh.publish(&conn);
-                }
+            } else if !matches!(sh.cfg.matching, Matching::None)
+                && (!publish_started || Instant::now() >= next_publish)
+            {
+                publish_started = true;
+                next_publish = Instant::now() + republish;
+                sh.publish(&conn);
             }
         }
         let mut st = conn.st();
@@ -820,12 +820,9 @@ fn run_conn(
         st.ended = Some(ended);
     }
     log(&sh, format_args!("conn {id}: ended: {ended:?}"));
-    if ended.is_normal() {
-        let _ = app.shutdown(Shutdown::Both);
-    } else {
-        // Tell the application as if its connection had ended: reset it.
-        let _ = app.shutdown(Shutdown::Both);
-    }
+    // Normal or not, the application sees its connection end as a TCP connection
+    // ends (FIN); on an abnormal end its remaining unread data is not delivered.
+    let _ = app.shutdown(Shutdown::Both);
     let _ = orig.shutdown(Shutdown::Both);
     if let Some(s) = stitched {
         let _ = s.shutdown(Shutdown::Both);
