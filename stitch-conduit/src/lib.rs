@@ -36,5 +36,6 @@ pub mod msg;
 pub mod relay;
 pub mod scope;
 pub mod session;
+pub mod udp;
 
 pub use error::{ConfigError, WireError};

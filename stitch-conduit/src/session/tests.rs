@@ -185,3 +185,21 @@ fn drain_timeout_releases_held_data_and_a_lost_message_shows_as_a_gap() {
     assert_eq!(sim.side[1].ended, Some(EndReason::SequenceGap));
     assert!(sim.side[1].got.is_empty());
 }
+
+#[test]
+fn original_closing_during_the_drain_ends_cleanly_without_misordering() {
+    let mut sim = Sim::new();
+    sim.input(0, Input::App(vec![1; 100]));
+    sim.input(0, Input::StitchReady);
+    sim.input(1, Input::StitchReady);
+    sim.input(0, Input::App(vec![2; 100]));
+    // The proxy dies with message 1 still in flight.
+    sim.original[0].clear();
+    sim.input(1, Input::OriginalClosed);
+    sim.input(0, Input::OriginalClosed);
+    while sim.step() {}
+    assert_eq!(sim.side[0].ended, Some(EndReason::OriginalClosed));
+    assert_eq!(sim.side[1].ended, Some(EndReason::OriginalClosed));
+    // The held message never went anywhere, so nothing arrived out of order.
+    assert!(sim.side[1].got.is_empty());
+}
