@@ -40,6 +40,8 @@ use crate::msg::{Message, Outcome, Reason};
 use crate::scope::Scopes;
 use crate::session::{EndReason, Input, Output, Phase, Session, SessionStats, Timing};
 
+mod udp_flow;
+
 /// Most application bytes read but not yet written to a conduit connection.
 pub const CREDIT_BYTES: usize = 4 << 20;
 
@@ -145,6 +147,8 @@ pub struct ConnStatus {
     pub match_to_ready_us: Option<u64>,
     /// Session counters.
     pub stats: SessionStats,
+    /// UDP flows: the receiver's counters.
+    pub udp: Option<crate::udp::UdpRxStats>,
 }
 
 #[derive(Debug)]
@@ -157,6 +161,7 @@ struct ConnState {
     ended: Option<EndReason>,
     stats: SessionStats,
     publish_requested: bool,
+    udp: Option<crate::udp::UdpRxStats>,
     matched_at: Option<Instant>,
     match_to_ready_us: Option<u64>,
 }
@@ -164,8 +169,13 @@ struct ConnState {
 enum Ev {
     In(Input),
     Initiate(SocketAddr),
-    Stitched(TcpStream),
+    /// The stitched connection, and the peer's stitch address.
+    Stitched(TcpStream, SocketAddr),
     Publish,
+    /// A datagram from the application (UDP flows).
+    UdpApp(Vec<u8>),
+    /// A conduit datagram from the original path or the stitched path (UDP flows).
+    UdpIn(crate::udp::Via, crate::udp::Datagram),
 }
 
 struct Conn {
@@ -237,6 +247,10 @@ struct Shared {
     guard: Mutex<ReplayGuard>,
     local: Mutex<Matcher>,
     timing: Timing,
+    /// UDP flows by application address.
+    udp_flows: udp_flow::Flows,
+    /// Stitched datagrams of UDP flows (bound on `stitch_listen`, when UDP is used).
+    udp_stitch: Option<UdpSocket>,
 }
 
 fn log(sh: &Shared, text: std::fmt::Arguments<'_>) {
@@ -412,6 +426,7 @@ impl Shared {
                     ended: st.ended,
                     match_to_ready_us: st.match_to_ready_us,
                     stats: st.stats,
+                    udp: st.udp,
                 }
             })
             .collect()
@@ -442,6 +457,28 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
         .map(|i| Ok((i.clone(), bind("inbound", i.listen)?)))
         .collect::<Result<Vec<_>, ConduitError>>()?;
     let stitch = bind("stitch_listen", f.stitch_listen)?;
+    let udp_bind = |what: &'static str, a: SocketAddr| {
+        UdpSocket::bind(a).map_err(|source| ConduitError::Bind {
+            what,
+            addr: a.to_string(),
+            source,
+        })
+    };
+    let udp_routes = f
+        .udp_route
+        .iter()
+        .map(|u| Ok((u.clone(), udp_bind("udp_route", u.listen)?)))
+        .collect::<Result<Vec<_>, ConduitError>>()?;
+    let udp_inbounds = f
+        .udp_inbound
+        .iter()
+        .map(|u| Ok((u.clone(), udp_bind("udp_inbound", u.listen)?)))
+        .collect::<Result<Vec<_>, ConduitError>>()?;
+    let udp_stitch = if udp_routes.is_empty() && udp_inbounds.is_empty() {
+        None
+    } else {
+        Some(udp_bind("stitch_listen (udp)", f.stitch_listen)?)
+    };
     let udp = UdpSocket::bind(f.match_listen).map_err(|source| ConduitError::Bind {
         what: "match_listen",
         addr: f.match_listen.to_string(),
@@ -467,8 +504,22 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
         udp,
         guard: Mutex::new(ReplayGuard::new(65_536)),
         timing,
+        udp_flows: Mutex::new(std::collections::HashMap::new()),
+        udp_stitch,
         cfg: f,
     });
+    for (port, sock) in udp_routes {
+        let sh = sh.clone();
+        thread::spawn(move || udp_flow::serve_route(sh, port, sock));
+    }
+    for (port, sock) in udp_inbounds {
+        let sh = sh.clone();
+        thread::spawn(move || udp_flow::serve_inbound(sh, port, sock));
+    }
+    if let Some(sock) = sh.udp_stitch.as_ref().and_then(|s| s.try_clone().ok()) {
+        let sh = sh.clone();
+        thread::spawn(move || udp_flow::serve_stitch(sh, sock));
+    }
     for (route, l) in routes {
         let sh = sh.clone();
         thread::spawn(move || {
@@ -629,28 +680,8 @@ fn run_conn(
     mut orig: TcpStream,
 ) {
     let (tx, rx) = mpsc::channel();
-    let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
-    let conn = Arc::new(Conn {
-        id,
-        role,
-        desc,
-        created: Instant::now(),
-        tx: tx.clone(),
-        st: Mutex::new(ConnState {
-            phase: Phase::Original,
-            matching: MatchState::Idle,
-            slot: Slot::Free,
-            refused: false,
-            last_reason: None,
-            ended: None,
-            stats: SessionStats::default(),
-            publish_requested: false,
-            matched_at: None,
-            match_to_ready_us: None,
-        }),
-    });
-    sh.conns().insert(id, conn.clone());
-    log(&sh, format_args!("conn {id}: {role:?} {}", desc.tuple));
+    let conn = register(&sh, role, desc, tx.clone());
+    let id = conn.id;
     let credit = Arc::new(Credit::new());
     let (Ok(app_r), Ok(orig_r)) = (app.try_clone(), orig.try_clone()) else {
         return;
@@ -684,9 +715,7 @@ fn run_conn(
     let mut session = Session::new(sh.timing, sh.now_us());
     let mut stitched: Option<TcpStream> = None;
     let mut app_bytes: u64 = 0;
-    let mut publish_started = false;
-    let mut next_publish = Instant::now();
-    let republish = Duration::from_millis(sh.cfg.republish_ms.max(10));
+    let mut publisher = Publisher::new(&sh, auto, preconfigured_peer);
     let ended: EndReason;
     'outer: loop {
         let wait = Duration::from_micros(session.next_deadline(sh.now_us()).clamp(1_000, 20_000));
@@ -719,7 +748,7 @@ fn run_conn(
                     thread::spawn(move || initiate(sh, conn, peer));
                     Vec::new()
                 }
-                Ev::Stitched(s) => {
+                Ev::Stitched(s, _) => {
                     let Ok(r) = s.try_clone() else { continue };
                     let outs = session.handle(Input::StitchReady, sh.now_us());
                     spawn_frame_reader(r, tx.clone(), Input::Stitched, Input::StitchedClosed);
@@ -733,10 +762,10 @@ fn run_conn(
                     outs
                 }
                 Ev::Publish => {
-                    publish_started = true;
-                    next_publish = Instant::now();
+                    publisher.request();
                     Vec::new()
                 }
+                Ev::UdpApp(_) | Ev::UdpIn(..) => Vec::new(),
             };
             for o in outs {
                 match o {
@@ -776,38 +805,7 @@ fn run_conn(
                 }
             }
         }
-        // Publication policy: automatic after enough bytes, or on request.
-        let wants = {
-            let st = conn.st();
-            let open = matches!(
-                st.matching,
-                MatchState::Idle | MatchState::Published | MatchState::Pending { .. }
-            ) && st.slot == Slot::Free
-                && !st.refused;
-            open && (st.publish_requested || (auto && app_bytes >= sh.cfg.publish_after_bytes))
-        };
-        if wants {
-            if let Some(peer) = preconfigured_peer {
-                let mut st = conn.st();
-                st.matching = MatchState::Matched {
-                    initiator: true,
-                    peer_global_id: 0,
-                };
-                st.matched_at = Some(Instant::now());
-                drop(st);
-                log(
-                    &sh,
-                    format_args!("conn {id}: pre-configured port, stitching to {peer}"),
-                );
-                let _ = tx.send(Ev::Initiate(peer));
-            } else if !matches!(sh.cfg.matching, Matching::None)
-                && (!publish_started || Instant::now() >= next_publish)
-            {
-                publish_started = true;
-                next_publish = Instant::now() + republish;
-                sh.publish(&conn);
-            }
-        }
+        publisher.tick(&sh, &conn, app_bytes);
         let mut st = conn.st();
         st.phase = session.phase();
         st.stats = session.stats();
@@ -829,6 +827,97 @@ fn run_conn(
     }
     if !matches!(conn.st().matching, MatchState::Idle) {
         sh.withdraw(&conn);
+    }
+}
+
+/// Adds a connection to the table.
+fn register(sh: &Shared, role: Role, desc: ConnDesc, tx: Sender<Ev>) -> Arc<Conn> {
+    let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+    let conn = Arc::new(Conn {
+        id,
+        role,
+        desc,
+        created: Instant::now(),
+        tx,
+        st: Mutex::new(ConnState {
+            phase: Phase::Original,
+            matching: MatchState::Idle,
+            slot: Slot::Free,
+            refused: false,
+            last_reason: None,
+            ended: None,
+            stats: SessionStats::default(),
+            udp: None,
+            publish_requested: false,
+            matched_at: None,
+            match_to_ready_us: None,
+        }),
+    });
+    sh.conns().insert(id, conn.clone());
+    log(sh, format_args!("conn {id}: {role:?} {}", desc.tuple));
+    conn
+}
+
+/// When to publish a connection (or stitch a pre-configured one): automatically once
+/// `publish_after_bytes` have passed, or on an API request; re-published every
+/// `republish_ms` until a final verdict.
+struct Publisher {
+    auto: bool,
+    preconfigured_peer: Option<SocketAddr>,
+    started: bool,
+    next: Instant,
+    every: Duration,
+}
+
+impl Publisher {
+    fn new(sh: &Shared, auto: bool, preconfigured_peer: Option<SocketAddr>) -> Publisher {
+        Publisher {
+            auto,
+            preconfigured_peer,
+            started: false,
+            next: Instant::now(),
+            every: Duration::from_millis(sh.cfg.republish_ms.max(10)),
+        }
+    }
+
+    fn request(&mut self) {
+        self.started = true;
+        self.next = Instant::now();
+    }
+
+    fn tick(&mut self, sh: &Shared, conn: &Conn, app_bytes: u64) {
+        let wants = {
+            let st = conn.st();
+            let open = matches!(
+                st.matching,
+                MatchState::Idle | MatchState::Published | MatchState::Pending { .. }
+            ) && st.slot == Slot::Free
+                && !st.refused;
+            open && (st.publish_requested || (self.auto && app_bytes >= sh.cfg.publish_after_bytes))
+        };
+        if !wants {
+            return;
+        }
+        if let Some(peer) = self.preconfigured_peer {
+            let mut st = conn.st();
+            st.matching = MatchState::Matched {
+                initiator: true,
+                peer_global_id: 0,
+            };
+            st.matched_at = Some(Instant::now());
+            drop(st);
+            log(
+                sh,
+                format_args!("conn {}: pre-configured port, stitching to {peer}", conn.id),
+            );
+            let _ = conn.tx.send(Ev::Initiate(peer));
+        } else if !matches!(sh.cfg.matching, Matching::None)
+            && (!self.started || Instant::now() >= self.next)
+        {
+            self.started = true;
+            self.next = Instant::now() + self.every;
+            sh.publish(conn);
+        }
     }
 }
 
@@ -859,6 +948,7 @@ fn initiate(sh: Arc<Shared>, conn: Arc<Conn>, peer: SocketAddr) {
     let Some(hello) = sh.seal(
         &Message::StitchHello {
             desc: conn.desc_now(),
+            stitch_addr: sh.cfg.stitch_listen,
         },
         conn.desc.scope,
     ) else {
@@ -886,7 +976,7 @@ fn initiate(sh: Arc<Shared>, conn: Arc<Conn>, peer: SocketAddr) {
                 &sh,
                 format_args!("conn {}: peer {peer} accepted the stitch", conn.id),
             );
-            let _ = conn.tx.send(Ev::Stitched(s));
+            let _ = conn.tx.send(Ev::Stitched(s, peer));
         }
         Ok(Frame::StitchRefuse { reason }) => {
             let mut st = conn.st();
@@ -933,9 +1023,11 @@ fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
         );
         let _ = (&s).write_all(&Frame::StitchRefuse { reason: r }.encode());
     };
-    let desc = match opened {
+    let (desc, peer_stitch) = match opened {
         Ok(o) => match o.msg {
-            Message::StitchHello { desc } if desc.scope == o.key_id => desc,
+            Message::StitchHello { desc, stitch_addr } if desc.scope == o.key_id => {
+                (desc, stitch_addr)
+            }
             Message::StitchHello { .. } => return refuse(Reason::ScopeMismatch),
             _ => {
                 log(
@@ -1006,7 +1098,7 @@ fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
             conn.id, desc.global_id
         ),
     );
-    let _ = conn.tx.send(Ev::Stitched(s));
+    let _ = conn.tx.send(Ev::Stitched(s, peer_stitch));
 }
 
 fn udp_loop(sh: Arc<Shared>) {

@@ -175,6 +175,63 @@ fn yes() -> bool {
     true
 }
 
+/// How a UDP flow switches over (both conduits of a flow must agree).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UdpDrain {
+    /// Send nothing for `standoff_ms`, then only on the stitched path.
+    StandOff,
+    /// Sequence numbers: deliver in order only, hold stitched datagrams up to `wait_ms`.
+    DropBelow,
+}
+
+/// A UDP port: datagrams from the application (`[[udp_route]]`) or from the proxy
+/// chain (`[[udp_inbound]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpPort {
+    /// Where datagrams arrive.
+    pub listen: SocketAddr,
+    /// Route: the original path's first hop. Inbound: the local service.
+    pub forward: SocketAddr,
+    /// The logical service address descriptions name.
+    pub service: SocketAddr,
+    /// Scope to publish in.
+    pub scope: String,
+    /// Publish automatically.
+    #[serde(default = "yes")]
+    pub auto: bool,
+    /// Route only: stitch to this peer stitch address with no publishing.
+    #[serde(default)]
+    pub preconfigured_peer: Option<SocketAddr>,
+    /// Switch-over method.
+    pub drain: UdpDrain,
+    /// Stand-off period.
+    #[serde(default = "standoff")]
+    pub standoff_ms: u64,
+    /// Drop-below: longest wait for original-path datagrams below the switch-over.
+    #[serde(default = "drain_timeout")]
+    pub wait_ms: u64,
+}
+
+fn standoff() -> u64 {
+    50
+}
+
+impl UdpPort {
+    /// The switch-over mode of this port's flows.
+    pub fn mode(&self) -> crate::udp::UdpMode {
+        match self.drain {
+            UdpDrain::StandOff => crate::udp::UdpMode::StandOff {
+                standoff_us: self.standoff_ms * 1000,
+            },
+            UdpDrain::DropBelow => crate::udp::UdpMode::DropBelow {
+                wait_us: self.wait_ms * 1000,
+            },
+        }
+    }
+}
+
 /// The conduit's file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +270,12 @@ pub struct ConduitFile {
     /// Service-side ports.
     #[serde(default)]
     pub inbound: Vec<Inbound>,
+    /// Application-side UDP ports (`forward`: the original path's first hop).
+    #[serde(default)]
+    pub udp_route: Vec<UdpPort>,
+    /// Service-side UDP ports (`forward`: the local service).
+    #[serde(default)]
+    pub udp_inbound: Vec<UdpPort>,
 }
 
 fn hb_interval() -> u64 {
@@ -249,7 +312,9 @@ impl ConduitConfig {
             .route
             .iter()
             .map(|r| &r.scope)
-            .chain(file.inbound.iter().map(|i| &i.scope));
+            .chain(file.inbound.iter().map(|i| &i.scope))
+            .chain(file.udp_route.iter().map(|u| &u.scope))
+            .chain(file.udp_inbound.iter().map(|u| &u.scope));
         for name in names {
             let Some(s) = scopes.by_name(name) else {
                 return Err(ConfigError::Invalid(format!("unknown scope {name:?}")));
@@ -261,9 +326,14 @@ impl ConduitConfig {
                 )));
             }
         }
-        if file.route.is_empty() && file.inbound.is_empty() {
+        if file.route.is_empty()
+            && file.inbound.is_empty()
+            && file.udp_route.is_empty()
+            && file.udp_inbound.is_empty()
+        {
             return Err(ConfigError::Invalid(
-                "at least one [[route]] or [[inbound]] needed".into(),
+                "at least one [[route]], [[inbound]], [[udp_route]] or [[udp_inbound]] needed"
+                    .into(),
             ));
         }
         if file.heartbeat_interval_ms == 0

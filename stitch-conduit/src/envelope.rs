@@ -203,7 +203,10 @@ mod tests {
                 outcome: Outcome::Refused(Reason::Unknown(200)),
             },
             Message::Withdraw { desc: desc(1) },
-            Message::StitchHello { desc: desc(1) },
+            Message::StitchHello {
+                desc: desc(1),
+                stitch_addr: stitch,
+            },
         ]
     }
 

@@ -19,9 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a conduit: application ports ([[route]]), ports the proxy chain connects to
-    /// ([[inbound]]), the stitch listener, the matching socket and the Unix control
-    /// socket (JSON lines: {"cmd":"list"}, {"cmd":"stitch","id":N[,"peer":"ADDR"]},
+    /// Run a conduit: application ports ([[route]], UDP [[udp_route]]), ports the proxy
+    /// chain connects to ([[inbound]], UDP [[udp_inbound]]), the stitch listener, the
+    /// matching socket and the Unix control socket (JSON lines: {"cmd":"list"}, {"cmd":"stitch","id":N[,"peer":"ADDR"]},
     /// {"cmd":"refuse","id":N}). Prints "conduit ready" on stderr once listening.
     Conduit {
         /// TOML configuration file.
@@ -35,7 +35,7 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Relay TCP connections from LISTEN to CONNECT (a stand-in proxy for tests),
+    /// Relay TCP connections (or UDP datagrams) from LISTEN to CONNECT (a stand-in proxy for tests),
     /// optionally writing byte counts ("c2s s2c connections generation") to a stats file.
     Relay {
         /// Address to listen on.
@@ -47,6 +47,13 @@ enum Cmd {
         /// File rewritten every 20 ms with the byte counts.
         #[arg(long)]
         stats: Option<PathBuf>,
+        /// Relay UDP datagrams instead of TCP connections.
+        #[arg(long)]
+        udp: bool,
+        /// UDP only: forward each datagram this many milliseconds after it arrived (a
+        /// slow proxy path).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
 }
 
@@ -66,7 +73,15 @@ fn main() -> anyhow::Result<()> {
             listen,
             connect,
             stats,
-        } => stitch_conduit::relay::run(listen, connect, stats)?,
+            udp,
+            delay_ms,
+        } => stitch_conduit::relay::run(
+            listen,
+            connect,
+            stats,
+            udp,
+            std::time::Duration::from_millis(delay_ms),
+        )?,
     }
     Ok(())
 }

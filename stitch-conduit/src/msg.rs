@@ -10,7 +10,7 @@
 //! | 1 | Publish | desc, stitch addr |
 //! | 2 | Verdict | desc (the publisher's, echoed), outcome u8, outcome fields |
 //! | 3 | Withdraw | desc |
-//! | 4 | StitchHello | desc (the initiator's view) |
+//! | 4 | StitchHello | desc (the initiator's view), initiator's stitch addr |
 //!
 //! Outcomes: 1 Pending (reason u8), 2 Initiate (peer desc, peer stitch addr),
 //! 3 PeerInitiates (peer desc), 4 Refused (reason u8). Decoding is total: unknown
@@ -142,10 +142,13 @@ pub enum Message {
         /// The description.
         desc: ConnDesc,
     },
-    /// First message on a stitched connection: the initiator's description.
+    /// First message on a stitched connection: the initiator's description and its
+    /// stitch address (where UDP flows' stitched datagrams go).
     StitchHello {
         /// The initiator's view of the connection.
         desc: ConnDesc,
+        /// The initiator's stitch listener.
+        stitch_addr: SocketAddr,
     },
 }
 
@@ -190,7 +193,11 @@ impl Message {
                     }
                 }
             }
-            Message::Withdraw { desc } | Message::StitchHello { desc } => desc.emit(&mut w),
+            Message::Withdraw { desc } => desc.emit(&mut w),
+            Message::StitchHello { desc, stitch_addr } => {
+                desc.emit(&mut w);
+                w.addr(*stitch_addr);
+            }
         }
         w.buf
     }
@@ -227,6 +234,7 @@ impl Message {
             },
             4 => Message::StitchHello {
                 desc: ConnDesc::parse(&mut r)?,
+                stitch_addr: r.addr()?,
             },
             t => return Err(WireError::UnknownType(t)),
         };

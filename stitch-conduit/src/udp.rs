@@ -17,10 +17,49 @@
 //!   has arrived on the original path or `wait` has passed (then a missing one is counted
 //!   and skipped). On a path that loses nothing, nothing is lost or duplicated.
 //!
-//! Not wired into the daemon yet: the conduit carries TCP only (see
-//! `docs/source-switching.md`).
+//! On the wire between conduits (original path through UDP proxies, and the stitched
+//! path straight to the peer's stitch address) a datagram is
+//! `'U' | app addr | seq u64 | switch_seq u64 | payload`; the application's address
+//! names the flow at both conduits.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::codec::{Reader, Writer};
+use crate::error::WireError;
+
+/// Encodes a conduit datagram of the flow of application `app`.
+pub fn encode(app: SocketAddr, d: &Datagram) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(b'U');
+    w.addr(app);
+    w.u64(d.seq);
+    w.u64(d.switch_seq);
+    w.bytes(&d.payload);
+    w.buf
+}
+
+/// Decodes a conduit datagram.
+///
+/// # Errors
+/// [`WireError`] when it is not one (never panics).
+pub fn decode(b: &[u8]) -> Result<(SocketAddr, Datagram), WireError> {
+    let mut r = Reader::new(b);
+    if r.u8()? != b'U' {
+        return Err(WireError::BadMagic);
+    }
+    let app = r.addr()?;
+    let seq = r.u64()?;
+    let switch_seq = r.u64()?;
+    Ok((
+        app,
+        Datagram {
+            seq,
+            switch_seq,
+            payload: r.rest().to_vec(),
+        },
+    ))
+}
 
 /// How a UDP flow switches over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +107,17 @@ pub struct UdpSender {
     switched: Option<u64>,
     held: VecDeque<Datagram>,
     max_held: usize,
+    pace_us: u64,
+    next_release: u64,
     /// Datagrams dropped because the hold was full.
     pub held_dropped: u64,
 }
 
 impl UdpSender {
-    /// A sender holding at most `max_held` datagrams during a stand-off.
-    pub fn new(mode: UdpMode, max_held: usize) -> UdpSender {
+    /// A sender holding at most `max_held` datagrams during a stand-off and releasing
+    /// them one per `pace_us` afterwards (0: all at once), so the end of a stand-off is
+    /// not one burst that overflows the receiver's socket buffer.
+    pub fn new(mode: UdpMode, max_held: usize, pace_us: u64) -> UdpSender {
         UdpSender {
             mode,
             next_seq: 1,
@@ -82,6 +125,8 @@ impl UdpSender {
             switched: None,
             held: VecDeque::new(),
             max_held,
+            pace_us,
+            next_release: 0,
             held_dropped: 0,
         }
     }
@@ -94,10 +139,11 @@ impl UdpSender {
             payload,
         };
         self.next_seq += 1;
-        let mut out = self.tick(now);
+        let mut out = Vec::new();
         match self.switched {
             None => out.push((Via::Original, Datagram { switch_seq: 0, ..d })),
-            Some(until) if now < until => {
+            // Held during the stand-off, and behind earlier held ones: order is kept.
+            Some(until) if now < until || !self.held.is_empty() => {
                 if self.held.len() >= self.max_held {
                     self.held.pop_front();
                     self.held_dropped += 1;
@@ -113,26 +159,46 @@ impl UdpSender {
     pub fn switch(&mut self, now: u64) {
         if self.switched.is_none() {
             self.switch_seq = self.next_seq;
-            self.switched = Some(match self.mode {
+            let until = match self.mode {
                 UdpMode::StandOff { standoff_us } => now + standoff_us,
                 UdpMode::DropBelow { .. } => now,
-            });
+            };
+            self.switched = Some(until);
+            self.next_release = until;
         }
     }
 
-    /// Time passed: releases held datagrams once the stand-off is over.
+    /// Time passed: once the stand-off is over, releases held datagrams at the pace.
     pub fn tick(&mut self, now: u64) -> Vec<(Via, Datagram)> {
+        let mut out = Vec::new();
         match self.switched {
             Some(until) if now >= until => {
-                self.held.drain(..).map(|d| (Via::Stitched, d)).collect()
+                if self.pace_us == 0 {
+                    return self.held.drain(..).map(|d| (Via::Stitched, d)).collect();
+                }
+                // No catching up in a burst after an idle stretch.
+                self.next_release = self.next_release.max(now.saturating_sub(4 * self.pace_us));
+                while self.next_release <= now {
+                    let Some(d) = self.held.pop_front() else {
+                        break;
+                    };
+                    out.push((Via::Stitched, d));
+                    self.next_release += self.pace_us;
+                }
             }
-            _ => Vec::new(),
+            _ => {}
         }
+        out
+    }
+
+    /// Whether datagrams are held (stand-off, or being released).
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
     }
 }
 
 /// What a receiver did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct UdpRxStats {
     /// Delivered to the application.
     pub delivered: u64,
@@ -260,7 +326,7 @@ mod tests {
         orig_delay: u64,
         stitch_delay: u64,
     ) -> (UdpRxStats, Vec<u64>) {
-        let mut tx = UdpSender::new(mode, 10_000);
+        let mut tx = UdpSender::new(mode, 10_000, 0);
         let mut rx = UdpReceiver::new(mode);
         let mut wire: Vec<(u64, Via, Datagram)> = Vec::new();
         let mut got = Vec::new();
@@ -295,6 +361,46 @@ mod tests {
             deliver(&mut got, ps);
         }
         (rx.stats(), got)
+    }
+
+    #[test]
+    fn held_datagrams_leave_at_the_pace_and_in_order() {
+        let mut tx = UdpSender::new(UdpMode::StandOff { standoff_us: 100 }, 100, 10);
+        tx.switch(0);
+        for i in 0..5u8 {
+            assert!(tx.send(vec![i], 50).is_empty());
+        }
+        assert!(tx.tick(99).is_empty());
+        let first = tx.tick(100);
+        assert_eq!(first.len(), 1);
+        // Sent after the stand-off but behind the held ones.
+        assert!(tx.send(vec![5], 101).is_empty());
+        let rest: Vec<u8> = (110..=160)
+            .step_by(10)
+            .flat_map(|t| tx.tick(t))
+            .map(|(_, d)| d.payload[0])
+            .collect();
+        assert_eq!(rest, vec![1, 2, 3, 4, 5]);
+        assert!(!tx.has_held());
+        assert_eq!(tx.send(vec![6], 170).len(), 1);
+    }
+
+    #[test]
+    fn datagrams_round_trip_and_truncation_is_an_error() {
+        let app: SocketAddr = "[2001:db8::7]:5353"
+            .parse()
+            .unwrap_or(SocketAddr::from(([0; 4], 0)));
+        let d = Datagram {
+            seq: 7,
+            switch_seq: 5,
+            payload: b"abc".to_vec(),
+        };
+        let b = encode(app, &d);
+        assert_eq!(decode(&b), Ok((app, d)));
+        for n in 0..b.len() - 3 {
+            assert!(decode(&b[..n]).is_err());
+        }
+        assert_eq!(decode(b"X"), Err(WireError::BadMagic));
     }
 
     fn in_order_exactly_once(got: &[u64], n: u64) -> bool {
