@@ -581,3 +581,62 @@ fn a_frozen_proxy_ends_both_applications_by_heartbeat_timeout() {
         .iter()
         .any(|v| v["ended"] == "heartbeat_timeout"));
 }
+
+#[test]
+fn killing_shell2_during_the_drain_ends_both_cleanly_with_nothing_lost_or_duplicated() {
+    let mut s = Setup::new(Matching::None);
+    s.auto = false;
+    let mut w = start(s);
+    let t = transfer(&w);
+    w.wait_conn(1, "connection listed", |v| v["id"].is_u64());
+    w.wait_conn(2, "connection listed", |v| v["id"].is_u64());
+    // Freeze shell2 so the drain cannot finish, then stitch.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.relay2.pid()),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("SIGSTOP relay2");
+    let id1 = w.conn(1)["id"].as_u64().unwrap_or(0);
+    let r = ctl(
+        &w.ctl1,
+        &format!(r#"{{"cmd":"stitch","id":{id1},"peer":"{CORE2_DIRECT}:7200"}}"#),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    for which in [1, 2] {
+        w.wait_conn(which, "draining", |v| phase_is(v, "draining"));
+    }
+    let killed = Instant::now();
+    w.relay2.kill();
+    let c = t.client.reader.join().expect("client reader");
+    let s = t.server.reader.join().expect("server reader");
+    drop(t.gates);
+    let sent_by_server: Vec<u8> = [t.b[0].as_slice(), t.b[1].as_slice()].concat();
+    let sent_by_client: Vec<u8> = [t.a[0].as_slice(), t.a[1].as_slice()].concat();
+    assert!(
+        sent_by_server.starts_with(&c.data),
+        "client got a prefix, nothing twice"
+    );
+    assert!(
+        sent_by_client.starts_with(&s.data),
+        "server got a prefix, nothing twice"
+    );
+    for r in [&c, &s] {
+        let took = r.ended_at.duration_since(killed);
+        assert!(
+            took <= Duration::from_millis(HB_TIMEOUT_MS),
+            "ended {took:?} after the kill"
+        );
+    }
+    for which in [1, 2] {
+        w.wait_conn(which, "ended abnormally", |v| {
+            !v["ended"].is_null() && v["ended"] != "normal"
+        });
+    }
+    eprintln!(
+        "measure: killed during the drain: client got {} of {} bytes, server {} of {}",
+        c.received,
+        PART1 + PART2,
+        s.received,
+        PART1 + PART2
+    );
+}

@@ -316,6 +316,8 @@ pub fn sha(parts: &[&[u8]]) -> [u8; 32] {
 #[derive(Debug)]
 pub struct AppResult {
     pub received: usize,
+    /// Everything received, to check it is a prefix of what the peer sent.
+    pub data: Vec<u8>,
     pub sha: [u8; 32],
     pub clean_eof: bool,
     pub ended_at: Instant,
@@ -345,20 +347,21 @@ pub fn run_app(s: TcpStream, first: Vec<u8>, second: Vec<u8>, gate: mpsc::Receiv
     let reader = thread::spawn(move || {
         let mut s = s;
         let mut h = Sha256::new();
-        let mut n = 0;
+        let mut data = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let clean_eof = loop {
             match s.read(&mut buf) {
                 Ok(0) => break true,
                 Ok(k) => {
                     h.update(&buf[..k]);
-                    n += k;
+                    data.extend_from_slice(&buf[..k]);
                 }
                 Err(_) => break false,
             }
         };
         AppResult {
-            received: n,
+            received: data.len(),
+            data,
             sha: h.finalize().into(),
             clean_eof,
             ended_at: Instant::now(),
