@@ -42,6 +42,9 @@ use crate::session::{EndReason, Input, Output, Phase, Session, SessionStats, Tim
 
 mod udp_flow;
 
+/// Ended connections kept for `list` (older ones are forgotten).
+pub const KEEP_ENDED: usize = 256;
+
 /// Most application bytes read but not yet written to a conduit connection.
 pub const CREDIT_BYTES: usize = 4 << 20;
 
@@ -853,7 +856,19 @@ fn register(sh: &Shared, role: Role, desc: ConnDesc, tx: Sender<Ev>) -> Arc<Conn
             match_to_ready_us: None,
         }),
     });
-    sh.conns().insert(id, conn.clone());
+    {
+        let mut conns = sh.conns();
+        // Keep the newest ended connections for `list`, forget older ones.
+        let ended: Vec<u64> = conns
+            .iter()
+            .filter(|(_, c)| c.st().ended.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for old in ended.iter().take(ended.len().saturating_sub(KEEP_ENDED)) {
+            conns.remove(old);
+        }
+        conns.insert(id, conn.clone());
+    }
     log(sh, format_args!("conn {id}: {role:?} {}", desc.tuple));
     conn
 }

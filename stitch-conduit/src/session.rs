@@ -247,7 +247,11 @@ impl Session {
                 }
             }
             Input::StitchedClosed => {
-                if !self.bye_received && self.phase != Phase::Original {
+                // Once both Fins are through, the stitched connection is no longer
+                // needed: the peer may close it (its orderly end) before its Bye, which
+                // takes the slower original path, arrives.
+                let done = self.fin_sent && self.fin_received && self.held.is_empty();
+                if !self.bye_received && !done && self.phase != Phase::Original {
                     self.end(EndReason::StitchedClosed, &mut out);
                 }
             }

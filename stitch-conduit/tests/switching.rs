@@ -249,12 +249,16 @@ struct Transfer {
 }
 
 fn transfer(w: &World) -> Transfer {
+    transfer_sized(w, PART1, PART2)
+}
+
+fn transfer_sized(w: &World, part1: usize, part2: usize) -> Transfer {
     let (srv, ready) = server_in(&w.net.core2, "127.0.0.1:9000");
     ready.recv().expect("server ready");
     let client_sock = connect_in(&w.net.core1, "127.0.0.1:7000");
     let server_sock = srv.join().expect("server accept");
-    let a = [pattern(1, PART1), pattern(2, PART2)];
-    let b = [pattern(3, PART1), pattern(4, PART2)];
+    let a = [pattern(1, part1), pattern(2, part2)];
+    let b = [pattern(3, part1), pattern(4, part2)];
     let (g1, r1) = mpsc::channel();
     let (g2, r2) = mpsc::channel();
     let client = run_app(client_sock, a[0].clone(), a[1].clone(), r1);
@@ -284,8 +288,9 @@ impl Transfer {
             "streams ended cleanly\n{}",
             ctx()
         );
-        assert_eq!(c.received, PART1 + PART2, "client bytes\n{}", ctx());
-        assert_eq!(s.received, PART1 + PART2, "server bytes\n{}", ctx());
+        let total = self.a[0].len() + self.a[1].len();
+        assert_eq!(c.received, total, "client bytes\n{}", ctx());
+        assert_eq!(s.received, total, "server bytes\n{}", ctx());
         assert!(c.sha == sha(&[&self.b[0], &self.b[1]]), "client SHA-256");
         assert!(s.sha == sha(&[&self.a[0], &self.a[1]]), "server SHA-256");
     }
@@ -638,5 +643,89 @@ fn killing_shell2_during_the_drain_ends_both_cleanly_with_nothing_lost_or_duplic
         PART1 + PART2,
         s.received,
         PART1 + PART2
+    );
+}
+
+fn percentile(v: &mut [u64], p: usize) -> u64 {
+    v.sort_unstable();
+    v.get((v.len().saturating_sub(1)) * p / 100)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Twenty connections, each stitched by an API request while its first megabyte is
+/// still in flight and the rest follows at once: prints p50/p99 of match-to-ready,
+/// the drain, and match-to-first-stitched-byte (run with `--nocapture`).
+#[test]
+fn repeated_api_stitches_with_data_in_flight_report_latency_percentiles() {
+    let mut s = Setup::new(Matching::None);
+    s.auto = false;
+    let w = start(s);
+    let (mut ready, mut drain, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    let newest = |sock: &std::path::Path| {
+        ctl(sock, r#"{"cmd":"list"}"#)["connections"]
+            .as_array()
+            .and_then(|a| a.last().cloned())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    for _ in 0..20 {
+        let t = transfer_sized(&w, 1 << 20, 2 << 20);
+        let mut c1 = serde_json::Value::Null;
+        wait_for(
+            "new connection on both conduits",
+            LIMIT,
+            || {
+                c1 = newest(&w.ctl1);
+                let c2 = newest(&w.ctl2);
+                c1["ended"].is_null() && c2["ended"].is_null() && c2["id"].is_u64()
+            },
+            || w.logs(),
+        );
+        let id = c1["id"].as_u64().unwrap_or(0);
+        let r = ctl(
+            &w.ctl1,
+            &format!(r#"{{"cmd":"stitch","id":{id},"peer":"{CORE2_DIRECT}:7200"}}"#),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        for g in &t.gates {
+            let _ = g.send(());
+        }
+        t.finish(&w);
+        let mut done = serde_json::Value::Null;
+        wait_for(
+            "connection ended on conduit 1",
+            LIMIT,
+            || {
+                done = newest(&w.ctl1);
+                !done["ended"].is_null()
+            },
+            || w.logs(),
+        );
+        assert_eq!(done["ended"], "normal", "{done}");
+        if done["stitch"] == "established" {
+            let m2r = done["match_to_ready_us"].as_u64().unwrap_or(0);
+            ready.push(m2r);
+            drain.push(done["stats"]["drain_us"].as_u64().unwrap_or(0));
+            if let Some(f) = done["stats"]["first_stitched_byte_us"].as_u64() {
+                first.push(m2r + f);
+            }
+        }
+    }
+    assert!(
+        ready.len() >= 10,
+        "most connections were stitched: {}",
+        ready.len()
+    );
+    eprintln!(
+        "measure: {} stitches: match->ready p50 {} us p99 {} us; drain p50 {} us p99 {} us; \
+         match->first stitched byte p50 {} us p99 {} us ({} samples)",
+        ready.len(),
+        percentile(&mut ready, 50),
+        percentile(&mut ready, 99),
+        percentile(&mut drain, 50),
+        percentile(&mut drain, 99),
+        percentile(&mut first, 50),
+        percentile(&mut first, 99),
+        first.len()
     );
 }

@@ -203,3 +203,22 @@ fn original_closing_during_the_drain_ends_cleanly_without_misordering() {
     // The held message never went anywhere, so nothing arrived out of order.
     assert!(sim.side[1].got.is_empty());
 }
+
+#[test]
+fn the_stitched_connection_closing_after_both_fins_is_not_an_abnormal_end() {
+    let mut s = Session::new(T, 0);
+    s.handle(Input::StitchReady, 0);
+    s.handle(Input::Original(Frame::DrainAck { last_received: 0 }), 1);
+    s.handle(Input::Original(Frame::DrainComplete { last_sent: 0 }), 2);
+    s.handle(Input::AppEof, 3);
+    s.handle(Input::Stitched(Frame::Fin { seq: 1 }), 4);
+    // The peer ended normally and closed the stitched connection; its Bye is still
+    // on the way over the original path.
+    let out = s.handle(Input::StitchedClosed, 5);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Ended(_))),
+        "{out:?}"
+    );
+    let out = s.handle(Input::Original(Frame::Bye), 6);
+    assert!(out.contains(&Output::Ended(EndReason::Normal)), "{out:?}");
+}
