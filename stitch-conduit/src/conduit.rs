@@ -175,6 +175,8 @@ enum Ev {
     /// The stitched connection, and the peer's stitch address.
     Stitched(TcpStream, SocketAddr),
     Publish,
+    /// Writing to the application failed: it is gone.
+    AppGone,
     /// A datagram from the application (UDP flows).
     UdpApp(Vec<u8>),
     /// A conduit datagram from the original path or the stitched path (UDP flows).
@@ -679,14 +681,21 @@ fn run_conn(
     desc: ConnDesc,
     auto: bool,
     preconfigured_peer: Option<SocketAddr>,
-    mut app: TcpStream,
-    mut orig: TcpStream,
+    app: TcpStream,
+    orig: TcpStream,
 ) {
     let (tx, rx) = mpsc::channel();
     let conn = register(&sh, role, desc, tx.clone());
     let id = conn.id;
     let credit = Arc::new(Credit::new());
-    let (Ok(app_r), Ok(orig_r)) = (app.try_clone(), orig.try_clone()) else {
+    let clones = (
+        app.try_clone(),
+        orig.try_clone(),
+        app.try_clone(),
+        orig.try_clone(),
+    );
+    let (Ok(app_r), Ok(orig_r), Ok(app_s), Ok(orig_s)) = clones else {
+        conn.st().ended = Some(EndReason::ApplicationClosed);
         return;
     };
     {
@@ -716,7 +725,15 @@ fn run_conn(
     spawn_frame_reader(orig_r, tx.clone(), Input::Original, Input::OriginalClosed);
 
     let mut session = Session::new(sh.timing, sh.now_us());
-    let mut stitched: Option<TcpStream> = None;
+    let app_w = SockWriter::spawn(app, app_s, credit.clone(), tx.clone(), Ev::AppGone);
+    let orig_w = SockWriter::spawn(
+        orig,
+        orig_s,
+        credit.clone(),
+        tx.clone(),
+        Ev::In(Input::OriginalClosed),
+    );
+    let mut stitched_w: Option<SockWriter> = None;
     let mut app_bytes: u64 = 0;
     let mut publisher = Publisher::new(&sh, auto, preconfigured_peer);
     let ended: EndReason;
@@ -731,7 +748,7 @@ fn run_conn(
                 break;
             }
         }
-        while evs.len() < 64 {
+        while evs.len() < 1024 {
             match rx.try_recv() {
                 Ok(e) => evs.push(e),
                 Err(_) => break,
@@ -752,10 +769,18 @@ fn run_conn(
                     Vec::new()
                 }
                 Ev::Stitched(s, _) => {
-                    let Ok(r) = s.try_clone() else { continue };
+                    let (Ok(r), Ok(s2)) = (s.try_clone(), s.try_clone()) else {
+                        continue;
+                    };
                     let outs = session.handle(Input::StitchReady, sh.now_us());
                     spawn_frame_reader(r, tx.clone(), Input::Stitched, Input::StitchedClosed);
-                    stitched = Some(s);
+                    stitched_w = Some(SockWriter::spawn(
+                        s,
+                        s2,
+                        credit.clone(),
+                        tx.clone(),
+                        Ev::In(Input::StitchedClosed),
+                    ));
                     let mut st = conn.st();
                     st.match_to_ready_us = st.matched_at.map(|t| t.elapsed().as_micros() as u64);
                     log(
@@ -768,39 +793,26 @@ fn run_conn(
                     publisher.request();
                     Vec::new()
                 }
+                Ev::AppGone => {
+                    ended = EndReason::ApplicationClosed;
+                    break 'outer;
+                }
                 Ev::UdpApp(_) | Ev::UdpIn(..) => Vec::new(),
             };
             for o in outs {
                 match o {
                     Output::ToApp(b) => {
                         app_bytes += b.len() as u64;
-                        if app.write_all(&b).is_err() {
-                            ended = EndReason::ApplicationClosed;
-                            break 'outer;
-                        }
+                        app_w.send(WriteOp::Bytes(b, 0));
                     }
-                    Output::AppFin => {
-                        let _ = app.shutdown(Shutdown::Write);
-                    }
-                    Output::ToOriginal(f) => {
-                        if let Frame::Data { payload, .. } = &f {
-                            credit.give(payload.len());
-                        }
-                        if orig.write_all(&f.encode()).is_err() {
-                            let _ = tx.send(Ev::In(Input::OriginalClosed));
-                        }
-                    }
-                    Output::ToStitched(f) => {
-                        if let Frame::Data { payload, .. } = &f {
-                            credit.give(payload.len());
-                        }
-                        let ok = stitched
-                            .as_mut()
-                            .is_some_and(|s| s.write_all(&f.encode()).is_ok());
-                        if !ok {
+                    Output::AppFin => app_w.send(WriteOp::ShutdownWrite),
+                    Output::ToOriginal(f) => orig_w.send(frame_op(&f)),
+                    Output::ToStitched(f) => match &stitched_w {
+                        Some(w) => w.send(frame_op(&f)),
+                        None => {
                             let _ = tx.send(Ev::In(Input::StitchedClosed));
                         }
-                    }
+                    },
                     Output::Ended(r) => {
                         ended = r;
                         break 'outer;
@@ -821,15 +833,94 @@ fn run_conn(
         st.ended = Some(ended);
     }
     log(&sh, format_args!("conn {id}: ended: {ended:?}"));
-    // Normal or not, the application sees its connection end as a TCP connection
-    // ends (FIN); on an abnormal end its remaining unread data is not delivered.
-    let _ = app.shutdown(Shutdown::Both);
-    let _ = orig.shutdown(Shutdown::Both);
-    if let Some(s) = stitched {
-        let _ = s.shutdown(Shutdown::Both);
+    // Orderly end: everything queued (the last data, Fin, Bye) is written first. Abnormal
+    // end: the sockets are shut at once (unblocking a writer stuck on a dead path); the
+    // application sees its connection end as a TCP connection ends (FIN), and what it
+    // had not yet received is not delivered.
+    let graceful = ended.is_normal();
+    app_w.finish(graceful);
+    orig_w.finish(graceful);
+    if let Some(w) = stitched_w {
+        w.finish(graceful);
     }
     if !matches!(conn.st().matching, MatchState::Idle) {
         sh.withdraw(&conn);
+    }
+}
+
+/// One write for a [`SockWriter`].
+enum WriteOp {
+    /// Bytes, and how much application credit they return once written.
+    Bytes(Vec<u8>, usize),
+    /// Close the sending side.
+    ShutdownWrite,
+}
+
+fn frame_op(f: &Frame) -> WriteOp {
+    let credit = match f {
+        Frame::Data { payload, .. } => payload.len(),
+        _ => 0,
+    };
+    WriteOp::Bytes(f.encode(), credit)
+}
+
+/// A thread that owns the writes to one socket, so the session loop never blocks on a
+/// stalled path (a frozen proxy must not stop heartbeat timeouts from firing). The
+/// queue holds at most [`CREDIT_BYTES`] of application data towards the conduits (the
+/// credit is returned once written); towards the application it is bounded only by
+/// what the peer sends (see `docs/source-switching.md`).
+struct SockWriter {
+    tx: Sender<WriteOp>,
+    sock: TcpStream,
+    handle: thread::JoinHandle<()>,
+}
+
+impl SockWriter {
+    /// `w` is written by the thread; `sock` (a clone) is kept to shut it down.
+    fn spawn(
+        mut w: TcpStream,
+        sock: TcpStream,
+        credit: Arc<Credit>,
+        events: Sender<Ev>,
+        on_error: Ev,
+    ) -> SockWriter {
+        let (tx, rx) = mpsc::channel::<WriteOp>();
+        let handle = thread::spawn(move || {
+            let mut on_error = Some(on_error);
+            for op in rx {
+                let ok = match op {
+                    WriteOp::Bytes(b, n) => {
+                        let ok = on_error.is_none() || w.write_all(&b).is_ok();
+                        credit.give(n);
+                        ok
+                    }
+                    WriteOp::ShutdownWrite => {
+                        let _ = w.shutdown(Shutdown::Write);
+                        true
+                    }
+                };
+                if !ok {
+                    if let Some(ev) = on_error.take() {
+                        let _ = events.send(ev);
+                    }
+                }
+            }
+        });
+        SockWriter { tx, sock, handle }
+    }
+
+    fn send(&self, op: WriteOp) {
+        let _ = self.tx.send(op);
+    }
+
+    /// Closes: after the queue is written (`graceful`), or at once.
+    fn finish(self, graceful: bool) {
+        if !graceful {
+            let _ = self.sock.shutdown(Shutdown::Both);
+        }
+        drop(self.tx);
+        let _ = self.handle.join();
+        let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
 

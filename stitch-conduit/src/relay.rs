@@ -143,6 +143,7 @@ fn relay_udp(
     delay: Duration,
 ) -> io::Result<()> {
     let out = delay_line(delay, counts.clone());
+    crate::udp::big_receive_buffer(&sock);
     let sock = Arc::new(sock);
     let mut ups: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let any: SocketAddr = if connect.is_ipv4() {
@@ -158,6 +159,7 @@ fn relay_udp(
             Entry::Vacant(e) => {
                 let up = UdpSocket::bind(any)?;
                 up.connect(connect)?;
+                crate::udp::big_receive_buffer(&up);
                 let up = Arc::new(up);
                 let (back, r, out) = (sock.clone(), up.clone(), out.clone());
                 thread::spawn(move || {

@@ -28,6 +28,19 @@ use std::net::SocketAddr;
 use crate::codec::{Reader, Writer};
 use crate::error::WireError;
 
+/// Receive buffer asked for on every UDP socket of a flow (and the relay's), so bursts
+/// (the end of a stand-off, a scheduling hiccup) are not lost in the kernel.
+pub const RCVBUF_BYTES: usize = 4 << 20;
+
+/// Asks for a [`RCVBUF_BYTES`] receive buffer: past `rmem_max` when privileged
+/// (`SO_RCVBUFFORCE`), else up to `rmem_max`. Best effort: failure keeps the default.
+pub fn big_receive_buffer(sock: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(sock, sockopt::RcvBufForce, &RCVBUF_BYTES).is_err() {
+        let _ = setsockopt(sock, sockopt::RcvBuf, &RCVBUF_BYTES);
+    }
+}
+
 /// Encodes a conduit datagram of the flow of application `app`.
 pub fn encode(app: SocketAddr, d: &Datagram) -> Vec<u8> {
     let mut w = Writer::default();

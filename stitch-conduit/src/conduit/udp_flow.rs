@@ -49,6 +49,7 @@ type Out = Box<dyn Fn(&[u8]) + Send>;
 
 /// Datagrams from applications on a `[[udp_route]]` port.
 pub(super) fn serve_route(sh: Arc<Shared>, port: UdpPort, sock: UdpSocket) {
+    udp::big_receive_buffer(&sock);
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, app)) = sock.recv_from(&mut buf) else {
@@ -72,6 +73,7 @@ fn start_route_flow(
 ) -> Option<Sender<Ev>> {
     let up = UdpSocket::bind(any_addr(port.forward)).ok()?;
     up.connect(port.forward).ok()?;
+    udp::big_receive_buffer(&up);
     let desc = ConnDesc {
         tuple: Tuple {
             proto: Proto::Udp,
@@ -124,6 +126,7 @@ fn spawn_reader(sock: UdpSocket, tx: Sender<Ev>, from_app: bool) {
 
 /// Conduit datagrams from the proxy chain on a `[[udp_inbound]]` port.
 pub(super) fn serve_inbound(sh: Arc<Shared>, port: UdpPort, sock: UdpSocket) {
+    udp::big_receive_buffer(&sock);
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, relay)) = sock.recv_from(&mut buf) else {
@@ -151,6 +154,7 @@ fn start_inbound_flow(
 ) -> Option<Sender<Ev>> {
     let target = UdpSocket::bind(any_addr(port.forward)).ok()?;
     target.connect(port.forward).ok()?;
+    udp::big_receive_buffer(&target);
     let desc = ConnDesc {
         tuple: Tuple {
             proto: Proto::Udp,
@@ -182,6 +186,7 @@ fn start_inbound_flow(
 
 /// Stitched datagrams from peer conduits.
 pub(super) fn serve_stitch(sh: Arc<Shared>, sock: UdpSocket) {
+    udp::big_receive_buffer(&sock);
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, _)) = sock.recv_from(&mut buf) else {
@@ -258,7 +263,7 @@ fn run_flow(
                 );
             }
             Ok(Ev::Publish) => publisher.request(),
-            Ok(Ev::In(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Ev::In(_) | Ev::AppGone) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         sends.extend(sender.tick(now));
