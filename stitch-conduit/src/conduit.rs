@@ -52,18 +52,15 @@ pub const CREDIT_BYTES: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ConduitError {
     /// A listening socket could not be bound.
-    #[error("cannot bind {what} on {addr}: {source}")]
+    #[error("cannot bind {what} on {addr}: {error}")]
     Bind {
         /// Which listener.
         what: &'static str,
         /// Its address.
         addr: String,
-        /// The error.
-        source: io::Error,
+        /// The error (in the message, so not also a source).
+        error: io::Error,
     },
-    /// Another I/O failure at start-up.
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// Unix time in milliseconds (for the replay guard's window).
@@ -445,10 +442,10 @@ impl Shared {
 pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
     let f = cfg.file;
     let bind = |what: &'static str, a: SocketAddr| {
-        TcpListener::bind(a).map_err(|source| ConduitError::Bind {
+        TcpListener::bind(a).map_err(|error| ConduitError::Bind {
             what,
             addr: a.to_string(),
-            source,
+            error,
         })
     };
     let routes = f
@@ -463,10 +460,10 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
         .collect::<Result<Vec<_>, ConduitError>>()?;
     let stitch = bind("stitch_listen", f.stitch_listen)?;
     let udp_bind = |what: &'static str, a: SocketAddr| {
-        UdpSocket::bind(a).map_err(|source| ConduitError::Bind {
+        UdpSocket::bind(a).map_err(|error| ConduitError::Bind {
             what,
             addr: a.to_string(),
-            source,
+            error,
         })
     };
     let udp_routes = f
@@ -484,16 +481,16 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
     } else {
         Some(udp_bind("stitch_listen (udp)", f.stitch_listen)?)
     };
-    let udp = UdpSocket::bind(f.match_listen).map_err(|source| ConduitError::Bind {
+    let udp = UdpSocket::bind(f.match_listen).map_err(|error| ConduitError::Bind {
         what: "match_listen",
         addr: f.match_listen.to_string(),
-        source,
+        error,
     })?;
     let _ = std::fs::remove_file(&f.control);
-    let control = UnixListener::bind(&f.control).map_err(|source| ConduitError::Bind {
+    let control = UnixListener::bind(&f.control).map_err(|error| ConduitError::Bind {
         what: "control",
         addr: f.control.display().to_string(),
-        source,
+        error,
     })?;
     let timing = Timing {
         heartbeat_interval_us: f.heartbeat_interval_ms * 1000,

@@ -41,10 +41,10 @@ fn scopes_of(list: &[ScopeConfig]) -> Result<Scopes, ConfigError> {
             )));
         }
         out.push(
-            Scope::from_hex(&s.name, s.key_id, &s.key, s.members.clone()).map_err(|source| {
+            Scope::from_hex(&s.name, s.key_id, &s.key, s.members.clone()).map_err(|error| {
                 ConfigError::Key {
                     scope: s.name.clone(),
-                    source,
+                    error,
                 }
             })?,
         );
@@ -53,9 +53,9 @@ fn scopes_of(list: &[ScopeConfig]) -> Result<Scopes, ConfigError> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
@@ -97,7 +97,7 @@ impl MatcherConfig {
     /// # Errors
     /// [`ConfigError`] naming the problem.
     pub fn parse(text: &str) -> Result<MatcherConfig, ConfigError> {
-        let file: MatcherFile = toml::from_str(text)?;
+        let file: MatcherFile = toml::from_str(text).map_err(ConfigError::Parse)?;
         if file.scope.is_empty() {
             return Err(ConfigError::Invalid("at least one [[scope]] needed".into()));
         }
@@ -306,7 +306,7 @@ impl ConduitConfig {
     /// # Errors
     /// [`ConfigError`] naming the problem.
     pub fn parse(text: &str) -> Result<ConduitConfig, ConfigError> {
-        let file: ConduitFile = toml::from_str(text)?;
+        let file: ConduitFile = toml::from_str(text).map_err(ConfigError::Parse)?;
         let scopes = scopes_of(&file.scope)?;
         let names = file
             .route

@@ -60,23 +60,23 @@ impl WireError {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, so not also a source).
+        error: std::io::Error,
     },
     /// Not valid TOML for this configuration.
     #[error("invalid configuration: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(toml::de::Error),
     /// A scope key is not 64 hex digits.
-    #[error("scope {scope}: {source}")]
+    #[error("scope {scope}: {error}")]
     Key {
         /// The scope.
         scope: String,
         /// What is wrong with the key.
-        source: KeyError,
+        error: KeyError,
     },
     /// A rule across fields is broken; the text says which.
     #[error("invalid configuration: {0}")]
