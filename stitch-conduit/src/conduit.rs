@@ -19,9 +19,9 @@
 //! connection.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_proto::ReplayGuard;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{ConduitConfig, ConduitFile, Matching};
 use crate::desc::{ConnDesc, Proto, Tuple};
@@ -40,7 +40,10 @@ use crate::msg::{Message, Outcome, Reason};
 use crate::scope::Scopes;
 use crate::session::{EndReason, Input, Output, Phase, Session, SessionStats, Timing};
 
+mod control;
 mod udp_flow;
+
+pub use control::Request;
 
 /// Ended connections kept for `list` (older ones are forgotten).
 pub const KEEP_ENDED: usize = 256;
@@ -562,7 +565,7 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
     );
     for c in control.incoming().flatten() {
         let sh = sh.clone();
-        thread::spawn(move || control_conn(sh, c));
+        thread::spawn(move || control::serve(&sh, c));
     }
     Ok(())
 }
@@ -1261,100 +1264,6 @@ fn udp_loop(sh: Arc<Shared>) {
                     .withdraw(o.key_id, desc);
             }
             Message::StitchHello { .. } => {}
-        }
-    }
-}
-
-/// A control request (one JSON object a line).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// List connections and their stitches.
-    List,
-    /// Stitch connection `id`: to `peer` (a stitch address) directly, or by publishing.
-    Stitch {
-        /// Connection id from `list`.
-        id: u64,
-        /// The peer conduit's stitch address; absent: publish now.
-        #[serde(default)]
-        peer: Option<SocketAddr>,
-    },
-    /// Refuse stitching connection `id` (incoming hellos refused, no publishing).
-    Refuse {
-        /// Connection id from `list`.
-        id: u64,
-    },
-}
-
-fn answer(sh: &Shared, line: &str) -> serde_json::Value {
-    let err = |e: String| serde_json::json!({ "ok": false, "error": e });
-    let req: Request = match serde_json::from_str(line) {
-        Ok(r) => r,
-        Err(e) => return err(format!("bad request: {e}")),
-    };
-    let get = |id: u64| sh.conns().get(&id).cloned();
-    match req {
-        Request::List => serde_json::json!({
-            "ok": true,
-            "global_id": sh.cfg.global_id,
-            "connections": sh.status(),
-        }),
-        Request::Stitch { id, peer } => {
-            let Some(conn) = get(id) else {
-                return err(format!("no connection {id}"));
-            };
-            let mut st = conn.st();
-            if st.ended.is_some() {
-                return err(format!("connection {id} has ended"));
-            }
-            if st.refused {
-                return err(Reason::RefusedByApplication.to_string());
-            }
-            if st.slot != Slot::Free {
-                let why = Reason::AlreadyStitched.to_string();
-                st.last_reason = Some(why.clone());
-                return err(why);
-            }
-            match peer {
-                Some(p) => {
-                    st.matched_at = Some(Instant::now());
-                    drop(st);
-                    let _ = conn.tx.send(Ev::Initiate(p));
-                    serde_json::json!({ "ok": true, "action": "stitching", "peer": p.to_string() })
-                }
-                None if matches!(sh.cfg.matching, Matching::None) => {
-                    err("no matching configured: give \"peer\"".into())
-                }
-                None => {
-                    st.publish_requested = true;
-                    drop(st);
-                    let _ = conn.tx.send(Ev::Publish);
-                    serde_json::json!({ "ok": true, "action": "published" })
-                }
-            }
-        }
-        Request::Refuse { id } => {
-            let Some(conn) = get(id) else {
-                return err(format!("no connection {id}"));
-            };
-            conn.st().refused = true;
-            serde_json::json!({ "ok": true })
-        }
-    }
-}
-
-fn control_conn(sh: Arc<Shared>, c: UnixStream) {
-    let Ok(w) = c.try_clone() else { return };
-    let mut w = w;
-    for line in BufReader::new(c).lines() {
-        let Ok(line) = line else { return };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut out = answer(&sh, &line).to_string();
-        out.push('\n');
-        if w.write_all(out.as_bytes()).is_err() {
-            return;
         }
     }
 }

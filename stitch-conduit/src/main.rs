@@ -29,11 +29,15 @@ enum Cmd {
         config: PathBuf,
     },
     /// Run the centralized matching server (UDP). Prints "matcher listening on ADDR"
-    /// on stderr once bound; every verdict and refusal is logged on stderr.
+    /// on stderr once bound; every verdict and refusal is logged on stderr and, with
+    /// --control, shown by {"cmd":"stats"} on that Unix socket.
     Matcher {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Unix control socket path (JSON lines: {"cmd":"stats"}).
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
     /// Relay TCP connections (or UDP datagrams) from LISTEN to CONNECT (a stand-in proxy for tests),
     /// optionally writing byte counts ("c2s s2c connections generation") to a stats file.
@@ -64,10 +68,10 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", config.display()))?;
             stitch_conduit::conduit::run(cfg)?;
         }
-        Cmd::Matcher { config } => {
+        Cmd::Matcher { config, control } => {
             let cfg = stitch_conduit::config::MatcherConfig::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
-            stitch_conduit::matcher_server::run(cfg)?;
+            stitch_conduit::matcher_server::run(cfg, control)?;
         }
         Cmd::Relay {
             listen,

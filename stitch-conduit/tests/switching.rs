@@ -122,7 +122,12 @@ fn start(s: Setup) -> World {
                  [[scope]]\nname = \"red\"\nkey_id = 2\nkey = \"{KEY}\"\nmembers = [1, 2, 3]\n"
             ),
         );
-        let mut p = net.spawn(&net.core1, "matcher", &["matcher", "--config", &cfg]);
+        let ctl = net.path("matcher.sock").display().to_string();
+        let mut p = net.spawn(
+            &net.core1,
+            "matcher",
+            &["matcher", "--config", &cfg, "--control", &ctl],
+        );
         p.wait_log("matcher listening", LIMIT);
         p
     });
@@ -394,6 +399,15 @@ fn centralized_match_switches_a_long_transfer_and_refuses_a_third_claimant() {
         .map(|m| m.log_text())
         .unwrap_or_default();
     assert!(m.contains("Refused(AlreadyStitched)"), "{m}");
+    let st = ctl(&w.net.path("matcher.sock"), r#"{"cmd":"stats"}"#);
+    assert_eq!(st["stats"]["matched"], 1, "{st}");
+    // The conduit lists its scopes, never their keys.
+    let list = ctl(&w.ctl1, r#"{"cmd":"list"}"#);
+    assert_eq!(list["scopes"][0]["name"], "blue", "{list}");
+    assert!(!list.to_string().contains(KEY), "{list}");
+    let bad = ctl(&w.ctl1, r#"{"cmd":"stitch"}"#);
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(st["stats"]["already_stitched"], 1, "{st}");
 }
 
 #[test]
@@ -518,6 +532,10 @@ fn a_wrong_key_is_refused_by_the_matcher_and_nothing_is_stitched() {
         )),
         "{m}"
     );
+    // The matcher's control socket shows it too.
+    let st = ctl(&w.net.path("matcher.sock"), r#"{"cmd":"stats"}"#);
+    assert!(st["refused"]["bad_mac"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert_eq!(st["stats"]["matched"], 0, "{st}");
 }
 
 #[test]
