@@ -965,7 +965,8 @@ fn register(sh: &Shared, role: Role, desc: ConnDesc, tx: Sender<Ev>) -> Arc<Conn
 }
 
 /// When to publish a connection (or stitch a pre-configured one): automatically once
-/// `publish_after_bytes` have passed, or on an API request; re-published every
+/// `publish_after_bytes` have passed and the connection is `publish_after_ms` old (long-
+/// lived connections are the ones worth stitching), or on an API request; re-published every
 /// `republish_ms` until a final verdict.
 struct Publisher {
     auto: bool,
@@ -999,7 +1000,10 @@ impl Publisher {
                 MatchState::Idle | MatchState::Published | MatchState::Pending { .. }
             ) && st.slot == Slot::Free
                 && !st.refused;
-            open && (st.publish_requested || (self.auto && app_bytes >= sh.cfg.publish_after_bytes))
+            let old_enough =
+                conn.created.elapsed() >= Duration::from_millis(sh.cfg.publish_after_ms);
+            open && (st.publish_requested
+                || (self.auto && old_enough && app_bytes >= sh.cfg.publish_after_bytes))
         };
         if !wants {
             return;

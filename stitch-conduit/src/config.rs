@@ -257,6 +257,9 @@ pub struct ConduitFile {
     /// (both directions) have passed; 0: at once.
     #[serde(default)]
     pub publish_after_bytes: u64,
+    /// ... and once the connection is this old (the description's age); 0: at once.
+    #[serde(default)]
+    pub publish_after_ms: u64,
     /// Re-send a publication this often until a final verdict.
     #[serde(default = "republish")]
     pub republish_ms: u64,
