@@ -207,6 +207,9 @@ impl Conn {
     }
 }
 
+/// The reason shown when publications get no verdict at all.
+const NO_VERDICT: &str = "no verdict from the matcher or peers (wrong scope key, or unreachable)";
+
 /// Sentinel "address" of this conduit's own descriptions in its local matcher.
 const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
@@ -588,6 +591,8 @@ struct Publisher {
     started: bool,
     next: Instant,
     every: Duration,
+    /// Publications sent without any verdict coming back.
+    unanswered: u32,
 }
 
 impl Publisher {
@@ -598,6 +603,7 @@ impl Publisher {
             started: false,
             next: Instant::now(),
             every: Duration::from_millis(sh.cfg.republish_ms.max(10)),
+            unanswered: 0,
         }
     }
 
@@ -641,6 +647,15 @@ impl Publisher {
             self.started = true;
             self.next = Instant::now() + self.every;
             sh.publish(conn);
+            // Still `Published` (no verdict at all) after several tries: say why that
+            // may be, since a matcher never answers what it cannot authenticate.
+            let mut st = conn.st();
+            if st.matching == MatchState::Published {
+                self.unanswered += 1;
+                if self.unanswered > 3 && st.last_reason.is_none() {
+                    st.last_reason = Some(NO_VERDICT.into());
+                }
+            }
         }
     }
 }

@@ -474,14 +474,16 @@ fn api_requests_from_both_sides_at_once_make_exactly_one_stitch() {
 
 /// A negative case: no stitch happens, the reason shows on the control socket, and the
 /// whole transfer still arrives over the proxies.
-fn not_stitched(s: Setup, which: u8, reason: &str) -> World {
+fn not_stitched(s: Setup, reasons: &[(u8, &str)]) -> World {
     let w = start(s);
     let t = transfer(&w);
-    w.wait_conn(which, reason, |v| {
-        v["last_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains(reason))
-    });
+    for &(which, reason) in reasons {
+        w.wait_conn(which, reason, |v| {
+            v["last_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(reason))
+        });
+    }
     let before = relay_bytes_settled(&w.stats1);
     t.finish(&w);
     let after = relay_bytes_settled(&w.stats1);
@@ -500,7 +502,7 @@ fn not_stitched(s: Setup, which: u8, reason: &str) -> World {
 fn descriptions_that_are_not_symmetric_are_not_stitched() {
     let mut s = Setup::new(Matching::Centralized);
     s.c2_service_port = 9001;
-    let w = not_stitched(s, 1, "no symmetric description");
+    let w = not_stitched(s, &[(1, "no symmetric description")]);
     assert!(w.conn(2)["last_reason"]
         .as_str()
         .is_some_and(|r| r.contains("no symmetric description")));
@@ -510,7 +512,7 @@ fn descriptions_that_are_not_symmetric_are_not_stitched() {
 fn different_scopes_are_not_stitched() {
     let mut s = Setup::new(Matching::Centralized);
     s.c2_scope = ("red", 2, KEY);
-    let w = not_stitched(s, 1, "different scope");
+    let w = not_stitched(s, &[(1, "different scope")]);
     assert!(w.conn(2)["last_reason"]
         .as_str()
         .is_some_and(|r| r.contains("different scope")));
@@ -520,7 +522,14 @@ fn different_scopes_are_not_stitched() {
 fn a_wrong_key_is_refused_by_the_matcher_and_nothing_is_stitched() {
     let mut s = Setup::new(Matching::Centralized);
     s.c2_scope = ("blue", 1, OTHER_KEY);
-    let w = not_stitched(s, 1, "no symmetric description");
+    // The conduit whose key is wrong hears nothing, and says what that may mean.
+    let w = not_stitched(
+        s,
+        &[
+            (1, "no symmetric description"),
+            (2, "no verdict from the matcher"),
+        ],
+    );
     let m = w
         ._matcher
         .as_ref()
