@@ -1,7 +1,8 @@
-//! The conduit daemon: owns the sockets, threads and clocks around [`Session`] and
-//! [`Matcher`].
+//! The conduit daemon: owns the sockets, threads and clocks around
+//! [`Session`](crate::session::Session) and [`Matcher`].
 //!
-//! Per TCP connection a loop thread owns the [`Session`] (`tcp_conn`), per UDP flow a
+//! Per TCP connection a loop thread owns the [`Session`](crate::session::Session)
+//! (`tcp_conn`), per UDP flow a
 //! loop thread owns the UDP switch-over (`udp_flow`); the stitch handshake is in
 //! `handshake`, the control socket in `control`. This module holds what they share: the
 //! connection table, the publication policy, matching (centralized or the local matcher
