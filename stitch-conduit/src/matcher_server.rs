@@ -59,11 +59,14 @@ fn status(s: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
 /// # Errors
 /// The I/O error when a socket cannot be bound.
 pub fn run(cfg: MatcherConfig, control: Option<PathBuf>) -> io::Result<()> {
-    let sock = UdpSocket::bind(cfg.file.listen)?;
+    let named = |what: String| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let sock = UdpSocket::bind(cfg.file.listen)
+        .map_err(named(format!("cannot bind {}", cfg.file.listen)))?;
     let shared = Arc::new(Mutex::new(Status::default()));
     if let Some(path) = control {
         let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path)?;
+        let l =
+            UnixListener::bind(&path).map_err(named(format!("cannot bind {}", path.display())))?;
         let shared = shared.clone();
         thread::spawn(move || {
             for c in l.incoming().flatten() {
