@@ -29,14 +29,14 @@ use switch_core::l2::security::PortSecurity;
 use switch_core::l2::table::{mac_table, InsertOutcome, MacTableWriter};
 use switch_core::{BridgeId, MacAddr, PortId};
 
-use switch_core::flow::table::flow_table;
+use switch_core::flow::table::{flow_table_with, FlowTableConfig};
 
 use crate::config::Config;
 use crate::fault::PortFault;
 use crate::slowpath::{ControlBridge, PortState, SlowPath};
 use crate::stats::WorkerStats;
 use crate::stitch::manager::{SlowTx, Stitcher};
-use crate::stitch::rule::FlowRule;
+use crate::stitch::rule::{FlowRule, StitchRec};
 use crate::worker::Worker;
 
 const AFTER_HELP: &str = "\
@@ -316,7 +316,12 @@ fn serve(
     let tsc_start = dpdk::tsc();
     let n_ports = max_port + 1;
     let n_workers = active.len();
-    let (flow_writer, flow_reader) = flow_table::<FlowRule>(cfg.stitch.flow_table_size);
+    let flow_writer = flow_table_with::<FlowRule, StitchRec>(FlowTableConfig {
+        // One record per stitch (four entries), with room for the records retired at
+        // commit and removal until the workers have moved on.
+        records: cfg.stitch.flow_table_size / 4 + cfg.stitch.flow_table_size / 16 + 64,
+        ..FlowTableConfig::new(cfg.stitch.flow_table_size)
+    });
     let flow_count = Arc::new(AtomicUsize::new(0));
     let stitcher = Stitcher::new(flow_writer, flow_count.clone());
     let subscribers = stitcher.subscribers.clone();
@@ -367,7 +372,11 @@ fn serve(
     for (i, (lcore, rx)) in active.into_iter().enumerate() {
         let learn = Arc::new(ArrayQueue::new(4096));
         let punt = Arc::new(ArrayQueue::new(4096));
-        let stats = Arc::new(WorkerStats::new(lcore.id));
+        let stats = Arc::new(WorkerStats::new(lcore.id, slow.stitcher.counter_words()));
+        let flows = slow
+            .stitcher
+            .add_worker(stats.clone())
+            .context("more workers than flow-table reader slots")?;
         slow.learn_queues.push(learn.clone());
         slow.punt_queues.push(punt.clone());
         slow.worker_stats.push(stats.clone());
@@ -380,7 +389,7 @@ fn serve(
             tables: readers.clone(),
             learn,
             inject: inject[i].clone(),
-            flows: flow_reader.clone(),
+            flows,
             flow_count: flow_count.clone(),
             punt,
             faults: faults.clone(),

@@ -28,6 +28,9 @@ pub struct WorkerStats {
     /// know that a change it published is seen (freeze, rule removal).
     pub iterations: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// Translated traffic per stitch record (`stitch::rule::COUNTERS` words each), so
+    /// that no worker writes a shared entry per packet.
+    pub stitch: Box<[AtomicU64]>,
 }
 
 /// Adds `n` to a counter only this thread writes.
@@ -39,8 +42,9 @@ pub fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl WorkerStats {
-    /// Zeroed counters for the worker on `lcore`.
-    pub fn new(lcore: u32) -> WorkerStats {
+    /// Zeroed counters for the worker on `lcore`, with `stitch_words` per-record
+    /// counters.
+    pub fn new(lcore: u32, stitch_words: usize) -> WorkerStats {
         WorkerStats {
             lcore,
             rx_packets: AtomicU64::new(0),
@@ -55,6 +59,7 @@ impl WorkerStats {
             fault_duplicated: AtomicU64::new(0),
             iterations: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            stitch: (0..stitch_words).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::agent::{for_agent, AgentAddrs};
 use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
 use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
-use crate::stitch::rule::{Dir, FlowRule};
+use crate::stitch::rule::{Dir, FlowRule, StitchRec};
 
 /// Why a packet went to the slow path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +64,9 @@ pub struct Worker {
     pub learn: Arc<ArrayQueue<LearnRequest>>,
     /// Packets the slow path asks this worker to send.
     pub inject: Arc<ArrayQueue<(PortId, Mbuf)>>,
-    /// The stitch flow table, and how many entries it has (0: skip the lookup).
-    pub flows: FlowTableReader<FlowRule>,
+    /// The stitch flow table (this worker's registered reader), and how many entries it
+    /// has (0: skip the lookup).
+    pub flows: FlowTableReader<FlowRule, StitchRec>,
     pub flow_count: Arc<AtomicUsize>,
     /// Held packets and notices to the slow path.
     pub punt: Arc<ArrayQueue<Punt>>,
@@ -171,7 +172,7 @@ impl Worker {
             tables,
             learn,
             inject,
-            flows,
+            mut flows,
             flow_count,
             punt,
             faults,
@@ -203,15 +204,6 @@ impl Worker {
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
-        // The first lookup on a thread registers it with arc-swap (one allocation):
-        // do it here, not on the hot path.
-        let _ = flows.contains(&switch_core::flow::key::FlowKey::v4(
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-            6,
-        ));
         let _ = l2.load();
         while !stop.load(Ordering::Relaxed) {
             let ports = l2.load();
@@ -273,8 +265,8 @@ impl Worker {
                         let Some(m) = slot.as_mut() else { return };
                         let Some(frame) = m.data_mut() else { return };
                         fin_copy.len = 0;
-                        let dec = process(frame, &l4, &e.rule, in_port, &mut fin_copy);
-                        let (stitch, dir) = (e.rule.stitch, e.rule.dir);
+                        let dec = process(frame, &l4, e, in_port, &mut fin_copy, &stats.stitch);
+                        let (stitch, dir) = (e.record.stitch, e.value.dir);
                         if dec.notify {
                             let note = Punt {
                                 stitch,
@@ -380,6 +372,8 @@ impl Worker {
                 last_drain = now_tsc;
             }
             publish(&stats, &r);
+            // No reference into the flow table survives this point.
+            flows.quiescent();
         }
         let mut r = Round::default();
         out.drain(&mut r);

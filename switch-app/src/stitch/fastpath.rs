@@ -1,16 +1,18 @@
 //! The per-packet part of stitching, run by the workers for packets that hit the flow
-//! table. No allocation, no lock, no syscall: it reads the rule, updates atomics in the
-//! rule's shared state, and rewrites the frame in place.
+//! table. No allocation, no lock, no syscall: it reads the rule and its record, counts
+//! translated traffic in the worker's own array, updates the watch state's atomics only
+//! while a stitch is watched (and on FIN/RST), and rewrites the frame in place.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use switch_core::flow::key::L4Info;
+use switch_core::flow::table::Hit;
 use switch_core::stitch::translate::translate;
 use switch_core::verdict::DropReason;
 use switch_core::wire::tcp::{TcpOption, TcpOptionsIter};
 use switch_core::{MacAddr, PortId};
 
-use super::rule::{add, Action, DirState, FlowRule};
+use super::rule::{add, counter_slot, Action, DirState, FlowRule, StitchRec, COUNTERS};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -59,29 +61,41 @@ impl Default for FinCopy {
 }
 
 /// Decides (and for translated flows, rewrites) one packet of a stitch. For a FIN whose
-/// rule says so, the headers as they arrived are copied to `fin_copy` first.
+/// rule says so, the headers as they arrived are copied to `fin_copy` first. `counters`
+/// is this worker's array of per-record counters ([`COUNTERS`] words per record).
 pub fn process(
     frame: &mut [u8],
     l4: &L4Info,
-    rule: &FlowRule,
+    hit: Hit<'_, FlowRule, StitchRec>,
     in_port: PortId,
     fin_copy: &mut FinCopy,
+    counters: &[AtomicU64],
 ) -> Decision {
-    let st = &rule.state;
-    add(&st.packets, 1);
-    add(&st.bytes, frame.len() as u64);
+    let rule = hit.value;
+    let states = hit.record.states.as_deref();
+    let st = states.map(|s| &s[rule.dir.index()]);
     let flags = l4.tcp_flags;
     let is_tcp = l4.key.proto == 6;
     let ends = is_tcp && flags & (FIN | RST) != 0;
     if ends {
-        if flags & RST != 0 {
-            add(&st.rsts, 1);
-        } else {
-            add(&st.fins, 1);
+        if let Some(st) = st {
+            if flags & RST != 0 {
+                add(&st.rsts, 1);
+            } else {
+                add(&st.fins, 1);
+            }
         }
     }
     match &rule.action {
         Action::Watch => {
+            let Some(st) = st else {
+                return Decision {
+                    verdict: StitchVerdict::L2,
+                    notify: false,
+                };
+            };
+            add(&st.packets, 1);
+            add(&st.bytes, frame.len() as u64);
             observe(frame, l4, st, in_port);
             let has_data = l4.payload_len > 0 || flags & (SYN | FIN) != 0;
             let frozen = rule.dir.towards_shell() && st.frozen.load(Relaxed);
@@ -104,7 +118,6 @@ pub fn process(
             }
         }
         Action::Translate {
-            t,
             out_port,
             fin_to_shell,
         } => {
@@ -126,13 +139,28 @@ pub fn process(
                     }
                 }
             }
+            let Some(t) = hit.record.translation(rule.dir) else {
+                return Decision {
+                    verdict: StitchVerdict::Drop(DropReason::TranslateError),
+                    notify: false,
+                };
+            };
+            if let Some(slot) = counter_slot(rule.dir) {
+                let base = hit.record_id.0 as usize * COUNTERS + slot;
+                if let Some(c) = counters.get(base..base + 2) {
+                    add(&c[0], 1);
+                    add(&c[1], frame.len() as u64);
+                }
+            }
             match translate(frame, t) {
                 Ok(_) => Decision {
                     verdict: StitchVerdict::Out(*out_port),
                     notify: ends,
                 },
                 Err(_) => {
-                    add(&st.dropped, 1);
+                    if let Some(st) = st {
+                        add(&st.dropped, 1);
+                    }
                     Decision {
                         verdict: StitchVerdict::Drop(DropReason::TranslateError),
                         notify: false,
@@ -141,7 +169,10 @@ pub fn process(
             }
         }
         Action::DropShell => {
-            add(&st.dropped, 1);
+            if let Some(st) = st {
+                add(&st.packets, 1);
+                add(&st.dropped, 1);
+            }
             Decision {
                 verdict: StitchVerdict::Drop(DropReason::ShellAfterCommit),
                 notify: false,

@@ -18,7 +18,7 @@ use stitch_control::protocol::{
     Proto, RpcError, StitchCommitParams, StitchInstallParams, StitchPrepareParams, Teardown,
 };
 use switch_core::flow::key::FlowKey;
-use switch_core::flow::table::{FlowInsert, FlowTableWriter};
+use switch_core::flow::table::{FlowInsert, FlowTableReader, FlowTableWriter, RecordId};
 use switch_core::stitch::pair::{
     check_compat, stitch_pair, Endpoint, MssParams, StitchCompat, StitchParams, TsParams,
     WscaleParams,
@@ -28,7 +28,7 @@ use switch_core::stitch::translate::{translate, Translation};
 use switch_core::{MacAddr, PortId};
 
 use super::ack::{bare_fin, pure_ack};
-use super::rule::{Action, Dir, DirState, FlowRule};
+use super::rule::{counter_slot, Action, Dir, DirState, DirStates, FlowRule, StitchRec, COUNTERS};
 use crate::agent::AgentNotice;
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
@@ -65,7 +65,11 @@ struct Stitch {
     id: u32,
     params: StitchPrepareParams,
     keys: [FlowKey; 4],
-    states: [Arc<DirState>; 4],
+    /// Watch state (shared with the workers through the record); one shared, never
+    /// written set for installed stitches.
+    states: Arc<DirStates>,
+    /// The record the four entries point at (held by this stitch).
+    rec: RecordId,
     phase: Phase,
     held: VecDeque<(Dir, Mbuf)>,
     held_dropped: u64,
@@ -84,10 +88,6 @@ impl Stitch {
         &self.states[d.index()]
     }
 
-    fn packets(&self) -> u64 {
-        self.states.iter().map(|s| s.packets.load(Relaxed)).sum()
-    }
-
     fn summary(&self) -> Value {
         json!({
             "id": self.id,
@@ -99,11 +99,17 @@ impl Stitch {
         })
     }
 
-    fn detail(&self) -> Value {
+    fn detail(&self, counts: &[(u64, u64); 4]) -> Value {
         let mut v = self.summary();
         let dirs: serde_json::Map<String, Value> = Dir::ALL
             .iter()
-            .map(|d| (d.name().to_string(), self.state(*d).to_json()))
+            .map(|d| {
+                let mut j = self.state(*d).to_json();
+                let (p, b) = counts[d.index()];
+                j["packets"] = json!(p);
+                j["bytes"] = json!(b);
+                (d.name().to_string(), j)
+            })
             .collect();
         v["directions"] = Value::Object(dirs);
         v["held"] = json!(self.held.len());
@@ -166,13 +172,17 @@ pub struct Io<'a> {
 
 /// The slow path's stitch state and the flow table's writer.
 pub struct Stitcher {
-    table: FlowTableWriter<FlowRule>,
+    table: FlowTableWriter<FlowRule, StitchRec>,
+    /// The workers' counters (per-record arrays of translated traffic).
+    workers: Vec<Arc<WorkerStats>>,
+    /// The watch state every installed stitch shows (never written: their records
+    /// carry none).
+    installed_states: Arc<DirStates>,
     count: Arc<AtomicUsize>,
     stitches: BTreeMap<u32, Stitch>,
     next_id: u32,
     /// Event subscribers (control connections that called `events.subscribe`).
     pub subscribers: Arc<Mutex<Vec<Sender<Value>>>>,
-    started: Instant,
     /// Counters for `stats.get`.
     pub table_full: u64,
     pub held_total: u64,
@@ -194,14 +204,15 @@ fn key_of(from: SocketAddr, to: SocketAddr, proto: u8) -> FlowKey {
 impl Stitcher {
     /// A stitcher owning the flow table's writer; `count` mirrors the number of entries
     /// for the workers (0 lets them skip the lookup).
-    pub fn new(table: FlowTableWriter<FlowRule>, count: Arc<AtomicUsize>) -> Stitcher {
+    pub fn new(table: FlowTableWriter<FlowRule, StitchRec>, count: Arc<AtomicUsize>) -> Stitcher {
         Stitcher {
             table,
+            workers: Vec::new(),
+            installed_states: Arc::new(Default::default()),
             count,
             stitches: BTreeMap::new(),
             next_id: 1,
             subscribers: Arc::new(Mutex::new(Vec::new())),
-            started: Instant::now(),
             table_full: 0,
             held_total: 0,
             acks_sent: 0,
@@ -212,6 +223,68 @@ impl Stitcher {
 
     fn sync_count(&self) {
         self.count.store(self.table.len(), Relaxed);
+    }
+
+    /// A reader of the flow table for a new worker, with the worker's counters (sized
+    /// for every record). `None` when the table has no reader slot left.
+    pub fn add_worker(
+        &mut self,
+        stats: Arc<WorkerStats>,
+    ) -> Option<FlowTableReader<FlowRule, StitchRec>> {
+        let r = self.table.reader()?;
+        self.workers.push(stats);
+        Some(r)
+    }
+
+    /// Words of per-worker counters a worker needs ([`COUNTERS`] per record).
+    pub fn counter_words(&self) -> usize {
+        self.table.record_capacity() * COUNTERS
+    }
+
+    /// Packets and bytes per direction: the watch state plus every worker's counters of
+    /// translated traffic for the stitch's record.
+    fn counts(&self, s: &Stitch) -> [(u64, u64); 4] {
+        std::array::from_fn(|i| {
+            let d = Dir::ALL[i];
+            let st = s.state(d);
+            let (mut p, mut b) = (st.packets.load(Relaxed), st.bytes.load(Relaxed));
+            if let Some(slot) = counter_slot(d) {
+                let base = s.rec.0 as usize * COUNTERS + slot;
+                for w in &self.workers {
+                    if let Some(c) = w.stitch.get(base..base + 2) {
+                        p += c[0].load(Relaxed);
+                        b += c[1].load(Relaxed);
+                    }
+                }
+            }
+            (p, b)
+        })
+    }
+
+    fn packets(&self, s: &Stitch) -> u64 {
+        self.counts(s).iter().map(|c| c.0).sum()
+    }
+
+    /// Stores a record and zeroes its per-worker counters (a reused index may carry an
+    /// old stitch's counts; no worker writes them any more, the table's grace period
+    /// has passed).
+    fn new_record(&mut self, r: StitchRec) -> Result<RecordId, RpcError> {
+        let id = self.table.add_record(r).map_err(|_| {
+            self.table_full += 1;
+            err(format!(
+                "flow table full ({} entries): stitch refused, nothing changed",
+                self.table.capacity()
+            ))
+        })?;
+        let base = id.0 as usize * COUNTERS;
+        for w in &self.workers {
+            if let Some(c) = w.stitch.get(base..base + COUNTERS) {
+                for x in c {
+                    x.store(0, Relaxed);
+                }
+            }
+        }
+        Ok(id)
     }
 
     /// Sends an event to every subscriber; forgets the ones that went away.
@@ -305,12 +378,10 @@ impl Stitcher {
             };
             let actions = |d: Dir| match d {
                 Dir::CtoA => Action::Translate {
-                    t: t_cb,
                     out_port: b_port,
                     fin_to_shell,
                 },
                 Dir::BtoA => Action::Translate {
-                    t: t_bc,
                     out_port: c_port,
                     fin_to_shell,
                 },
@@ -395,10 +466,10 @@ impl Stitcher {
             kind,
             variant: s.params.teardown,
             legs,
-            bytes: (
-                s.state(Dir::CtoA).bytes.load(Relaxed),
-                s.state(Dir::BtoA).bytes.load(Relaxed),
-            ),
+            bytes: {
+                let c = self.counts(s);
+                (c[Dir::CtoA.index()].1, c[Dir::BtoA.index()].1)
+            },
             shell,
             core,
             to: to.to_vec(),
@@ -440,7 +511,7 @@ impl Stitcher {
                 )));
             }
             if self.table.contains(k) {
-                let owner = self.table.get(k).map(|e| e.rule.stitch);
+                let owner = self.table.get(k).map(|e| e.record.stitch);
                 return Err(err(format!(
                     "{k} is already part of stitch {}; delete it first",
                     owner.map_or("?".into(), |o| o.to_string())
@@ -448,21 +519,32 @@ impl Stitcher {
             }
         }
         let id = self.next_id;
-        let states: [Arc<DirState>; 4] = std::array::from_fn(|_| Arc::new(DirState::default()));
+        // A stitch that will be watched gets its own watch state; an installed one
+        // shares the never-written set (its record carries none).
+        let watched = live.is_none();
+        let states: Arc<DirStates> = if watched {
+            Arc::new(Default::default())
+        } else {
+            Arc::clone(&self.installed_states)
+        };
+        let rec = self.new_record(StitchRec {
+            stitch: id,
+            live: live.map(|(t_cb, _, t_bc, _)| [t_cb, t_bc]),
+            states: watched.then(|| Arc::clone(&states)),
+        })?;
         let mut inserted = Vec::new();
         for (d, k) in Dir::ALL.iter().zip(keys) {
             let rule = FlowRule {
-                stitch: id,
                 dir: *d,
                 action: action(*d),
-                state: states[d.index()].clone(),
             };
-            match self.table.insert(k, rule) {
+            match self.table.insert(k, rule, rec) {
                 FlowInsert::Inserted | FlowInsert::Replaced => inserted.push(k),
                 FlowInsert::Full => {
                     for k in &inserted {
                         self.table.remove(k);
                     }
+                    self.table.release_record(rec);
                     self.table_full += 1;
                     self.sync_count();
                     return Err(err(format!(
@@ -479,6 +561,7 @@ impl Stitcher {
             params: p,
             keys,
             states,
+            rec,
             phase,
             held: VecDeque::new(),
             held_dropped: 0,
@@ -680,7 +763,6 @@ impl Stitcher {
             (
                 Dir::CtoA,
                 Action::Translate {
-                    t: t_cb,
                     out_port: b_port,
                     fin_to_shell,
                 },
@@ -688,7 +770,6 @@ impl Stitcher {
             (
                 Dir::BtoA,
                 Action::Translate {
-                    t: t_bc,
                     out_port: c_port,
                     fin_to_shell,
                 },
@@ -696,19 +777,22 @@ impl Stitcher {
             (Dir::AtoC, Action::DropShell),
             (Dir::AtoB, Action::DropShell),
         ];
+        // One new record with the translations and the same watch state; the four
+        // entries are replaced to point at it, then the old record is released.
+        let rec = self.new_record(StitchRec {
+            stitch: id,
+            live: Some([t_cb, t_bc]),
+            states: Some(Arc::clone(&states)),
+        })?;
         for (d, action) in live {
-            let rule = FlowRule {
-                stitch: id,
-                dir: d,
-                action,
-                state: states[d.index()].clone(),
-            };
-            self.table.insert(keys[d.index()], rule);
+            self.table
+                .insert(keys[d.index()], FlowRule { dir: d, action }, rec);
         }
-        for st in &states {
+        for st in states.iter() {
             st.frozen.store(false, Relaxed);
         }
         let s = self.get_mut(id)?;
+        let old = std::mem::replace(&mut s.rec, rec);
         s.phase = Phase::Stitched;
         s.live = Some((t_cb, b_port, t_bc, c_port));
         s.commit_info = Some(info.clone());
@@ -717,6 +801,7 @@ impl Stitcher {
         for (d, m) in held {
             self.send_live(id, d, m, io);
         }
+        self.table.release_record(old);
         info["released"] = json!(released);
         info["id"] = json!(id);
         info["state"] = json!("stitched");
@@ -780,12 +865,13 @@ impl Stitcher {
     /// uses its rules.
     fn remove(&mut self, id: u32, workers: &[Arc<WorkerStats>]) -> Option<Stitch> {
         let s = self.stitches.remove(&id)?;
-        for st in &s.states {
+        for st in s.states.iter() {
             st.frozen.store(false, Relaxed);
         }
         for k in &s.keys {
             self.table.remove(k);
         }
+        self.table.release_record(s.rec);
         self.sync_count();
         let _ = wait_workers(workers);
         Some(s)
@@ -819,7 +905,7 @@ impl Stitcher {
     pub fn get(&self, id: u32) -> Result<Value, RpcError> {
         self.stitches
             .get(&id)
-            .map(Stitch::detail)
+            .map(|s| s.detail(&self.counts(s)))
             .ok_or_else(|| err(format!("no stitch {id}")))
     }
 
@@ -927,8 +1013,8 @@ impl Stitcher {
     pub fn tick(&mut self, io: &mut Io<'_>) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        for s in self.stitches.values_mut() {
-            let pk = s.packets();
+        let packets: Vec<u64> = self.stitches.values().map(|s| self.packets(s)).collect();
+        for (s, pk) in self.stitches.values_mut().zip(packets) {
             if pk != s.last_packets {
                 s.last_packets = pk;
                 s.last_activity = now;
@@ -963,8 +1049,7 @@ impl Stitcher {
             }
             self.emit(json!({"event": "removed", "id": id, "reason": reason}));
         }
-        self.table
-            .reclaim(self.started.elapsed().as_millis() as u64);
+        self.table.reclaim();
     }
 }
 
