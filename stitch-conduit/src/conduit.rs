@@ -216,7 +216,9 @@ const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Add
 
 struct Shared {
     cfg: ConduitFile,
-    scopes: Scopes,
+    /// The scopes, changed at run time by the control socket (`scope_add`,
+    /// `scope_remove`).
+    scopes: std::sync::RwLock<Scopes>,
     start: Instant,
     conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
@@ -239,6 +241,21 @@ impl Shared {
         self.start.elapsed().as_micros() as u64
     }
 
+    fn scopes(&self) -> std::sync::RwLockReadGuard<'_, Scopes> {
+        self.scopes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the scopes everywhere they are used (the local matcher too).
+    fn set_scopes(&self, f: impl FnOnce(&mut Scopes) -> bool) -> bool {
+        let mut g = self.scopes.write().unwrap_or_else(|p| p.into_inner());
+        let changed = f(&mut g);
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_scopes(g.clone());
+        changed
+    }
+
     fn conns(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -252,7 +269,7 @@ impl Shared {
 
     fn seal(&self, m: &Message, scope: u32) -> Option<Vec<u8>> {
         let nonce = fresh_nonce().ok()?;
-        match seal(m, scope, unix_ms(), nonce, &self.scopes) {
+        match seal(m, scope, unix_ms(), nonce, &self.scopes()) {
             Ok(b) => Some(b),
             Err(e) => {
                 log(self, format_args!("cannot seal: {e}"));
@@ -394,7 +411,7 @@ impl Shared {
                     id: c.id,
                     role: c.role,
                     desc: c.desc_now(),
-                    scope: self.scopes.name_of(c.desc.scope),
+                    scope: self.scopes().name_of(c.desc.scope),
                     phase: st.phase,
                     matching: st.matching.clone(),
                     stitch: st.slot,
@@ -474,7 +491,7 @@ pub fn run(cfg: ConduitConfig) -> Result<(), ConduitError> {
     };
     let sh = Arc::new(Shared {
         local: Mutex::new(Matcher::new(cfg.scopes.clone(), 65_536, 60_000)),
-        scopes: cfg.scopes,
+        scopes: std::sync::RwLock::new(cfg.scopes),
         start: Instant::now(),
         conns: Mutex::new(BTreeMap::new()),
         next_id: AtomicU64::new(1),
@@ -669,7 +686,7 @@ fn udp_loop(sh: Arc<Shared>) {
         };
         let opened = {
             let mut g = sh.guard.lock().unwrap_or_else(|p| p.into_inner());
-            open(&buf[..n], &sh.scopes, &mut g, unix_ms())
+            open(&buf[..n], &sh.scopes(), &mut g, unix_ms())
         };
         let o = match opened {
             Ok(o) => o,

@@ -22,7 +22,9 @@ enum Cmd {
     /// Run a conduit: application ports ([[route]], UDP [[udp_route]]), ports the proxy
     /// chain connects to ([[inbound]], UDP [[udp_inbound]]), the stitch listener, the
     /// matching socket and the Unix control socket (JSON lines: {"cmd":"list"}, {"cmd":"stitch","id":N[,"peer":"ADDR"]},
-    /// {"cmd":"refuse","id":N}). Prints "conduit ready" on stderr once listening.
+    /// {"cmd":"refuse","id":N},
+    /// {"cmd":"scope_add","name":S,"key_id":N,"key":HEX,"members":[..]},
+    /// {"cmd":"scope_remove","name":S}). Prints "conduit ready" on stderr once listening.
     Conduit {
         /// TOML configuration file.
         #[arg(long)]

@@ -104,6 +104,12 @@ impl Matcher {
         }
     }
 
+    /// Replaces the scopes (a policy change); pending and matched entries stay, but new
+    /// publications are checked against the new scopes.
+    pub fn set_scopes(&mut self, scopes: Scopes) {
+        self.scopes = scopes;
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> MatcherStats {
         self.stats

@@ -82,6 +82,38 @@ impl Scopes {
         self.by_id.values().find(|s| s.name == name)
     }
 
+    /// Adds or replaces a scope (by key id); a scope with the same name and another key
+    /// id is removed first. Returns whether one was replaced.
+    pub fn insert(&mut self, scope: Scope) -> bool {
+        let name = scope.name.clone();
+        let other_ids: Vec<u32> = self
+            .by_id
+            .values()
+            .filter(|s| s.name == name && s.key_id != scope.key_id)
+            .map(|s| s.key_id)
+            .collect();
+        let mut replaced = !other_ids.is_empty();
+        for id in other_ids {
+            self.by_id.remove(&id);
+        }
+        replaced |= self.by_id.insert(scope.key_id, scope).is_some();
+        replaced
+    }
+
+    /// Removes the scope with this name; returns whether there was one.
+    pub fn remove_by_name(&mut self, name: &str) -> bool {
+        let before = self.by_id.len();
+        self.by_id.retain(|_, s| s.name != name);
+        self.by_id.len() != before
+    }
+
+    /// Every scope, by key id.
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        let mut v: Vec<&Scope> = self.by_id.values().collect();
+        v.sort_by_key(|s| s.key_id);
+        v.into_iter()
+    }
+
     /// The name of the scope with this key id, or `key<id>` when unknown.
     pub fn name_of(&self, key_id: u32) -> String {
         self.get(key_id)
@@ -127,8 +159,15 @@ mod tests {
         let s = Scope::from_hex("blue", 7, &"Ab".repeat(32), vec![1, 2]).unwrap();
         assert!(s.admits(1) && !s.admits(3));
         assert!(!format!("{s:?}").to_lowercase().contains("abab"));
-        let all = Scopes::new([s]);
+        let mut all = Scopes::new([s]);
         assert_eq!(all.by_name("blue").map(|s| s.key_id), Some(7));
         assert_eq!(all.name_of(9), "key9");
+        // Re-keying a scope under a new key id replaces it; removing forgets it.
+        let rekeyed = Scope::from_hex("blue", 8, &"00".repeat(32), vec![]).unwrap();
+        assert!(all.insert(rekeyed));
+        assert!(all.get(7).is_none() && all.get(8).is_some());
+        assert!(all.remove_by_name("blue"));
+        assert!(!all.remove_by_name("blue"));
+        assert_eq!(all.iter().count(), 0);
     }
 }

@@ -459,6 +459,40 @@ fn api_requests_from_both_sides_at_once_make_exactly_one_stitch() {
     let accepted = w.c1.log_text().matches("accepted stitch from").count()
         + w.c2.log_text().matches("accepted stitch from").count();
     assert_eq!(accepted, 1, "{}", w.logs());
+    // Scopes are policy that can change at run time; keys never come back out.
+    let add = ctl(
+        &w.ctl1,
+        &format!(
+            r#"{{"cmd":"scope_add","name":"green","key_id":9,"key":"{OTHER_KEY}","members":[1,2]}}"#
+        ),
+    );
+    assert_eq!(add["ok"], true, "{add}");
+    let list = ctl(&w.ctl1, r#"{"cmd":"list"}"#);
+    assert!(
+        list["scopes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["name"] == "green")),
+        "{list}"
+    );
+    assert!(!list.to_string().contains(OTHER_KEY), "{list}");
+    let bad = ctl(
+        &w.ctl1,
+        r#"{"cmd":"scope_add","name":"x","key_id":10,"key":"00"}"#,
+    );
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("64 hex digits")),
+        "{bad}"
+    );
+    assert_eq!(
+        ctl(&w.ctl1, r#"{"cmd":"scope_remove","name":"green"}"#)["ok"],
+        true
+    );
+    assert_eq!(
+        ctl(&w.ctl1, r#"{"cmd":"scope_remove","name":"green"}"#)["ok"],
+        false
+    );
     // Asking again: refused, with the reason.
     let again = ctl(
         &w.ctl1,

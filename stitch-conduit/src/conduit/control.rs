@@ -2,7 +2,8 @@
 //!
 //! Commands ([`Request`]): `list` (connections, their descriptions, phases, stitches,
 //! reasons and counters, and the scopes this conduit belongs to, without keys),
-//! `stitch` (by publishing now, or straight to a given peer), `refuse`. A bad request
+//! `stitch` (by publishing now, or straight to a given peer), `refuse`, `scope_add`,
+//! `scope_remove` (matching scopes are policy: configured, and changed here). A bad request
 //! gets `{"ok":false,"error":...}` and changes nothing.
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use super::{Ev, Shared, Slot};
 use crate::config::Matching;
 use crate::msg::Reason;
+use crate::scope::Scope;
 
 /// A control request (one JSON object a line).
 #[derive(Debug, Deserialize)]
@@ -35,6 +37,24 @@ pub enum Request {
         /// Connection id from `list`.
         id: u64,
     },
+    /// Add (or replace) a matching scope: policy set at run time. The key is 64 hex
+    /// digits and is never shown again.
+    ScopeAdd {
+        /// Name (ports name their scope by it).
+        name: String,
+        /// Key id: the scope's name on the wire.
+        key_id: u32,
+        /// 64 hex digits.
+        key: String,
+        /// Member global ids; empty: any key holder.
+        #[serde(default)]
+        members: Vec<u64>,
+    },
+    /// Remove a matching scope: its messages are refused from now on.
+    ScopeRemove {
+        /// Name.
+        name: String,
+    },
 }
 
 fn answer(sh: &Shared, line: &str) -> serde_json::Value {
@@ -47,8 +67,7 @@ fn answer(sh: &Shared, line: &str) -> serde_json::Value {
     match req {
         Request::List => {
             let scopes: Vec<serde_json::Value> = sh
-                .cfg
-                .scope
+                .scopes()
                 .iter()
                 .map(|s| serde_json::json!({ "name": s.name, "key_id": s.key_id, "members": s.members }))
                 .collect();
@@ -91,6 +110,25 @@ fn answer(sh: &Shared, line: &str) -> serde_json::Value {
                     let _ = conn.tx.send(Ev::Publish);
                     serde_json::json!({ "ok": true, "action": "published" })
                 }
+            }
+        }
+        Request::ScopeAdd {
+            name,
+            key_id,
+            key,
+            members,
+        } => match Scope::from_hex(&name, key_id, &key, members) {
+            Ok(scope) => {
+                let replaced = sh.set_scopes(|s| s.insert(scope));
+                serde_json::json!({ "ok": true, "replaced": replaced })
+            }
+            Err(e) => err(format!("scope {name}: {e}")),
+        },
+        Request::ScopeRemove { name } => {
+            if sh.set_scopes(|s| s.remove_by_name(&name)) {
+                serde_json::json!({ "ok": true })
+            } else {
+                err(format!("no scope {name:?}"))
             }
         }
         Request::Refuse { id } => {

@@ -106,7 +106,7 @@ pub(super) fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
     };
     let opened = {
         let mut g = sh.guard.lock().unwrap_or_else(|p| p.into_inner());
-        open(&sealed, &sh.scopes, &mut g, unix_ms())
+        open(&sealed, &sh.scopes(), &mut g, unix_ms())
     };
     let refuse = |r: Reason| {
         log(
@@ -138,7 +138,7 @@ pub(super) fn accept_stitch(sh: Arc<Shared>, s: TcpStream) {
         }
     };
     if !sh
-        .scopes
+        .scopes()
         .get(desc.scope)
         .is_some_and(|sc| sc.admits(desc.global_id))
     {

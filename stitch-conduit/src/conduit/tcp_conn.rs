@@ -57,7 +57,11 @@ impl Credit {
 }
 
 pub(super) fn open_route(sh: Arc<Shared>, route: crate::config::Route, app: TcpStream) {
-    let Some(scope) = sh.scopes.by_name(&route.scope).map(|s| s.key_id) else {
+    let Some(scope) = sh.scopes().by_name(&route.scope).map(|s| s.key_id) else {
+        log(
+            &sh,
+            format_args!("route {}: scope {:?} is gone", route.listen, route.scope),
+        );
         return;
     };
     let Ok(app_addr) = app.peer_addr() else {
@@ -103,7 +107,11 @@ pub(super) fn open_route(sh: Arc<Shared>, route: crate::config::Route, app: TcpS
 }
 
 pub(super) fn accept_inbound(sh: Arc<Shared>, inb: crate::config::Inbound, orig: TcpStream) {
-    let Some(scope) = sh.scopes.by_name(&inb.scope).map(|s| s.key_id) else {
+    let Some(scope) = sh.scopes().by_name(&inb.scope).map(|s| s.key_id) else {
+        log(
+            &sh,
+            format_args!("inbound {}: scope {:?} is gone", inb.listen, inb.scope),
+        );
         return;
     };
     let _ = orig.set_read_timeout(Some(Duration::from_secs(10)));

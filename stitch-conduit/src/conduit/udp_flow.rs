@@ -42,7 +42,7 @@ fn any_addr(like: SocketAddr) -> SocketAddr {
 }
 
 fn scope_of(sh: &Shared, port: &UdpPort) -> u32 {
-    sh.scopes.by_name(&port.scope).map_or(0, |s| s.key_id)
+    sh.scopes().by_name(&port.scope).map_or(0, |s| s.key_id)
 }
 
 type Out = Box<dyn Fn(&[u8]) + Send>;
