@@ -1,8 +1,9 @@
 //! The poll-mode worker: one per set of (port, rx queue), pinned to its lcore.
 //!
 //! rx_burst -> (stitch rule? translate / hold / drop) -> else L2 decision (switch-core)
-//! -> per-output-port TX buffer; buffers go out when full or when ~100 us passed since
-//! the last drain. Learning requests, held packets and teardown notices go to the slow
+//! -> per-output-port TX buffer; buffers go out when full, at the end of a round in which
+//! no queue returned a full burst (the input keeps up: send now), or when ~100 us passed
+//! since the last drain. Learning requests, held packets and teardown notices go to the slow
 //! path over lock-free queues. No allocation, no lock, no syscall, no log in the loop: the
 //! published port settings are read through `arc_swap` once per poll round, and the flow
 //! table is looked up only while at least one stitch exists.
@@ -162,6 +163,16 @@ impl Output {
         }
     }
 
+    /// Sends what waits in every TX buffer (packets the fault injector delays stay
+    /// delayed until the next timed drain, so reordering still happens at low load).
+    fn flush(&mut self, r: &mut Round) {
+        for tx in &mut self.tx {
+            let res = tx.flush();
+            r.tx_pkts += u64::from(res.sent);
+            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+        }
+    }
+
     fn drain(&mut self, r: &mut Round) {
         for (port, tx) in self.tx.iter_mut().enumerate() {
             if let Some(d) = self.delayed[port].take() {
@@ -240,8 +251,14 @@ impl Worker {
             while let Some((p, m)) = inject.pop() {
                 out.push(usize::from(p.0), m, &mut r);
             }
+            // A round in which no queue returned a full burst means the input is
+            // keeping up: what waits in the TX buffers goes out now, not after the
+            // drain interval (low latency at low load; full bursts under load).
+            let mut full_burst = false;
             for &(port, queue) in &rx {
-                if burst.rx(port, queue) == 0 {
+                let got = burst.rx(port, queue);
+                full_burst |= got == MAX_BURST;
+                if got == 0 {
                     continue;
                 }
                 let in_port = PortId(port.0);
@@ -280,58 +297,62 @@ impl Worker {
                     }
                     // Stage 2: one bulk lookup for the burst (the table overlaps the
                     // cache misses), then each hit is handled in arrival order.
-                    flows.for_each_bulk_by(&l4s[..k], |l| &l.key, |j, e| {
-                        let Some(e) = e else {
-                            return;
-                        };
-                        let l4 = &l4s[j];
-                        let slot = &mut pkts[usize::from(idx[j])];
-                        let Some(m) = slot.as_mut() else { return };
-                        let Some(frame) = m.data_mut() else { return };
-                        fin_copy.len = 0;
-                        let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
-                        let (stitch, dir) = (e.record.stitch, e.value.dir);
-                        if dec.notify {
-                            let note = Punt {
-                                stitch,
-                                dir,
-                                kind: PuntKind::Notice,
-                                tcp_flags: l4.tcp_flags,
-                                mbuf: None,
-                                fin: fin_copy,
+                    flows.for_each_bulk_by(
+                        &l4s[..k],
+                        |l| &l.key,
+                        |j, e| {
+                            let Some(e) = e else {
+                                return;
                             };
-                            if punt.push(note).is_err() {
-                                r.drops[DropReason::PuntFull.index()] += 1;
-                            }
-                        }
-                        match dec.verdict {
-                            StitchVerdict::L2 => {}
-                            StitchVerdict::Out(p) => {
-                                if let Some(m) = slot.take() {
-                                    r.stitched += 1;
-                                    out.push(usize::from(p.0), m, &mut r);
-                                }
-                            }
-                            StitchVerdict::Hold => {
-                                let h = Punt {
+                            let l4 = &l4s[j];
+                            let slot = &mut pkts[usize::from(idx[j])];
+                            let Some(m) = slot.as_mut() else { return };
+                            let Some(frame) = m.data_mut() else { return };
+                            fin_copy.len = 0;
+                            let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
+                            let (stitch, dir) = (e.record.stitch, e.value.dir);
+                            if dec.notify {
+                                let note = Punt {
                                     stitch,
                                     dir,
-                                    kind: PuntKind::Hold,
+                                    kind: PuntKind::Notice,
                                     tcp_flags: l4.tcp_flags,
-                                    mbuf: slot.take(),
-                                    fin: FinCopy::default(),
+                                    mbuf: None,
+                                    fin: fin_copy,
                                 };
-                                match punt.push(h) {
-                                    Ok(()) => r.punted += 1,
-                                    Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                                if punt.push(note).is_err() {
+                                    r.drops[DropReason::PuntFull.index()] += 1;
                                 }
                             }
-                            StitchVerdict::Drop(reason) => {
-                                *slot = None;
-                                r.drops[reason.index()] += 1;
+                            match dec.verdict {
+                                StitchVerdict::L2 => {}
+                                StitchVerdict::Out(p) => {
+                                    if let Some(m) = slot.take() {
+                                        r.stitched += 1;
+                                        out.push(usize::from(p.0), m, &mut r);
+                                    }
+                                }
+                                StitchVerdict::Hold => {
+                                    let h = Punt {
+                                        stitch,
+                                        dir,
+                                        kind: PuntKind::Hold,
+                                        tcp_flags: l4.tcp_flags,
+                                        mbuf: slot.take(),
+                                        fin: FinCopy::default(),
+                                    };
+                                    match punt.push(h) {
+                                        Ok(()) => r.punted += 1,
+                                        Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                                    }
+                                }
+                                StitchVerdict::Drop(reason) => {
+                                    *slot = None;
+                                    r.drops[reason.index()] += 1;
+                                }
                             }
-                        }
-                    });
+                        },
+                    );
                 }
                 // Stage 3: everything else is switched by L2. First the MAC table slots
                 // of every frame's source and destination are prefetched, so the probes'
@@ -404,6 +425,8 @@ impl Worker {
             if now_tsc.wrapping_sub(last_drain) >= drain_cycles {
                 out.drain(&mut r);
                 last_drain = now_tsc;
+            } else if !full_burst {
+                out.flush(&mut r);
             }
             publish(&stats, &r);
             // No reference into the flow table survives this point.

@@ -64,7 +64,6 @@ impl Phase {
 struct Stitch {
     id: u32,
     params: StitchPrepareParams,
-    keys: [FlowKey; 4],
     /// Watch state (shared with the workers through the record); one shared, never
     /// written set for installed stitches.
     states: Arc<DirStates>,
@@ -73,8 +72,6 @@ struct Stitch {
     phase: Phase,
     held: VecDeque<(Dir, Mbuf)>,
     held_dropped: u64,
-    /// C->B and B->C rewrites with their output ports, once committed.
-    live: Option<(Translation, PortId, Translation, PortId)>,
     commit_info: Option<Value>,
     fin_from_c: bool,
     fin_from_b: bool,
@@ -84,6 +81,21 @@ struct Stitch {
 }
 
 impl Stitch {
+    /// The four directions' flow keys (C->A1, A1->C, B->A2, A2->B), from the legs.
+    fn keys(&self) -> [FlowKey; 4] {
+        let (a, b) = (self.params.leg_a, self.params.leg_b);
+        let proto = match self.params.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        [
+            key_of(a.client, a.shell, proto),
+            key_of(a.shell, a.client, proto),
+            key_of(b.core, b.shell, proto),
+            key_of(b.shell, b.core, proto),
+        ]
+    }
+
     fn state(&self, d: Dir) -> &DirState {
         &self.states[d.index()]
     }
@@ -454,10 +466,14 @@ impl Stitcher {
             s.params.leg_b.core,
         ];
         let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
-        let (shell, core) = match &s.live {
-            Some((t_cb, b_port, t_bc, _)) => (
+        let live = self
+            .table
+            .record(s.rec)
+            .and_then(|r| Some((r.live.as_ref()?, r.out_ports)));
+        let (shell, core) = match live {
+            Some(([t_cb, t_bc], [b_port, _])) => (
                 (t_bc.eth_src, s.state(Dir::AtoC).port()),
-                (t_cb.eth_dst, Some(*b_port)),
+                (t_cb.eth_dst, Some(b_port)),
             ),
             None => (
                 (mac(&s.state(Dir::CtoA).dst_mac), s.state(Dir::AtoC).port()),
@@ -534,6 +550,7 @@ impl Stitcher {
         let rec = self.new_record(StitchRec {
             stitch: id,
             live: live.map(|(t_cb, _, t_bc, _)| [t_cb, t_bc]),
+            out_ports: live.map_or([PortId(0); 2], |(_, b, _, c)| [b, c]),
             states: watched.then(|| Arc::clone(&states)),
         })?;
         let mut inserted = Vec::new();
@@ -563,13 +580,11 @@ impl Stitcher {
         let s = Stitch {
             id,
             params: p,
-            keys,
             states,
             rec,
             phase,
             held: VecDeque::new(),
             held_dropped: 0,
-            live,
             commit_info: None,
             fin_from_c: false,
             fin_from_b: false,
@@ -761,7 +776,7 @@ impl Stitcher {
         let (t_cb, t_bc) = stitch_pair(&sp);
         let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
         let states = s.states.clone();
-        let keys = s.keys;
+        let keys = s.keys();
         // Both directions live, then the shell's own sends are dropped.
         let live = [
             (
@@ -786,6 +801,7 @@ impl Stitcher {
         let rec = self.new_record(StitchRec {
             stitch: id,
             live: Some([t_cb, t_bc]),
+            out_ports: [b_port, c_port],
             states: Some(Arc::clone(&states)),
         })?;
         for (d, action) in live {
@@ -798,7 +814,6 @@ impl Stitcher {
         let s = self.get_mut(id)?;
         let old = std::mem::replace(&mut s.rec, rec);
         s.phase = Phase::Stitched;
-        s.live = Some((t_cb, b_port, t_bc, c_port));
         s.commit_info = Some(info.clone());
         let held: Vec<(Dir, Mbuf)> = s.held.drain(..).collect();
         let released = held.len();
@@ -818,13 +833,11 @@ impl Stitcher {
         let Some(s) = self.stitches.get(&id) else {
             return;
         };
-        let Some((t_cb, b_port, t_bc, c_port)) = &s.live else {
+        let Some(rec) = self.table.record(s.rec) else {
             return;
         };
-        let (t, port) = match d {
-            Dir::CtoA => (t_cb, *b_port),
-            Dir::BtoA => (t_bc, *c_port),
-            _ => return,
+        let (Some(t), Some(port)) = (rec.translation(d), rec.out_port(d)) else {
+            return;
         };
         let Some(frame) = m.data_mut() else { return };
         if translate(frame, t).is_ok() {
@@ -872,7 +885,7 @@ impl Stitcher {
         for st in s.states.iter() {
             st.frozen.store(false, Relaxed);
         }
-        for k in &s.keys {
+        for k in &s.keys() {
             self.table.remove(k);
         }
         self.table.release_record(s.rec);

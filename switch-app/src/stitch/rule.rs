@@ -92,11 +92,24 @@ pub struct StitchRec {
     pub stitch: u32,
     /// C->B and B->C rewrites, once committed.
     pub live: Option<[Translation; 2]>,
+    /// Where C->B and B->C go out (B's port, C's port), once committed.
+    pub out_ports: [PortId; 2],
     /// Observations and flags, written by the workers while watching.
     pub states: Option<Arc<DirStates>>,
 }
 
 impl StitchRec {
+    /// The output port of a translated direction, once committed.
+    #[inline]
+    pub fn out_port(&self, d: Dir) -> Option<PortId> {
+        self.live.as_ref()?;
+        match d {
+            Dir::CtoA => Some(self.out_ports[0]),
+            Dir::BtoA => Some(self.out_ports[1]),
+            _ => None,
+        }
+    }
+
     /// The translation of a translated direction (`CtoA` uses C->B, `BtoA` B->C).
     #[inline]
     pub fn translation(&self, d: Dir) -> Option<&Translation> {
