@@ -121,23 +121,17 @@ pub fn process(
             out_port,
             fin_to_shell,
         } => {
+            if is_tcp && flags & SYN != 0 {
+                // A SYN on a stitched flow is a new connection on the same 4-tuple (the
+                // old one ended without the switch seeing it): never translated; it is
+                // switched as it is and the slow path ends the stale stitch.
+                return Decision {
+                    verdict: StitchVerdict::L2,
+                    notify: true,
+                };
+            }
             if *fin_to_shell && flags & FIN != 0 {
-                let hlen = l4.l4_offset + usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
-                if hlen <= FIN_COPY {
-                    fin_copy.buf[..hlen].copy_from_slice(&frame[..hlen]);
-                    fin_copy.len = hlen;
-                    // The copy has no payload: make its IP length say so, so it parses
-                    // (the slow path recomputes the checksums of what it sends).
-                    let l3 = l4.l3_offset;
-                    let l4_len = hlen - l4.l4_offset;
-                    if l4.key.is_v6() {
-                        fin_copy.buf[l3 + 4..l3 + 6]
-                            .copy_from_slice(&(l4_len as u16).to_be_bytes());
-                    } else {
-                        fin_copy.buf[l3 + 2..l3 + 4]
-                            .copy_from_slice(&((hlen - l3) as u16).to_be_bytes());
-                    }
-                }
+                copy_fin(frame, l4, fin_copy);
             }
             let Some(t) = hit.record.translation(rule.dir) else {
                 return Decision {
@@ -240,5 +234,24 @@ fn observe(frame: &[u8], l4: &L4Info, st: &DirState, in_port: PortId) {
             Ok(_) => {}
             Err(_) => break,
         }
+    }
+}
+
+/// Copies the headers of a FIN as it arrived (untranslated) into `fin_copy`, with the IP
+/// length cut to the headers so the copy parses (the slow path recomputes the checksums
+/// of what it sends). Leaves `fin_copy` empty when the headers do not fit.
+pub fn copy_fin(frame: &[u8], l4: &L4Info, fin_copy: &mut FinCopy) {
+    let hlen = l4.l4_offset + usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
+    if hlen > FIN_COPY || hlen > frame.len() {
+        return;
+    }
+    fin_copy.buf[..hlen].copy_from_slice(&frame[..hlen]);
+    fin_copy.len = hlen;
+    let l3 = l4.l3_offset;
+    let l4_len = hlen - l4.l4_offset;
+    if l4.key.is_v6() {
+        fin_copy.buf[l3 + 4..l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    } else {
+        fin_copy.buf[l3 + 2..l3 + 4].copy_from_slice(&((hlen - l3) as u16).to_be_bytes());
     }
 }

@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicUsize,
+    Ordering::{Relaxed, Release},
+};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use serde_json::{json, Value};
 use stitch_control::protocol::{
     Proto, RpcError, StitchCommitParams, StitchInstallParams, StitchPrepareParams, Teardown,
 };
-use switch_core::flow::key::FlowKey;
+use switch_core::flow::key::{parse_flow, FlowKey};
 use switch_core::flow::table::{FlowInsert, FlowTableReader, FlowTableWriter, RecordId};
 use switch_core::stitch::pair::{
     check_compat, stitch_pair, Endpoint, MssParams, StitchCompat, StitchParams, TsParams,
@@ -25,14 +28,20 @@ use switch_core::stitch::pair::{
 };
 use switch_core::stitch::seq::SeqNumber;
 use switch_core::stitch::translate::{translate, Translation};
+use switch_core::wire::tcp::{TcpOption, TcpOptionsIter, TcpPacket};
 use switch_core::{MacAddr, PortId};
 
 use super::ack::{bare_fin, pure_ack};
+use super::fastpath::{copy_fin, FinCopy};
 use super::rule::{counter_slot, Action, Dir, DirState, DirStates, FlowRule, StitchRec, COUNTERS};
 use crate::agent::AgentNotice;
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
 use agent_proto::{EndKind, Side};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
 
 /// Most packets a frozen stitch holds; beyond, data is dropped (the sender retransmits).
 pub const MAX_HELD: usize = 4096;
@@ -178,8 +187,6 @@ pub struct Io<'a> {
     pub tx: &'a SlowTx,
     /// For building pure ACKs.
     pub pool: &'a Mempool,
-    /// To wait for the workers.
-    pub workers: &'a [Arc<WorkerStats>],
 }
 
 /// The slow path's stitch state and the flow table's writer.
@@ -603,7 +610,7 @@ impl Stitcher {
     }
 
     /// `stitch.freeze`: returns once every worker has seen the flag.
-    pub fn freeze(&mut self, id: u32, io: &Io<'_>) -> Result<Value, RpcError> {
+    pub fn freeze(&mut self, id: u32) -> Result<Value, RpcError> {
         let s = self.get_mut(id)?;
         match s.phase {
             Phase::Watching => {}
@@ -615,10 +622,18 @@ impl Stitcher {
                 )))
             }
         }
-        s.state(Dir::CtoA).frozen.store(true, Relaxed);
-        s.state(Dir::BtoA).frozen.store(true, Relaxed);
+        s.state(Dir::CtoA).frozen.store(true, Release);
+        s.state(Dir::BtoA).frozen.store(true, Release);
         s.phase = Phase::Frozen;
-        wait_workers(io.workers)?;
+        if let Err(e) = self.wait_readers() {
+            // All or nothing: the stitch goes back to watching.
+            if let Some(s) = self.stitches.get_mut(&id) {
+                s.state(Dir::CtoA).frozen.store(false, Release);
+                s.state(Dir::BtoA).frozen.store(false, Release);
+                s.phase = Phase::Watching;
+            }
+            return Err(e);
+        }
         self.emit(json!({"event": "frozen", "id": id}));
         Ok(json!({"id": id, "state": "frozen"}))
     }
@@ -747,8 +762,12 @@ impl Stitcher {
                 }
                 let [ts_c, ts_a1, ts_b, ts_a2] = last;
                 // TSval never goes backwards for the receiver: B last saw the shell's clock
-                // (A->B), and C's clock is at least what C last sent, so C's later TSvals
-                // shifted by the difference start at or after what B saw. Likewise for C.
+                // (A->B). The shift maps the OLDEST TSval C may still send through the
+                // switch onto it: the first packet held during the freeze (released at
+                // commit), or else C's latest. Every released and later packet then
+                // arrives at or after what B saw (PAWS keeps them all). Likewise for C.
+                let ts_c = oldest_held_tsval(&s.held, Dir::CtoA).map_or(ts_c, |h| older(h, ts_c));
+                let ts_b = oldest_held_tsval(&s.held, Dir::BtoA).map_or(ts_b, |h| older(h, ts_b));
                 let d_cb = ts_a2.wrapping_sub(ts_c);
                 let d_bc = ts_a1.wrapping_sub(ts_b);
                 sp.ts = Some(TsParams {
@@ -808,8 +827,12 @@ impl Stitcher {
             self.table
                 .insert(keys[d.index()], FlowRule { dir: d, action }, rec);
         }
+        // Atomic for the traffic: until every worker has moved past the old watching
+        // rules, a packet that still meets one is held (the freeze flag stays set), so
+        // none reaches the silenced shell; what was held goes out translated below.
+        let _ = self.wait_readers();
         for st in states.iter() {
-            st.frozen.store(false, Relaxed);
+            st.frozen.store(false, Release);
         }
         let s = self.get_mut(id)?;
         let old = std::mem::replace(&mut s.rec, rec);
@@ -817,10 +840,33 @@ impl Stitcher {
         s.commit_info = Some(info.clone());
         let held: Vec<(Dir, Mbuf)> = s.held.drain(..).collect();
         let released = held.len();
+        let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
+        // A FIN or RST held during the freeze ends the stitch like one that arrives
+        // later: the same notice goes through the teardown logic once it is sent on.
+        let mut ends = Vec::new();
         for (d, m) in held {
+            if let Some(l4) = parse_flow(m.data()).filter(|l| l.key.proto == 6) {
+                if l4.tcp_flags & (FIN | RST) != 0 {
+                    let mut fin = FinCopy::default();
+                    if fin_to_shell && l4.tcp_flags & FIN != 0 {
+                        copy_fin(m.data(), &l4, &mut fin);
+                    }
+                    ends.push(Punt {
+                        stitch: id,
+                        dir: d,
+                        kind: PuntKind::Notice,
+                        tcp_flags: l4.tcp_flags,
+                        mbuf: None,
+                        fin,
+                    });
+                }
+            }
             self.send_live(id, d, m, io);
         }
         self.table.release_record(old);
+        for p in ends {
+            self.on_punt(p, io);
+        }
         info["released"] = json!(released);
         info["id"] = json!(id);
         info["state"] = json!("stitched");
@@ -867,8 +913,10 @@ impl Stitcher {
             )));
         }
         let s = self
-            .remove(id, io.workers)
+            .remove(id)
             .ok_or_else(|| err(format!("no stitch {id}")))?;
+        // No worker holds under the old rule any more before the held packets go back.
+        let _ = self.wait_readers();
         let released = s.held.len();
         let mut s = s;
         for (d, m) in std::mem::take(&mut s.held) {
@@ -878,27 +926,41 @@ impl Stitcher {
         Ok(json!({"id": id, "state": "aborted", "released": released}))
     }
 
-    /// Removes a stitch's entries and returns it; waits for the workers so none still
-    /// uses its rules.
-    fn remove(&mut self, id: u32, workers: &[Arc<WorkerStats>]) -> Option<Stitch> {
+    /// Removes a stitch's entries and returns it.
+    ///
+    /// Memory needs no wait (the table reuses nothing before the workers have moved
+    /// on); callers that hand held packets back wait first ([`Stitcher::wait_readers`]) so
+    /// that no worker is still holding under the old rule. Bulk expiry does not wait at
+    /// all: a stitched or closing stitch holds nothing.
+    fn remove(&mut self, id: u32) -> Option<Stitch> {
         let s = self.stitches.remove(&id)?;
         for st in s.states.iter() {
-            st.frozen.store(false, Relaxed);
+            st.frozen.store(false, Release);
         }
         for k in &s.keys() {
             self.table.remove(k);
         }
         self.table.release_record(s.rec);
         self.sync_count();
-        let _ = wait_workers(workers);
         Some(s)
+    }
+
+    /// Waits until every worker has passed a quiescent state: every rule change and
+    /// flag published before is seen by all of them, and none still uses an old rule.
+    fn wait_readers(&self) -> Result<(), RpcError> {
+        if self.table.wait_readers(Duration::from_secs(2)) {
+            Ok(())
+        } else {
+            Err(err("workers did not pass a quiescent state within 2 s"))
+        }
     }
 
     /// `stitch.delete`
     pub fn delete(&mut self, id: u32, io: &mut Io<'_>) -> Result<Value, RpcError> {
         let mut s = self
-            .remove(id, io.workers)
+            .remove(id)
             .ok_or_else(|| err(format!("no stitch {id}")))?;
+        let _ = self.wait_readers();
         let n = s.held.len();
         for (d, m) in std::mem::take(&mut s.held) {
             Self::send_to_shell(&s, d, m, io);
@@ -957,9 +1019,24 @@ impl Stitcher {
             }
             PuntKind::Notice => {
                 let id = s.id;
-                if p.tcp_flags & 0x04 != 0 {
+                if p.tcp_flags & SYN != 0 {
+                    // A new connection on a stitched 4-tuple: the old one is over.
                     let from = if p.dir == Dir::CtoA { "client" } else { "core" };
-                    if let Some(s) = self.remove(id, io.workers) {
+                    if let Some(s) = self.remove(id) {
+                        self.notice(
+                            &s,
+                            Side::Unknown(0),
+                            EndKind::Deleted,
+                            &[Side::Shell, Side::Core],
+                        );
+                    }
+                    self.emit(json!({"event": "syn", "id": id, "from": from}));
+                    self.emit(json!({"event": "removed", "id": id, "reason": "new_connection"}));
+                    return;
+                }
+                if p.tcp_flags & RST != 0 {
+                    let from = if p.dir == Dir::CtoA { "client" } else { "core" };
+                    if let Some(s) = self.remove(id) {
                         let side = if p.dir == Dir::CtoA {
                             Side::Client
                         } else {
@@ -1051,7 +1128,7 @@ impl Stitcher {
             }
         }
         for (id, reason) in expired {
-            if let Some(mut s) = self.remove(id, io.workers) {
+            if let Some(mut s) = self.remove(id) {
                 for (d, m) in std::mem::take(&mut s.held) {
                     Self::send_to_shell(&s, d, m, io);
                 }
@@ -1068,6 +1145,37 @@ impl Stitcher {
         }
         self.table.reclaim();
     }
+}
+
+/// The older of two TSvals (modular, as RFC 7323 compares them).
+fn older(a: u32, b: u32) -> u32 {
+    if SeqNumber(a).before(SeqNumber(b)) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The oldest TSval among the packets held for direction `d` (they keep their arrival
+/// order, but a retransmission may carry an older clock than what follows it).
+fn oldest_held_tsval(held: &VecDeque<(Dir, Mbuf)>, d: Dir) -> Option<u32> {
+    held.iter()
+        .filter(|(hd, _)| *hd == d)
+        .filter_map(|(_, m)| tsval_of(m.data()))
+        .reduce(older)
+}
+
+/// The TSval of a TCP segment's timestamp option, if it has one.
+fn tsval_of(frame: &[u8]) -> Option<u32> {
+    let l4 = parse_flow(frame)?;
+    if l4.key.proto != 6 {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(frame.get(l4.l4_offset..)?).ok()?;
+    TcpOptionsIter::new(tcp.options()).find_map(|o| match o {
+        Ok(TcpOption::Timestamp { tsval, .. }) => Some(tsval),
+        _ => None,
+    })
 }
 
 /// The `i`th address counting from `a`: port + i % 50000, address + i / 50000.
@@ -1119,26 +1227,6 @@ fn check_leg(
         }
     }
     Ok(has_ack && has_seq)
-}
-
-/// Waits until every worker has completed a poll round that started after now, so any
-/// change published before the call is seen by all of them.
-pub fn wait_workers(workers: &[Arc<WorkerStats>]) -> Result<(), RpcError> {
-    let start: Vec<u64> = workers.iter().map(|w| w.iterations.load(Relaxed)).collect();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        if workers
-            .iter()
-            .zip(&start)
-            .all(|(w, s)| w.iterations.load(Relaxed) >= s + 2)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(err("workers did not acknowledge within 2 s"));
-        }
-        std::thread::sleep(Duration::from_micros(20));
-    }
 }
 
 /// Pops everything the workers punted.

@@ -819,6 +819,24 @@ impl<V: Copy + Send + Sync + 'static, R: Send + Sync + 'static> FlowTableWriter<
         }
     }
 
+    /// Waits until every online reader has passed a quiescent state after this call:
+    /// then no reader still holds an entry that was unpublished or replaced before it,
+    /// and every reader sees every store the writer made before it (the QSBR fences give
+    /// the happens-before). Yields the CPU between checks; false after `timeout`.
+    pub fn wait_readers(&self, timeout: std::time::Duration) -> bool {
+        let snap = self.shared.qsbr.snapshot();
+        let start = std::time::Instant::now();
+        loop {
+            if self.shared.qsbr.passed(&snap) {
+                return true;
+            }
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Waits (spinning, at most `max_spins` rounds of `reclaim`) until everything
     /// retired so far is reusable; true if it got there.
     pub fn synchronize(&mut self, max_spins: usize) -> bool {
