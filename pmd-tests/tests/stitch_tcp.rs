@@ -242,6 +242,11 @@ fn shell_scenario(
 fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears_down() {
     let _g = serial();
     let n = net(&[]);
+    const COUNTERS: [&str; 3] = ["TcpExtPAWSEstab", "TcpRetransSegs", "TcpExtTCPTimeouts"];
+    let before: Vec<[u64; 3]> = [&n.c, &n.b]
+        .iter()
+        .map(|ns| COUNTERS.map(|c| ns.nstat(c)))
+        .collect();
     // C sends less, so C's FIN comes first: a client-initiated close.
     let r = shell_scenario(
         &n,
@@ -261,6 +266,19 @@ fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears
         .map(|w| w["stitched"].as_u64().unwrap())
         .sum();
     assert!(stitched > 10_000, "too few packets translated: {st}");
+    // The hand-off released the held segments with timestamps the receivers accept:
+    // neither end dropped a segment as older than what it last saw (PAWS).
+    for (ns, then) in [&n.c, &n.b].iter().zip(&before) {
+        let now = COUNTERS.map(|c| ns.nstat(c));
+        eprintln!(
+            "{}: PAWSEstab +{}, RetransSegs +{}, TCPTimeouts +{}",
+            ns.name,
+            now[0] - then[0],
+            now[1] - then[1],
+            now[2] - then[2]
+        );
+        assert_eq!(now[0], then[0], "{}: segments dropped by PAWS", ns.name);
+    }
 }
 
 #[test]
