@@ -442,4 +442,23 @@ fn full_flow_table_refuses_a_stitch_with_a_reason_and_changes_nothing() {
     assert_eq!(list["stitches"].as_array().unwrap().len(), 1);
     assert_eq!(list["stitches"][0]["id"], first["id"]);
     assert_eq!(sd.ok("stats.get", None)["stitch"]["table_full"], 1);
+
+    // A bulk install that runs out of room part way is all or nothing.
+    sd.ok("stitch.delete", Some(json!({"id": first["id"]})));
+    let install = json!({
+        "leg_a": {"client": "198.18.0.1:20000", "shell": "198.18.0.2:7000"},
+        "leg_b": {"shell": "198.18.0.2:20000", "core": "198.18.0.3:8000"},
+        "macs": {"c": "02:00:00:00:0c:01", "a1": "02:00:00:00:0a:01", "a2": "02:00:00:00:0a:01", "b": "02:00:00:00:0b:01"},
+        "ports": {"c": 0, "b": 1},
+        "s1": 1, "r1": 1, "s2": 1, "r2": 1,
+        "count": 2
+    });
+    let e = sd
+        .call("stitch.install", Some(install))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing changed"), "{e}");
+    let list = sd.ok("stitch.list", None);
+    assert_eq!(list["stitches"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(sd.ok("stats.get", None)["stitch"]["flow_entries"], 0);
 }

@@ -25,7 +25,7 @@ use crate::agent::{for_agent, AgentAddrs};
 use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
 use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
-use crate::stitch::rule::{Dir, FlowRule, StitchRec};
+use crate::stitch::rule::{Dir, FlowRule, StitchRec, COUNTERS};
 
 /// Why a packet went to the slow path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,63 +296,74 @@ impl Worker {
                         k += 1;
                     }
                     // Stage 2: one bulk lookup for the burst (the table overlaps the
-                    // cache misses), then each hit is handled in arrival order.
+                    // cache misses); the per-record counters this worker will write are
+                    // prefetched as the hits come; then each hit is handled in order.
+                    let mut hits = [None; MAX_BURST];
                     flows.for_each_bulk_by(
                         &l4s[..k],
                         |l| &l.key,
                         |j, e| {
-                            let Some(e) = e else {
-                                return;
-                            };
-                            let l4 = &l4s[j];
-                            let slot = &mut pkts[usize::from(idx[j])];
-                            let Some(m) = slot.as_mut() else { return };
-                            let Some(frame) = m.data_mut() else { return };
-                            fin_copy.len = 0;
-                            let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
-                            let (stitch, dir) = (e.record.stitch, e.value.dir);
-                            if dec.notify {
-                                let note = Punt {
-                                    stitch,
-                                    dir,
-                                    kind: PuntKind::Notice,
-                                    tcp_flags: l4.tcp_flags,
-                                    mbuf: None,
-                                    fin: fin_copy,
-                                };
-                                if punt.push(note).is_err() {
-                                    r.drops[DropReason::PuntFull.index()] += 1;
+                            if let Some(e) = e {
+                                let c = e.record_id.0 as usize * COUNTERS;
+                                if let Some(w) = stats.stitch.get(c) {
+                                    dpdk::prefetch(w);
                                 }
                             }
-                            match dec.verdict {
-                                StitchVerdict::L2 => {}
-                                StitchVerdict::Out(p) => {
-                                    if let Some(m) = slot.take() {
-                                        r.stitched += 1;
-                                        out.push(usize::from(p.0), m, &mut r);
-                                    }
-                                }
-                                StitchVerdict::Hold => {
-                                    let h = Punt {
-                                        stitch,
-                                        dir,
-                                        kind: PuntKind::Hold,
-                                        tcp_flags: l4.tcp_flags,
-                                        mbuf: slot.take(),
-                                        fin: FinCopy::default(),
-                                    };
-                                    match punt.push(h) {
-                                        Ok(()) => r.punted += 1,
-                                        Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
-                                    }
-                                }
-                                StitchVerdict::Drop(reason) => {
-                                    *slot = None;
-                                    r.drops[reason.index()] += 1;
-                                }
-                            }
+                            hits[j] = e;
                         },
                     );
+                    for (j, e) in hits[..k].iter().enumerate() {
+                        let Some(e) = *e else {
+                            continue;
+                        };
+                        let l4 = &l4s[j];
+                        let slot = &mut pkts[usize::from(idx[j])];
+                        let Some(m) = slot.as_mut() else { continue };
+                        let Some(frame) = m.data_mut() else { continue };
+                        fin_copy.len = 0;
+                        let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
+                        let (stitch, dir) = (e.record.stitch, e.value.dir);
+                        if dec.notify {
+                            let note = Punt {
+                                stitch,
+                                dir,
+                                kind: PuntKind::Notice,
+                                tcp_flags: l4.tcp_flags,
+                                mbuf: None,
+                                fin: fin_copy,
+                            };
+                            if punt.push(note).is_err() {
+                                r.drops[DropReason::PuntFull.index()] += 1;
+                            }
+                        }
+                        match dec.verdict {
+                            StitchVerdict::L2 => {}
+                            StitchVerdict::Out(p) => {
+                                if let Some(m) = slot.take() {
+                                    r.stitched += 1;
+                                    out.push(usize::from(p.0), m, &mut r);
+                                }
+                            }
+                            StitchVerdict::Hold => {
+                                let h = Punt {
+                                    stitch,
+                                    dir,
+                                    kind: PuntKind::Hold,
+                                    tcp_flags: l4.tcp_flags,
+                                    mbuf: slot.take(),
+                                    fin: FinCopy::default(),
+                                };
+                                match punt.push(h) {
+                                    Ok(()) => r.punted += 1,
+                                    Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                                }
+                            }
+                            StitchVerdict::Drop(reason) => {
+                                *slot = None;
+                                r.drops[reason.index()] += 1;
+                            }
+                        }
+                    }
                 }
                 // Stage 3: everything else is switched by L2. First the MAC table slots
                 // of every frame's source and destination are prefetched, so the probes'

@@ -418,12 +418,17 @@ impl Stitcher {
             ) {
                 Ok(id) => id,
                 Err(e) if first.is_some() => {
+                    // All or nothing: what this call installed goes again.
+                    let (a, b) = (first.unwrap_or(0), last.unwrap_or(0));
+                    for id in a..=b {
+                        self.remove(id);
+                    }
                     return Err(err(format!(
-                        "{} (after installing stitches {}-{})",
+                        "{} (at stitch {} of {count}); the {} installed by this call were removed: nothing changed",
                         e.message,
-                        first.unwrap_or(0),
-                        last.unwrap_or(0)
-                    )))
+                        b - a + 2,
+                        b - a + 1
+                    )));
                 }
                 Err(e) => return Err(e),
             };
