@@ -20,6 +20,8 @@ pub struct WorkerStats {
     pub learn_dropped: AtomicU64,
     /// Packets translated by a stitch rule.
     pub stitched: AtomicU64,
+    /// FINs and RSTs on stitched flows with a wrong TCP checksum: forwarded, not acted on.
+    pub ignored_ends: AtomicU64,
     /// Packets handed to the slow path (held).
     pub punted: AtomicU64,
     pub fault_reordered: AtomicU64,
@@ -54,6 +56,7 @@ impl WorkerStats {
             learn_requests: AtomicU64::new(0),
             learn_dropped: AtomicU64::new(0),
             stitched: AtomicU64::new(0),
+            ignored_ends: AtomicU64::new(0),
             punted: AtomicU64::new(0),
             fault_reordered: AtomicU64::new(0),
             fault_duplicated: AtomicU64::new(0),
@@ -81,6 +84,7 @@ impl WorkerStats {
             "learn_requests": self.learn_requests.load(Relaxed),
             "learn_dropped": self.learn_dropped.load(Relaxed),
             "stitched": self.stitched.load(Relaxed),
+            "ignored_ends": self.ignored_ends.load(Relaxed),
             "punted": self.punted.load(Relaxed),
             "fault_reordered": self.fault_reordered.load(Relaxed),
             "fault_duplicated": self.fault_duplicated.load(Relaxed),

@@ -97,6 +97,7 @@ struct Round {
     learn_req: u64,
     learn_drop: u64,
     stitched: u64,
+    ignored_ends: u64,
     punted: u64,
     fault_reordered: u64,
     fault_duplicated: u64,
@@ -323,6 +324,7 @@ impl Worker {
                         fin_copy.len = 0;
                         let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
                         let (stitch, dir) = (e.record.stitch, e.value.dir);
+                        r.ignored_ends += u64::from(dec.ignored_end);
                         if dec.notify {
                             let note = Punt {
                                 stitch,
@@ -459,6 +461,7 @@ fn publish(s: &WorkerStats, r: &Round) {
     bump(&s.learn_requests, r.learn_req);
     bump(&s.learn_dropped, r.learn_drop);
     bump(&s.stitched, r.stitched);
+    bump(&s.ignored_ends, r.ignored_ends);
     bump(&s.punted, r.punted);
     bump(&s.fault_reordered, r.fault_reordered);
     bump(&s.fault_duplicated, r.fault_duplicated);

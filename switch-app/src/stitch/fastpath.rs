@@ -5,11 +5,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::net::IpAddr;
 use switch_core::flow::key::L4Info;
 use switch_core::flow::table::Hit;
 use switch_core::stitch::translate::translate;
 use switch_core::verdict::DropReason;
-use switch_core::wire::tcp::{TcpOption, TcpOptionsIter};
+
+use switch_core::wire::tcp::{TcpOption, TcpOptionsIter, TcpPacket};
+use switch_core::wire::IpPair;
 use switch_core::{MacAddr, PortId};
 
 use super::rule::{add, counter_slot, Action, DirState, FlowRule, StitchRec, COUNTERS};
@@ -38,6 +41,9 @@ pub enum StitchVerdict {
 pub struct Decision {
     pub verdict: StitchVerdict,
     pub notify: bool,
+    /// A FIN or RST whose TCP checksum is wrong: forwarded (the receiver drops it) but
+    /// not acted on, and counted; only what the receiver would accept ends a stitch.
+    pub ignored_end: bool,
 }
 
 /// Room for the headers of a FIN copied before translation (Ethernet + VLAN + IPv6 +
@@ -92,6 +98,7 @@ pub fn process(
                 return Decision {
                     verdict: StitchVerdict::L2,
                     notify: false,
+                    ignored_end: false,
                 };
             };
             add(&st.packets, 1);
@@ -104,6 +111,7 @@ pub fn process(
                 return Decision {
                     verdict: StitchVerdict::Hold,
                     notify: false,
+                    ignored_end: false,
                 };
             }
             if is_tcp && flags & (SYN | RST) == 0 {
@@ -115,6 +123,7 @@ pub fn process(
             Decision {
                 verdict: StitchVerdict::L2,
                 notify: false,
+                ignored_end: false,
             }
         }
         Action::Translate {
@@ -128,6 +137,7 @@ pub fn process(
                 return Decision {
                     verdict: StitchVerdict::L2,
                     notify: true,
+                    ignored_end: false,
                 };
             }
             if *fin_to_shell && flags & FIN != 0 {
@@ -137,6 +147,7 @@ pub fn process(
                 return Decision {
                     verdict: StitchVerdict::Drop(DropReason::TranslateError),
                     notify: false,
+                    ignored_end: false,
                 };
             };
             if let Some(slot) = counter_slot(rule.dir) {
@@ -146,10 +157,14 @@ pub fn process(
                     add(&c[1], frame.len() as u64);
                 }
             }
+            // Checked before the rewrite (which updates the checksum incrementally, so a
+            // wrong one stays wrong); only FINs and RSTs pay for it.
+            let bad_end = ends && !tcp_checksum_ok(frame, l4);
             match translate(frame, t) {
                 Ok(_) => Decision {
                     verdict: StitchVerdict::Out(*out_port),
-                    notify: ends,
+                    notify: ends && !bad_end,
+                    ignored_end: bad_end,
                 },
                 Err(_) => {
                     if let Some(st) = st {
@@ -158,6 +173,7 @@ pub fn process(
                     Decision {
                         verdict: StitchVerdict::Drop(DropReason::TranslateError),
                         notify: false,
+                        ignored_end: false,
                     }
                 }
             }
@@ -170,6 +186,7 @@ pub fn process(
             Decision {
                 verdict: StitchVerdict::Drop(DropReason::ShellAfterCommit),
                 notify: false,
+                ignored_end: false,
             }
         }
     }
@@ -254,4 +271,19 @@ pub fn copy_fin(frame: &[u8], l4: &L4Info, fin_copy: &mut FinCopy) {
     } else {
         fin_copy.buf[l3 + 2..l3 + 4].copy_from_slice(&((hlen - l3) as u16).to_be_bytes());
     }
+}
+
+/// True if the TCP checksum of the segment `l4` locates verifies (pseudo-header from the
+/// key's addresses, segment = header + payload as the IP length gives it).
+fn tcp_checksum_ok(frame: &[u8], l4: &L4Info) -> bool {
+    let hlen = usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
+    let Some(seg) = frame.get(l4.l4_offset..l4.l4_offset + hlen + l4.payload_len) else {
+        return false;
+    };
+    let ips = match (l4.key.src_ip(), l4.key.dst_ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => IpPair::V4 { src, dst },
+        (IpAddr::V6(src), IpAddr::V6(dst)) => IpPair::V6 { src, dst },
+        _ => return false,
+    };
+    TcpPacket::new_unchecked(seg).verify_checksum(&ips)
 }
