@@ -85,7 +85,7 @@ struct Bench {
 }
 
 impl Bench {
-    /// The stitch.list JSON of `n` installed stitches (as bench-stitch.sh installs them).
+    /// The stitch.list JSON of `n` installed stitches (as bench-fastpath.sh installs them).
     fn list(&mut self, n: u32) -> Result<PathBuf> {
         if let Some(p) = self.lists.get(&n) {
             return Ok(p.clone());
