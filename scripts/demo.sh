@@ -121,6 +121,8 @@ next_line
 snapshot before
 start=$(date +%s.%N)
 echo go >&"$to_client"
+ctl top --count 1 --interval 0.5 < /dev/null > "$dir/top.log" 2>&1 &
+top_pid=$!
 next_line
 sent=${line#client sha256 }
 next_line
@@ -139,6 +141,9 @@ snapshot closed
 echo "== before / after: $mib MiB, $secs s after the first part"
 status=0
 python3 "$ex/demo.py" report "$dir" "$total" || status=1
+wait "$top_pid" || true
+echo "== stitchctl top, the first 0.5 s after the hand-off point"
+cat "$dir/top.log"
 echo "== stitch events (stitchctl events.subscribe)"
 cat "$dir/events.log"
 echo "== teardown notice received by stitch-core on B (variant 4B)"

@@ -1,6 +1,6 @@
 //! `stitchctl top`: what a live view shows, computed from two successive samples of the
 //! daemon's counters (`ports.stats`, `stats.get`, and `stitch.list` while there are few
-//! stitches). Rates are counter differences divided by the time between the samples,
+//! stitches, `stitch.get` per stitch while there are very few, for the busiest). Rates are counter differences divided by the time between the samples,
 //! which the caller measures and passes in, so the rendering is a pure function and is
 //! tested without a daemon.
 //!
@@ -20,6 +20,13 @@ use crate::client::{Client, ClientError};
 /// Above this many stitches, `top` does not list them to count their states (one
 /// `stitch.list` a second would copy them all); it shows the total only.
 pub const STATE_COUNT_LIMIT: u64 = 4096;
+
+/// With at most this many stitches, `top` reads each one's counters (`stitch.get`) to
+/// show the busiest.
+pub const BUSIEST_LIMIT: usize = 64;
+
+/// How many of the busiest stitches are shown.
+pub const BUSIEST_SHOWN: usize = 5;
 
 /// Why a sample could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +101,43 @@ struct StatsGet {
 }
 
 #[derive(Deserialize)]
+struct Endpoint {
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    core: String,
+}
+
+#[derive(Deserialize)]
 struct StitchSummary {
+    id: u64,
     state: String,
+    leg_a: Endpoint,
+    leg_b: Endpoint,
+}
+
+#[derive(Deserialize)]
+struct DirCounters {
+    #[serde(default)]
+    packets: u64,
+    #[serde(default)]
+    bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct StitchDetail {
+    directions: BTreeMap<String, DirCounters>,
+}
+
+/// One stitch's traffic (all four directions together), for the busiest list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StitchRow {
+    pub id: u64,
+    pub state: String,
+    pub client: String,
+    pub core: String,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +153,8 @@ pub struct Sample {
     pub stitch: Option<StitchFacts>,
     /// Stitches by state; `None` when there were more than [`STATE_COUNT_LIMIT`].
     pub states: Option<BTreeMap<String, u64>>,
+    /// Every stitch's counters; empty when there were more than [`BUSIEST_LIMIT`].
+    pub stitches: Vec<StitchRow>,
 }
 
 fn typed<T: DeserializeOwned>(method: &'static str, v: Value) -> Result<T, TopError> {
@@ -129,21 +173,41 @@ impl Sample {
             .stitch
             .as_ref()
             .is_some_and(|s| s.stitches <= STATE_COUNT_LIMIT);
-        let states = if few {
+        let mut states = None;
+        let mut stitches = Vec::new();
+        if few {
             let list: StitchList = typed("stitch.list", client.call("stitch.list", None)?)?;
             let mut m = BTreeMap::new();
-            for s in list.stitches {
-                *m.entry(s.state).or_insert(0) += 1;
+            for s in &list.stitches {
+                *m.entry(s.state.clone()).or_insert(0) += 1;
             }
-            Some(m)
-        } else {
-            None
-        };
+            states = Some(m);
+            if list.stitches.len() <= BUSIEST_LIMIT {
+                for s in list.stitches {
+                    let params = serde_json::json!({ "id": s.id });
+                    let d: StitchDetail = match client.call("stitch.get", Some(params)) {
+                        Ok(v) => typed("stitch.get", v)?,
+                        // Removed since the list was taken.
+                        Err(ClientError::Rpc { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    stitches.push(StitchRow {
+                        id: s.id,
+                        state: s.state,
+                        client: s.leg_a.client,
+                        core: s.leg_b.core,
+                        packets: d.directions.values().map(|c| c.packets).sum(),
+                        bytes: d.directions.values().map(|c| c.bytes).sum(),
+                    });
+                }
+            }
+        }
         Ok(Sample {
             ports: ports.ports,
             workers: stats.workers,
             stitch: stats.stitch,
             states,
+            stitches,
         })
     }
 }
@@ -298,6 +362,40 @@ pub fn render(prev: &Sample, cur: &Sample, secs: f64) -> String {
         ]);
     }
     out.push_str(&table(&rows, 1, true));
+    let mut busy: Vec<(f64, f64, &StitchRow)> = cur
+        .stitches
+        .iter()
+        .map(|s| {
+            let b = prev
+                .stitches
+                .iter()
+                .find(|x| x.id == s.id)
+                .cloned()
+                .unwrap_or_default();
+            (
+                rate(s.bytes, b.bytes, secs),
+                rate(s.packets, b.packets, secs),
+                s,
+            )
+        })
+        .collect();
+    if !busy.is_empty() {
+        busy.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.id.cmp(&b.2.id)));
+        let mut rows = vec![["STITCH", "STATE", "CLIENT", "CORE", "pkt/s", "Mbit/s"]
+            .map(String::from)
+            .to_vec()];
+        for (bytes, packets, s) in busy.into_iter().take(BUSIEST_SHOWN) {
+            rows.push(vec![
+                s.id.to_string(),
+                s.state.clone(),
+                s.client.clone(),
+                s.core.clone(),
+                pps(packets),
+                mbps(bytes),
+            ]);
+        }
+        out.push_str(&table(&rows, 4, false));
+    }
     out
 }
 
@@ -326,6 +424,7 @@ mod tests {
                 flow_capacity: 1024,
             }),
             states: Some([("stitched".to_string(), 1)].into_iter().collect()),
+            stitches: vec![],
         }
     }
 
@@ -351,6 +450,31 @@ mod tests {
         let text = render(&sample(5000, 0, 0), &sample(10, 0, 0), 1.0);
         let port = text.lines().find(|l| l.starts_with("0 ")).expect(&text);
         assert_eq!(port.split_whitespace().nth(2), Some("0"), "{text}");
+    }
+
+    #[test]
+    fn busiest_stitches_come_first_by_byte_rate() {
+        let row = |id, bytes| StitchRow {
+            id,
+            state: "stitched".into(),
+            client: format!("198.18.0.1:{id}"),
+            core: "198.18.0.3:8000".into(),
+            packets: bytes / 1000,
+            bytes,
+        };
+        let mut a = sample(0, 0, 0);
+        a.stitches = vec![row(1, 0), row(2, 0), row(3, 0)];
+        let mut b = sample(0, 0, 0);
+        b.stitches = vec![row(1, 1_000_000), row(2, 9_000_000), row(3, 5_000_000)];
+        let text = render(&a, &b, 1.0);
+        let ids: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("STITCH "))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(ids, ["2", "3", "1"], "{text}");
+        assert!(text.contains("72.0"), "9 MB/s is 72 Mbit/s:\n{text}");
     }
 
     #[test]

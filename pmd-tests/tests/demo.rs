@@ -47,6 +47,10 @@ fn demo_moves_a_transfer_through_the_hand_off_and_the_sha256_matches() {
         "the table does not show a live stitch:\n{stdout}"
     );
     assert!(
+        stdout.lines().any(|l| l.starts_with("STITCH ")),
+        "stitchctl top in the demo shows no stitch:\n{stdout}"
+    );
+    assert!(
         took < Duration::from_secs(60),
         "the demo took {took:?}, over a minute:\n{stdout}"
     );
