@@ -61,6 +61,8 @@ fi
 for b in stitchd stitchctl stitch-shell stitch-core; do
     [ -x "$bin/$b" ] || fail "$bin/$b not found: cargo build --bins"
 done
+# Background processes are started without a shell function around them, so that $! is
+# the process itself (ip netns exec execs the command) and cleanup stops it by its pid.
 ctl() { "$bin/stitchctl" --socket "$sock" "$@"; }
 in_ns() { local ns=$id$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -87,13 +89,13 @@ in_ns c ping -c 2 -i 0.2 -W 2 198.18.0.3 | grep -E 'transmitted' || fail "ping C
 ctl mac.list
 
 echo "== starting stitch-core (B), a server on B, stitch-shell (A)"
-ctl events.subscribe > "$dir/events.log" 2>&1 &
+"$bin/stitchctl" --socket "$sock" events.subscribe > "$dir/events.log" 2>&1 &
 pids+=($!)
-in_ns b "$bin/stitch-core" --config "$ex/core.toml" > "$dir/core.log" 2>&1 &
+ip netns exec "${id}b" "$bin/stitch-core" --config "$ex/core.toml" > "$dir/core.log" 2>&1 &
 pids+=($!)
-in_ns b python3 "$ex/demo.py" serve 198.18.0.3:8000 > "$dir/server.log" 2>&1 &
+ip netns exec "${id}b" python3 "$ex/demo.py" serve 198.18.0.3:8000 > "$dir/server.log" 2>&1 &
 pids+=($!)
-in_ns a "$bin/stitch-shell" --config "$ex/shell.toml" --status-socket "$dir/shell.sock" > "$dir/shell.log" 2>&1 &
+ip netns exec "${id}a" "$bin/stitch-shell" --config "$ex/shell.toml" --status-socket "$dir/shell.sock" > "$dir/shell.log" 2>&1 &
 pids+=($!)
 shell_status() { "$bin/stitch-shell" --status --status-socket "$dir/shell.sock"; }
 wait_for 10 "the server" grep -q listening "$dir/server.log"
@@ -121,8 +123,9 @@ next_line
 snapshot before
 start=$(date +%s.%N)
 echo go >&"$to_client"
-ctl top --count 1 --interval 0.5 < /dev/null > "$dir/top.log" 2>&1 &
+"$bin/stitchctl" --socket "$sock" top --count 1 --interval 0.5 < /dev/null > "$dir/top.log" 2>&1 &
 top_pid=$!
+pids+=("$top_pid")
 next_line
 sent=${line#client sha256 }
 next_line
