@@ -117,8 +117,12 @@ echo "== transfer: $mib MiB C -> 198.18.0.2:7000 (the shell) -> B; hand-off afte
 coproc CLIENT { exec ip netns exec "${id}c" python3 "$ex/demo.py" send 198.18.0.2:7000 "$total" "$first" 2> "$dir/client.log"; }
 pids+=("$CLIENT_PID")
 exec {to_client}>&"${CLIENT[1]}" {from_client}<&"${CLIENT[0]}"
-next_line() { read -r -t 60 -u "$from_client" line || fail "client: $(cat "$dir/client.log")"; }
-next_line
+# next_line WHAT: the client's next line, within 60 s.
+next_line() {
+    read -r -t 60 -u "$from_client" line ||
+        fail "no line from the client within 60 s, waiting for $1 (a starved CPU?) $(cat "$dir/client.log")"
+}
+next_line "the first part"
 [[ $line == first* ]] || fail "client said: $line"
 snapshot before
 start=$(date +%s.%N)
@@ -126,14 +130,14 @@ echo go >&"$to_client"
 "$bin/stitchctl" --socket "$sock" top --count 1 --interval 0.5 < /dev/null > "$dir/top.log" 2>&1 &
 top_pid=$!
 pids+=("$top_pid")
-next_line
+next_line "the transfer"
 sent=${line#client sha256 }
-next_line
+next_line "the server's digest"
 got=${line#server sha256 }
 secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')")
 snapshot after
 echo close >&"$to_client"
-next_line
+next_line "the close"
 [ "$line" = closed ] || fail "client said: $line"
 stitch_gone() { ctl --json stitch.list | python3 -c 'import json,sys; sys.exit(1 if json.load(sys.stdin)["stitches"] else 0)'; }
 wait_for 10 "the stitch to be removed after both FINs" stitch_gone
@@ -148,9 +152,10 @@ wait "$top_pid" || true
 echo "== stitchctl top, the first 0.5 s after the hand-off point"
 cat "$dir/top.log"
 echo "== stitch events (stitchctl events.subscribe)"
+wait_for 10 "the stitch's removed event" grep -q '"removed"' "$dir/events.log"
 cat "$dir/events.log"
-echo "== teardown notice received by stitch-core on B (variant 4B)"
-wait_for 5 "stitch-core's notice" grep -q . "$dir/core.log"
+echo "== teardown notices received by stitch-core on B (variant 4B)"
+wait_for 10 "stitch-core's teardown notice" grep -q '"variant":"4B"' "$dir/core.log"
 cat "$dir/core.log"
 echo "== SHA-256 sent by C:     $sent"
 echo "== SHA-256 received by B: $got"
