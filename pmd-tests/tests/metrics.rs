@@ -276,6 +276,10 @@ fn metrics_agree_with_stats_get_after_a_known_pcap_is_replayed() {
     );
     assert_eq!(value(&m, "stitchd_flow_table_entries", &[]), 0);
     assert_eq!(value(&m, "stitchd_stitches", &[]), 0);
+    assert!(
+        body.contains("# TYPE stitchd_stitches_by_state gauge"),
+        "few stitches: counted by state"
+    );
     assert_eq!(
         value(&m, "stitchd_mac_events_total", &[("event", "learned")]),
         stats["slow_path"]["learned"].as_u64().unwrap()

@@ -6,7 +6,8 @@
 //!   loads, the same cells `stats.get` reads; a worker never waits for a reader);
 //! - everything only the slow path knows (port counters from the PMD, the MAC tables,
 //!   the flow table, stitches, slow-path and agent counters) by the same requests the
-//!   control socket sends it (`ports.stats`, `stats.get`, `mac.list`), answered between
+//!   control socket sends it (`ports.stats`, `stats.get`, `mac.list`, and `stitch.list`
+//!   while there are at most [`STATE_COUNT_LIMIT`] stitches), answered between
 //!   its other work. Their JSON answers are turned into the typed [`SlowSample`] here, at
 //!   the boundary, and nowhere else.
 //!
@@ -36,6 +37,10 @@ use stitch_control::server::Handler;
 use switch_core::verdict::DropReason;
 
 use crate::stats::WorkerStats;
+
+/// Above this many stitches a scrape does not list them (`stitch.list` copies each one)
+/// to count their states: `stitchd_stitches_by_state` is then absent.
+pub const STATE_COUNT_LIMIT: u64 = 4096;
 
 /// Content type of the OpenMetrics text format `prometheus-client` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -125,6 +130,8 @@ pub struct SlowSample {
     /// Slow-path MAC events (`learned`, `aged`, `moves`, ...), by name.
     pub mac_events: Vec<(String, u64)>,
     pub stitches: u64,
+    /// Stitches by state (`stitch.list`); `None` above [`STATE_COUNT_LIMIT`] stitches.
+    pub states: Option<Vec<(String, u64)>>,
     pub flow_entries: u64,
     pub flow_capacity: u64,
     pub flow_table_full: u64,
@@ -150,6 +157,30 @@ fn counters_of(v: &Value) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
+/// Counts the stitches of a `stitch.list` answer by state, sorted by state.
+///
+/// # Errors
+/// [`MetricsError::Missing`] when the answer has no `stitches` or a stitch no `state`.
+pub fn states_of(list: &Value) -> Result<Vec<(String, u64)>, MetricsError> {
+    const SL: &str = "stitch.list";
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for st in list["stitches"].as_array().ok_or(MetricsError::Missing {
+        method: SL,
+        field: "stitches",
+    })? {
+        let state = st["state"].as_str().ok_or(MetricsError::Missing {
+            method: SL,
+            field: "state",
+        })?;
+        match out.iter_mut().find(|(k, _)| k == state) {
+            Some((_, n)) => *n += 1,
+            None => out.push((state.to_string(), 1)),
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 impl SlowSample {
     /// Asks the slow path (through `h`, as the control socket does).
     ///
@@ -168,7 +199,12 @@ impl SlowSample {
         )?;
         let stats = call("stats.get", Method::StatsGet)?;
         let macs = call("mac.list", Method::MacList(MacListParams { bridge: None }))?;
-        Self::from_answers(&ports_v, &stats, &macs)
+        let mut sample = Self::from_answers(&ports_v, &stats, &macs)?;
+        if sample.stitches <= STATE_COUNT_LIMIT {
+            let list = call("stitch.list", Method::StitchList)?;
+            sample.states = Some(states_of(&list)?);
+        }
+        Ok(sample)
     }
 
     /// Builds the sample from the three answers.
@@ -221,6 +257,7 @@ impl SlowSample {
                 .filter(|(k, _)| k != "learn_pending")
                 .collect(),
             stitches: u64_at(st, SG, "stitches")?,
+            states: None,
             flow_entries: u64_at(st, SG, "flow_entries")?,
             flow_capacity: u64_at(st, SG, "flow_capacity")?,
             flow_table_full: u64_at(st, SG, "table_full")?,
@@ -481,6 +518,18 @@ impl Collector for Sample {
             "Stitches known to the switch (any state)",
             &one(s.stitches),
         )?;
+        if let Some(states) = &s.states {
+            let rows: Vec<_> = states
+                .iter()
+                .map(|(k, n)| (vec![("state", k.clone())], *n))
+                .collect();
+            gauges(
+                &mut enc,
+                "stitches_by_state",
+                "Stitches by state (watching, frozen, stitched, closing); absent above 4096 stitches",
+                &rows,
+            )?;
+        }
         counters(
             &mut enc,
             "stitch_held_packets",
@@ -692,6 +741,30 @@ mod tests {
         assert!(slow.mac_events.contains(&("learned".into(), 2)));
         assert!(!slow.mac_events.iter().any(|(k, _)| k == "learn_pending"));
         assert!(slow.agent.is_empty());
+    }
+
+    #[test]
+    fn stitches_are_counted_by_state() {
+        let list = json!({"stitches": [{"state": "stitched"}, {"state": "watching"}, {"state": "stitched"}]});
+        assert_eq!(
+            states_of(&list).unwrap(),
+            vec![("stitched".to_string(), 2), ("watching".to_string(), 1)]
+        );
+        let (p, s, m) = answers();
+        let mut slow = SlowSample::from_answers(&p, &s, &m).unwrap();
+        slow.states = Some(states_of(&list).unwrap());
+        let text = Sample {
+            workers: vec![],
+            slow,
+            mac_capacity: 8,
+        }
+        .into_text()
+        .unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l == "stitchd_stitches_by_state{state=\"stitched\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]
