@@ -461,7 +461,9 @@ fn top(socket: &std::path::Path, count: Option<u64>, interval: f64) -> Result<St
     if !(0.1..=3600.0).contains(&interval) {
         anyhow::bail!("--interval {interval}: must be 0.1-3600 seconds");
     }
-    let mut client = Client::connect(socket)?;
+    // A connection per sample: the daemon closes idle control connections, and a
+    // restarted daemon is picked up again (its counters start over: rates show 0 once).
+    let sample = || -> Result<Sample> { Ok(Sample::fetch(&mut Client::connect(socket)?)?) };
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     // On a terminal: keys from a reader thread; Ctrl-C (0x03, signals are off) also quits.
     let (_raw, keys) = if interactive {
@@ -480,7 +482,7 @@ fn top(socket: &std::path::Path, count: Option<u64>, interval: f64) -> Result<St
         (None, None)
     };
     let step = Duration::from_secs_f64(interval);
-    let mut prev = Sample::fetch(&mut client)?;
+    let mut prev = sample()?;
     let mut t_prev = Instant::now();
     let mut done = 0u64;
     let mut stdout = std::io::stdout();
@@ -499,7 +501,7 @@ fn top(socket: &std::path::Path, count: Option<u64>, interval: f64) -> Result<St
             },
             None => std::thread::sleep(deadline.saturating_duration_since(Instant::now())),
         }
-        let cur = Sample::fetch(&mut client)?;
+        let cur = sample()?;
         let now = Instant::now();
         let view = render(&prev, &cur, now.duration_since(t_prev).as_secs_f64());
         if interactive {
