@@ -9,6 +9,7 @@
 mod agent;
 mod config;
 mod fault;
+mod metrics;
 mod slowpath;
 mod stats;
 mod stitch;
@@ -368,6 +369,13 @@ fn serve(
     let server = ControlServer::bind(&socket)
         .with_context(|| format!("creating control socket {}", socket.display()))?;
     let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
+    let metrics_server = match &cfg.metrics {
+        Some(m) => Some(
+            metrics::MetricsServer::bind(m.listen)
+                .with_context(|| format!("metrics.listen: binding {}", m.listen))?,
+        ),
+        None => None,
+    };
 
     for (i, (lcore, rx)) in active.into_iter().enumerate() {
         let learn = Arc::new(ArrayQueue::new(4096));
@@ -405,6 +413,25 @@ fn serve(
             return Err(e).context(format!("launching worker on lcore {}", lcore.id));
         }
     }
+    let metrics_thread = match metrics_server {
+        Some(ms) => {
+            let addr = ms.local_addr().context("metrics listener")?;
+            let exporter = metrics::Exporter {
+                workers: slow.worker_stats.clone(),
+                slow: Arc::new(ControlBridge {
+                    tx: req_tx.clone(),
+                    subscribers: subscribers.clone(),
+                }),
+                mac_capacity: cfg.l2.mac_table_size as u64,
+            };
+            let t = ms
+                .spawn(exporter, stop.clone())
+                .context("starting the metrics thread")?;
+            println!("stitchd: metrics on http://{addr}/metrics");
+            Some(t)
+        }
+        None => None,
+    };
     let handle = server.serve(Arc::new(ControlBridge {
         tx: req_tx,
         subscribers,
@@ -427,5 +454,10 @@ fn serve(
     stop.store(true, Ordering::SeqCst);
     eal.wait_workers();
     handle.shutdown();
+    if let Some(t) = metrics_thread {
+        // It sees `stop` within 100 ms; a scrape in flight gets "shutting down".
+        drop(req_rx);
+        let _ = t.join();
+    }
     Ok(())
 }
