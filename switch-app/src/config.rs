@@ -188,6 +188,10 @@ pub struct PortConfig {
     /// Learn source MACs seen on this port.
     #[serde(default = "yes")]
     pub learning: bool,
+    /// Most MACs this port may have learned at once (absent = no limit): a flood of
+    /// random source MACs on one port cannot fill the table for the others.
+    #[serde(default)]
+    pub max_learned_macs: Option<u32>,
 }
 
 fn one() -> u16 {
@@ -258,6 +262,38 @@ pub struct L2Config {
     pub aging_secs: u32,
     /// Static entries, installed at start.
     pub static_macs: Vec<StaticMac>,
+    /// May a MAC learned on one port be taken over by another: `allow`, `deny`, or
+    /// `after_quiet` (once its owner has sent nothing for `move_quiet_secs`).
+    pub move_policy: MovePolicyName,
+    /// Seconds of silence on the owning port before `after_quiet` lets a MAC move.
+    pub move_quiet_secs: u32,
+}
+
+/// `[l2] move_policy`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MovePolicyName {
+    /// Any port may take over a learned MAC at once.
+    #[default]
+    Allow,
+    /// A learned MAC stays on its port until it ages out.
+    Deny,
+    /// A learned MAC may move once its owner has been quiet `move_quiet_secs`.
+    AfterQuiet,
+}
+
+impl L2Config {
+    /// The policy the MAC table and the workers apply.
+    pub fn move_policy(&self) -> switch_core::l2::table::MovePolicy {
+        use switch_core::l2::table::MovePolicy;
+        match self.move_policy {
+            MovePolicyName::Allow => MovePolicy::Allow,
+            MovePolicyName::Deny => MovePolicy::Deny,
+            MovePolicyName::AfterQuiet => MovePolicy::AfterQuiet {
+                secs: self.move_quiet_secs,
+            },
+        }
+    }
 }
 
 impl Default for L2Config {
@@ -266,6 +302,8 @@ impl Default for L2Config {
             mac_table_size: 65536,
             aging_secs: 300,
             static_macs: vec![],
+            move_policy: MovePolicyName::Allow,
+            move_quiet_secs: 5,
         }
     }
 }
@@ -366,6 +404,9 @@ impl Config {
                 "mempool.mbufs = {} (at least 1023)",
                 self.mempool.mbufs
             ));
+        }
+        if self.l2.move_policy == MovePolicyName::AfterQuiet && self.l2.move_quiet_secs == 0 {
+            return bad("l2.move_quiet_secs = 0 with move_policy = \"after_quiet\" (must be >= 1; use \"allow\" for no wait)".into());
         }
         if self.l2.mac_table_size == 0 || self.l2.mac_table_size > (1 << 24) {
             return bad(format!(

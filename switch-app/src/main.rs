@@ -27,7 +27,7 @@ use dpdk::{Eal, Mempool, Port, PortConfig as DpdkPortConfig, TxBuffer};
 use stitch_control::server::ControlServer;
 use switch_core::l2::pipeline::{L2Ports, PortL2};
 use switch_core::l2::security::PortSecurity;
-use switch_core::l2::table::{mac_table, InsertOutcome, MacTableWriter};
+use switch_core::l2::table::{mac_table_seeded, InsertOutcome, MacTableWriter};
 use switch_core::{BridgeId, MacAddr, PortId};
 
 use switch_core::flow::table::{flow_table_with, FlowTableConfig};
@@ -125,6 +125,8 @@ struct Planned {
     rx_desc: u16,
     tx_desc: u16,
     l2: PortL2,
+    /// Most MACs the port may have learned at once.
+    max_learned: Option<u32>,
 }
 
 fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
@@ -147,6 +149,7 @@ fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
                         bridge: Some(BridgeId(0)),
                         security: PortSecurity::open(),
                     },
+                    max_learned: None,
                 })
             })
             .collect();
@@ -171,6 +174,7 @@ fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
                     bridge: Some(BridgeId(pc.bridge)),
                     security,
                 },
+                max_learned: pc.max_learned_macs,
             })
         })
         .collect()
@@ -272,7 +276,7 @@ fn serve(
     for p in planned {
         l2_ports[usize::from(p.port.0)] = p.l2.clone();
     }
-    let l2 = L2Ports::new(l2_ports);
+    let l2 = L2Ports::new(l2_ports).with_move_policy(cfg.l2.move_policy());
     let l2_pub = Arc::new(ArcSwap::from_pointee(l2.clone()));
 
     let max_bridge = planned
@@ -285,7 +289,8 @@ fn serve(
     for p in planned {
         if let Some(b) = p.l2.bridge {
             if writers[usize::from(b.0)].is_none() {
-                writers[usize::from(b.0)] = Some(mac_table(cfg.l2.mac_table_size).0);
+                writers[usize::from(b.0)] =
+                    Some(mac_table_seeded(cfg.l2.mac_table_size, random_seed()).0);
             }
         }
     }
@@ -348,6 +353,10 @@ fn serve(
         faults.clone(),
     );
 
+    slow.port_limits = vec![None; n_ports];
+    for p in planned {
+        slow.port_limits[usize::from(p.port.0)] = p.max_learned;
+    }
     if let Some(a) = &cfg.agent {
         let all: Vec<PortId> = planned.iter().map(|p| PortId(p.port.0)).collect();
         slow.agent = Some(agent::Agent::new(a, all).map_err(anyhow::Error::msg)?);
@@ -460,4 +469,17 @@ fn serve(
         let _ = t.join();
     }
     Ok(())
+}
+
+/// A random hash key for the MAC tables (randomness is an input, read once at start):
+/// nobody outside can choose source addresses that all land in one probe window.
+fn random_seed() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    match ok {
+        Ok(()) => u64::from_le_bytes(b) | 1,
+        // No urandom: the TSC is still not predictable from outside the box.
+        Err(_) => dpdk::tsc() | 1,
+    }
 }

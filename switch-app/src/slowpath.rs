@@ -48,6 +48,8 @@ struct Counters {
     learned: u64,
     refreshed: u64,
     moves: u64,
+    move_refused: u64,
+    port_limit: u64,
     static_kept: u64,
     table_full: u64,
     invalid: u64,
@@ -60,6 +62,8 @@ pub struct SlowPath {
     pub ports: Vec<PortState>,
     pub l2: L2Ports,
     pub l2_pub: Arc<ArcSwap<L2Ports>>,
+    /// Most MACs each port (by id) may have learned at once.
+    pub port_limits: Vec<Option<u32>>,
     pub writers: Vec<Option<MacTableWriter>>,
     pub learn_queues: Vec<Arc<ArrayQueue<LearnRequest>>>,
     pub worker_stats: Vec<Arc<WorkerStats>>,
@@ -108,6 +112,7 @@ impl SlowPath {
             ports,
             l2,
             l2_pub,
+            port_limits: Vec::new(),
             writers,
             learn_queues: vec![],
             worker_stats: vec![],
@@ -183,10 +188,29 @@ impl SlowPath {
                 let Some(Some(w)) = self.writers.get_mut(usize::from(bridge.0)) else {
                     continue;
                 };
-                match w.learn(req.mac, req.port, now) {
+                let limit = self
+                    .port_limits
+                    .get(usize::from(req.port.0))
+                    .copied()
+                    .flatten();
+                match w.learn_with(req.mac, req.port, now, self.l2.move_policy(), limit) {
                     LearnOutcome::Learned => self.counters.learned += 1,
                     LearnOutcome::Refreshed => self.counters.refreshed += 1,
-                    LearnOutcome::Moved { .. } => self.counters.moves += 1,
+                    LearnOutcome::Moved { from } => {
+                        self.counters.moves += 1;
+                        self.stitcher.emit(json!({
+                            "event": "mac_moved", "mac": req.mac.to_string(),
+                            "from": from.0, "to": req.port.0,
+                        }));
+                    }
+                    LearnOutcome::MoveRefused { owner } => {
+                        self.counters.move_refused += 1;
+                        self.stitcher.emit(json!({
+                            "event": "mac_move_refused", "mac": req.mac.to_string(),
+                            "owner": owner.0, "claimed_by": req.port.0,
+                        }));
+                    }
+                    LearnOutcome::PortLimit => self.counters.port_limit += 1,
                     LearnOutcome::StaticKept => self.counters.static_kept += 1,
                     LearnOutcome::Full => self.counters.table_full += 1,
                     LearnOutcome::Invalid => self.counters.invalid += 1,
@@ -328,6 +352,7 @@ impl SlowPath {
                     "workers": workers,
                     "slow_path": {
                         "learned": c.learned, "refreshed": c.refreshed, "moves": c.moves,
+                        "move_refused": c.move_refused, "port_limit": c.port_limit,
                         "static_kept": c.static_kept, "table_full": c.table_full,
                         "invalid": c.invalid, "aged": c.aged, "learn_pending": pending,
                     },

@@ -49,11 +49,14 @@ pub enum DropReason {
     TranslateError = 10,
     /// Dropped on purpose by the fault injector (`port.fault.set`).
     FaultInjected = 11,
+    /// The source MAC belongs to another port and the move policy keeps it there: a
+    /// port cannot claim an address it does not own (seed 003).
+    MacOwned = 12,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -69,6 +72,7 @@ impl DropReason {
         DropReason::PuntFull,
         DropReason::TranslateError,
         DropReason::FaultInjected,
+        DropReason::MacOwned,
     ];
 
     /// The stable snake_case name used in stats and metrics.
@@ -86,6 +90,7 @@ impl DropReason {
             DropReason::PuntFull => "punt_full",
             DropReason::TranslateError => "translate_error",
             DropReason::FaultInjected => "fault_injected",
+            DropReason::MacOwned => "mac_owned",
         }
     }
 

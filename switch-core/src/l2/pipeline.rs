@@ -21,7 +21,7 @@
 //! forwarded across bridges.
 
 use crate::l2::security::PortSecurity;
-use crate::l2::table::{MacTableReader, SourceCheck};
+use crate::l2::table::{MacTableReader, MovePolicy, SourceCheck};
 use crate::verdict::DropReason;
 use crate::wire::ethernet;
 use crate::{BridgeId, MacAddr, PortId};
@@ -51,6 +51,7 @@ pub struct PortL2 {
 pub struct L2Ports {
     ports: Vec<PortL2>,
     flood: Vec<Vec<PortId>>,
+    moves: MovePolicy,
 }
 
 impl L2Ports {
@@ -68,7 +69,23 @@ impl L2Ports {
                     .collect(),
             })
             .collect();
-        L2Ports { ports, flood }
+        L2Ports {
+            ports,
+            flood,
+            moves: MovePolicy::Allow,
+        }
+    }
+
+    /// The same ports under a MAC move policy (which the workers enforce by dropping
+    /// frames from a port that claims another port's address, [`classify`]).
+    pub fn with_move_policy(mut self, moves: MovePolicy) -> Self {
+        self.moves = moves;
+        self
+    }
+
+    /// The MAC move policy.
+    pub fn move_policy(&self) -> MovePolicy {
+        self.moves
     }
 
     /// Every other port of `in_port`'s bridge, in port order (empty when
@@ -208,9 +225,11 @@ impl LearnCache {
 /// 2. ingress port in no bridge (or unknown): `Drop(NoBridge)`;
 /// 3. source multicast, broadcast or zero: `Drop(BadSrcMac)`;
 /// 4. source not permitted by the port's security: `Drop(PortSecurity)`;
-/// 5. if the port learns: a source that is unknown, or learned on another
-///    port, yields a [`LearnRequest`] unless this worker already asked for
-///    the same port within [`LEARN_CACHE_TTL`];
+/// 5. if the port learns: a source learned on another port that the move
+///    policy keeps there is `Drop(MacOwned)`; a source that is unknown, or
+///    learned on another port and free to move, yields a [`LearnRequest`]
+///    unless this worker already asked for the same port within
+///    [`LEARN_CACHE_TTL`];
 /// 6. destination multicast/broadcast: `Flood`; else the table, then the
 ///    cache: found on `in_port` is `Drop(Hairpin)`, found on another port of
 ///    the same bridge is `Forward`, anything else is `Flood`.
@@ -248,6 +267,15 @@ pub fn classify(
     if port.security.learning() {
         match table.check_source(src, in_port, now) {
             SourceCheck::Known | SourceCheck::Static { .. } => {}
+            SourceCheck::Moved { last_seen, .. }
+                if match ports.moves {
+                    MovePolicy::Allow => false,
+                    MovePolicy::Deny => true,
+                    MovePolicy::AfterQuiet { secs } => now.wrapping_sub(last_seen) < secs,
+                } =>
+            {
+                return L2Outcome::Drop(DropReason::MacOwned);
+            }
             SourceCheck::Unknown | SourceCheck::Moved { .. } => {
                 if cache.lookup(src, now, LEARN_CACHE_TTL) != Some(in_port) {
                     *learn = Some(LearnRequest {
@@ -591,5 +619,33 @@ mod tests {
         assert_eq!(c.lookup(B, 10, 2), None);
         // Zero MAC never matches an empty slot.
         assert_eq!(c.lookup(MacAddr::ZERO, 0, 2), None);
+    }
+
+    #[test]
+    fn a_frame_from_another_ports_mac_is_dropped_under_deny() {
+        use crate::l2::table::MovePolicy;
+        let (mut w, r) = crate::l2::table::mac_table(64);
+        w.learn(A, PortId(0), 1);
+        let ports = L2Ports::new(vec![open(Some(0)), open(Some(0))]);
+        let f = frame(A, B);
+        let mut cache = LearnCache::new();
+        let mut learn = None;
+        // Allowed by default: the move is requested.
+        let out = classify(&f, PortId(1), &ports, &r, &mut cache, 2, &mut learn);
+        assert_eq!(out, L2Outcome::Flood);
+        assert!(learn.is_some());
+        // Denied: dropped, nothing requested.
+        let ports = ports.with_move_policy(MovePolicy::Deny);
+        let (mut cache, mut learn) = (LearnCache::new(), None);
+        let out = classify(&f, PortId(1), &ports, &r, &mut cache, 2, &mut learn);
+        assert_eq!(out, L2Outcome::Drop(DropReason::MacOwned));
+        assert!(learn.is_none());
+        // After quiet: dropped while the owner talks, requested once it was quiet.
+        let ports = ports.with_move_policy(MovePolicy::AfterQuiet { secs: 5 });
+        let out = classify(&f, PortId(1), &ports, &r, &mut cache, 3, &mut learn);
+        assert_eq!(out, L2Outcome::Drop(DropReason::MacOwned));
+        let out = classify(&f, PortId(1), &ports, &r, &mut cache, 6, &mut learn);
+        assert_eq!(out, L2Outcome::Flood);
+        assert!(learn.is_some());
     }
 }

@@ -117,10 +117,12 @@ struct Shared {
     /// `64 - log2(capacity)`: the home slot is the top bits of the product.
     shift: u32,
     probe: usize,
+    /// Hash key (0: the unkeyed hash, for deterministic tests).
+    seed: u64,
 }
 
 impl Shared {
-    fn new(capacity: usize) -> Shared {
+    fn new(capacity: usize, seed: u64) -> Shared {
         let cap = capacity.max(1).next_power_of_two();
         let slots = (0..cap).map(|_| Slot::default()).collect();
         Shared {
@@ -128,14 +130,23 @@ impl Shared {
             mask: cap - 1,
             shift: 64 - cap.trailing_zeros(),
             probe: PROBE_LEN.min(cap),
+            seed,
         }
     }
 
     /// The home slot: Fibonacci hashing (the top bits of the product), so
     /// that sequential MACs (one vendor prefix, consecutive serials) spread
-    /// evenly over the table.
+    /// evenly over the table. With a seed (random per start), the MAC is
+    /// mixed with it first, so nobody outside can pick addresses that all land
+    /// in one probe window and stop learning.
     fn home(&self, mac: u64) -> usize {
-        let h = mac.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = if self.seed == 0 {
+            mac
+        } else {
+            let h = (mac ^ self.seed).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            (h ^ (h >> 31)).wrapping_mul(self.seed | 1)
+        };
+        let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h.checked_shr(self.shift).unwrap_or(0) as usize & self.mask
     }
 
@@ -178,6 +189,8 @@ pub enum SourceCheck {
     Moved {
         /// Where it was learned.
         from: PortId,
+        /// When (coarse seconds) the owner was last seen there.
+        last_seen: u32,
     },
     /// A static entry exists; static entries never move.
     Static {
@@ -200,10 +213,39 @@ pub enum LearnOutcome {
     },
     /// A static entry exists for this MAC; it was left alone.
     StaticKept,
+    /// Learned on another port, and the move policy keeps it there; nothing changed.
+    MoveRefused {
+        /// The port that owns the address.
+        owner: PortId,
+    },
+    /// The port already has as many learned addresses as its limit allows; nothing
+    /// changed.
+    PortLimit,
     /// No free slot within the probe window; nothing changed.
     Full,
     /// Multicast or zero MAC, or a port above [`MAX_PORT`]; nothing changed.
     Invalid,
+}
+
+/// Whether a MAC learned (or configured) on one port may be taken over by another.
+///
+/// Seed 003: a port cannot claim an address it does not own. `Deny` keeps every learned
+/// address where it was first seen until it ages out or is flushed; `AfterQuiet` lets it
+/// move once its owner has been silent for `secs` (a station that really moved stops
+/// talking on the old port; a spoofer competing with a live owner never gets it). Static
+/// entries never move, whatever the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MovePolicy {
+    /// Any port may take over a learned address at once.
+    #[default]
+    Allow,
+    /// A learned address stays on its port.
+    Deny,
+    /// A learned address may move once its owner has been quiet this long.
+    AfterQuiet {
+        /// Seconds of silence on the owning port.
+        secs: u32,
+    },
 }
 
 /// What [`MacTableWriter::add_static`] did.
@@ -235,7 +277,13 @@ pub struct MacEntry {
 /// Creates a table with at least `capacity` slots (rounded up to a power of
 /// two) and returns its only writer and a first reader.
 pub fn mac_table(capacity: usize) -> (MacTableWriter, MacTableReader) {
-    let shared = Arc::new(Shared::new(capacity));
+    mac_table_seeded(capacity, 0)
+}
+
+/// [`mac_table`] with a hash key: give a random one (an input, like time) to a table
+/// that learns from untrusted traffic; 0 is the unkeyed hash.
+pub fn mac_table_seeded(capacity: usize, seed: u64) -> (MacTableWriter, MacTableReader) {
+    let shared = Arc::new(Shared::new(capacity, seed));
     let reader = MacTableReader {
         shared: Arc::clone(&shared),
     };
@@ -244,6 +292,7 @@ pub fn mac_table(capacity: usize) -> (MacTableWriter, MacTableReader) {
         len: 0,
         moves: 0,
         full: 0,
+        learned_on: vec![0; usize::from(MAX_PORT) + 1],
     };
     (writer, reader)
 }
@@ -290,7 +339,10 @@ impl MacTableReader {
                 }
                 SourceCheck::Known
             }
-            Some((_, p, false)) => SourceCheck::Moved { from: p },
+            Some((idx, p, false)) => SourceCheck::Moved {
+                from: p,
+                last_seen: self.shared.slot(idx).last_seen.load(Ordering::Relaxed),
+            },
         }
     }
 
@@ -307,6 +359,8 @@ pub struct MacTableWriter {
     len: usize,
     moves: u64,
     full: u64,
+    /// Learned (not static) entries per port, for the per-port limits.
+    learned_on: Vec<u32>,
 }
 
 impl fmt::Debug for MacTableWriter {
@@ -378,10 +432,27 @@ impl MacTableWriter {
         slot.word
             .store(encode(mac, port, is_static), Ordering::Release);
         self.len += 1;
+        if !is_static {
+            self.learned_on[usize::from(port.0)] += 1;
+        }
     }
 
-    /// Learns that `mac` was seen on `port` at `now`.
+    /// Learns that `mac` was seen on `port` at `now`, any move allowed, no per-port
+    /// limit. See [`MacTableWriter::learn_with`].
     pub fn learn(&mut self, mac: MacAddr, port: PortId, now: u32) -> LearnOutcome {
+        self.learn_with(mac, port, now, MovePolicy::Allow, None)
+    }
+
+    /// Learns that `mac` was seen on `port` at `now` under a move policy and, for a new
+    /// address, the port's limit of learned addresses (`None`: no limit).
+    pub fn learn_with(
+        &mut self,
+        mac: MacAddr,
+        port: PortId,
+        now: u32,
+        policy: MovePolicy,
+        limit: Option<u32>,
+    ) -> LearnOutcome {
         if mac.is_multicast() || mac.is_zero() || port.0 > MAX_PORT {
             return LearnOutcome::Invalid;
         }
@@ -391,14 +462,30 @@ impl MacTableWriter {
             } => LearnOutcome::StaticKept,
             Place::Found { idx, port: p, .. } => {
                 let slot = self.shared.slot(idx);
-                slot.last_seen.store(now, Ordering::Relaxed);
                 if p == port {
-                    LearnOutcome::Refreshed
-                } else {
-                    self.store(idx, encode(mac, port, false));
-                    self.moves += 1;
-                    LearnOutcome::Moved { from: p }
+                    slot.last_seen.store(now, Ordering::Relaxed);
+                    return LearnOutcome::Refreshed;
                 }
+                let quiet = now.wrapping_sub(slot.last_seen.load(Ordering::Relaxed));
+                let allowed = match policy {
+                    MovePolicy::Allow => true,
+                    MovePolicy::Deny => false,
+                    MovePolicy::AfterQuiet { secs } => quiet >= secs,
+                };
+                if !allowed {
+                    // The owner's last-seen is left alone: a spoofer cannot age it out.
+                    return LearnOutcome::MoveRefused { owner: p };
+                }
+                slot.last_seen.store(now, Ordering::Relaxed);
+                self.store(idx, encode(mac, port, false));
+                self.moves += 1;
+                self.learned_on[usize::from(p.0)] =
+                    self.learned_on[usize::from(p.0)].saturating_sub(1);
+                self.learned_on[usize::from(port.0)] += 1;
+                LearnOutcome::Moved { from: p }
+            }
+            Place::Free(_) if limit.is_some_and(|l| self.learned_on(port) >= l) => {
+                LearnOutcome::PortLimit
             }
             Place::Free(idx) => {
                 self.insert_at(idx, mac, port, false, now);
@@ -419,7 +506,15 @@ impl MacTableWriter {
             return InsertOutcome::Invalid;
         }
         match self.place(mac) {
-            Place::Found { idx, .. } => {
+            Place::Found {
+                idx,
+                port: old,
+                is_static,
+            } => {
+                if !is_static {
+                    self.learned_on[usize::from(old.0)] =
+                        self.learned_on[usize::from(old.0)].saturating_sub(1);
+                }
                 self.store(idx, encode(mac, port, true));
                 InsertOutcome::Replaced
             }
@@ -436,6 +531,15 @@ impl MacTableWriter {
 
     /// Removes the entry at `idx` (tombstone, then cleanup).
     fn remove_at(&mut self, idx: usize) {
+        if let Word::Live {
+            port,
+            is_static: false,
+            ..
+        } = self.load(idx)
+        {
+            self.learned_on[usize::from(port.0)] =
+                self.learned_on[usize::from(port.0)].saturating_sub(1);
+        }
         self.store(idx, TOMBSTONE);
         self.len -= 1;
         // A tombstone followed by an empty slot is on no live entry's path:
@@ -553,6 +657,14 @@ impl MacTableWriter {
         }
     }
 
+    /// Learned (not static) entries on `port`.
+    pub fn learned_on(&self, port: PortId) -> u32 {
+        self.learned_on
+            .get(usize::from(port.0))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// How many learns moved a MAC from one port to another.
     pub fn moves(&self) -> u64 {
         self.moves
@@ -655,8 +767,71 @@ mod tests {
         assert_eq!(r.check_source(mac(2), PortId(1), 9), SourceCheck::Unknown);
         assert_eq!(
             r.check_source(mac(1), PortId(2), 9),
-            SourceCheck::Moved { from: PortId(1) }
+            SourceCheck::Moved {
+                from: PortId(1),
+                last_seen: 9
+            }
         );
+    }
+
+    #[test]
+    fn a_move_policy_keeps_a_mac_on_its_port_until_its_owner_is_quiet() {
+        let (mut w, r) = mac_table(64);
+        assert_eq!(w.learn(mac(1), PortId(1), 10), LearnOutcome::Learned);
+        let deny = MovePolicy::Deny;
+        assert_eq!(
+            w.learn_with(mac(1), PortId(2), 100, deny, None),
+            LearnOutcome::MoveRefused { owner: PortId(1) }
+        );
+        assert_eq!(r.lookup(mac(1)), Some(PortId(1)));
+        // The refusal did not refresh the owner's last-seen.
+        assert_eq!(w.entries()[0].last_seen, 10);
+        let quiet = MovePolicy::AfterQuiet { secs: 30 };
+        assert_eq!(
+            w.learn_with(mac(1), PortId(2), 39, quiet, None),
+            LearnOutcome::MoveRefused { owner: PortId(1) }
+        );
+        assert_eq!(
+            w.learn_with(mac(1), PortId(2), 40, quiet, None),
+            LearnOutcome::Moved { from: PortId(1) }
+        );
+        assert_eq!(r.lookup(mac(1)), Some(PortId(2)));
+        assert_eq!((w.learned_on(PortId(1)), w.learned_on(PortId(2))), (0, 1));
+        // Static entries never move, whatever the policy.
+        w.add_static(mac(2), PortId(3));
+        assert_eq!(
+            w.learn_with(mac(2), PortId(4), 1000, MovePolicy::Allow, None),
+            LearnOutcome::StaticKept
+        );
+    }
+
+    #[test]
+    fn a_port_limit_caps_learning_on_that_port_only_and_counts_stay_exact() {
+        let (mut w, _r) = mac_table(256);
+        for i in 0..10 {
+            let want = if i < 4 {
+                LearnOutcome::Learned
+            } else {
+                LearnOutcome::PortLimit
+            };
+            assert_eq!(
+                w.learn_with(mac(i), PortId(1), 5, MovePolicy::Allow, Some(4)),
+                want
+            );
+        }
+        assert_eq!(
+            w.learn_with(mac(100), PortId(2), 5, MovePolicy::Allow, Some(4)),
+            LearnOutcome::Learned
+        );
+        assert_eq!(w.learned_on(PortId(1)), 4);
+        // Removal, a static entry over a learned one, flush and aging keep the counts.
+        assert!(w.remove(mac(0)));
+        w.add_static(mac(1), PortId(1));
+        assert_eq!(w.learned_on(PortId(1)), 2);
+        assert_eq!(w.flush_port(PortId(1)), 2);
+        assert_eq!(w.learned_on(PortId(1)), 0);
+        assert_eq!(w.age(1000, 10), 1);
+        assert_eq!(w.learned_on(PortId(2)), 0);
     }
 
     #[test]
