@@ -1,0 +1,280 @@
+//! One XMPP link: an authenticated client session on one XMPP domain, carrying
+//! [`FleetMessage`]s.
+//!
+//! The session is a `tokio_xmpp` [`StanzaStream`], which reconnects by itself;
+//! we give it our own connector ([`WaitingConnector`]) so that a failed link is
+//! re-established only after the configured wait (a blip does not cause a
+//! failover), and each new attempt after a failure goes to the next server of
+//! the list (another server of the XMPP cluster, or the same one once back).
+//!
+//! What this layer guarantees: messages are delivered to the owner as typed
+//! values or as a [`DecodeError`] with the sender; a link-up event after every
+//! (re)connection so the owner re-sends what is unanswered. It does not
+//! guarantee delivery: the owner's request ids and re-sends do.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::parsers::message::{Message, MessageType};
+use tokio_xmpp::parsers::presence::Presence;
+use tokio_xmpp::stanzastream::{Event as StreamEventOuter, StanzaStream, StreamEvent};
+use tokio_xmpp::xmlstream::{PendingFeaturesRecv, Timeouts};
+use tokio_xmpp::Stanza;
+
+use crate::log;
+use crate::proto::{DecodeError, FleetMessage, ELEMENT, NS};
+
+/// How to reach the XMPP server(s) and as whom.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Account (bare JID, `user@domain`).
+    pub jid: BareJid,
+    /// Its password.
+    pub password: String,
+    /// `host:port` of the servers of the XMPP cluster serving `jid`'s domain,
+    /// tried in turn.
+    pub servers: Vec<String>,
+    /// How long to wait after a link failure before connecting again.
+    pub reconnect_wait: Duration,
+    /// Name used in log lines (`up-link`, `down-link`).
+    pub label: String,
+}
+
+/// Something that happened on the link.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The session is (again) established: re-send what is unanswered.
+    Up,
+    /// A fleet message arrived (or a payload that failed to decode).
+    Message {
+        /// Authenticated sender (bare JID, as stamped by the server).
+        from: BareJid,
+        /// The message, or why it was refused.
+        msg: Result<FleetMessage, DecodeError>,
+    },
+}
+
+/// Sending side of a link. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    tx: mpsc::UnboundedSender<(BareJid, FleetMessage)>,
+}
+
+impl LinkHandle {
+    /// Queues `msg` for `to`. Messages queued while the link is down go out
+    /// once it is back (and the owner re-sends anything unanswered anyway).
+    pub fn send(&self, to: &BareJid, msg: FleetMessage) {
+        // The link task lives as long as the process; a send after shutdown is moot.
+        let _ = self.tx.send((to.clone(), msg));
+    }
+}
+
+/// Errors starting a link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No server address given.
+    #[error("no XMPP server address given for {0}")]
+    NoServer(String),
+    /// The JID has no local part.
+    #[error("'{0}' is not an account JID (user@domain)")]
+    NotAnAccount(String),
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    /// The link has been up since the last connection attempt.
+    was_up: bool,
+    /// Index of the server to try next.
+    next: usize,
+    /// Connection attempts so far.
+    attempts: u64,
+}
+
+/// A [`ServerConnector`] that waits `wait` before the first attempt after a
+/// failure and rotates through the server list.
+#[derive(Debug, Clone)]
+struct WaitingConnector {
+    servers: Arc<Vec<String>>,
+    state: Arc<Mutex<ConnState>>,
+    wait: Duration,
+    label: Arc<str>,
+}
+
+impl WaitingConnector {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ServerConnector for WaitingConnector {
+    type Stream = <TcpServerConnector as ServerConnector>::Stream;
+
+    async fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<
+        (
+            PendingFeaturesRecv<Self::Stream>,
+            sasl::common::ChannelBinding,
+        ),
+        tokio_xmpp::Error,
+    > {
+        let (failed_after_up, server, attempt) = {
+            let mut st = self.lock();
+            let failed = std::mem::replace(&mut st.was_up, false);
+            if failed {
+                // A failure of an established link: the next server of the list.
+                st.next += 1;
+            }
+            st.attempts += 1;
+            let server = self.servers[st.next % self.servers.len()].clone();
+            (failed, server, st.attempts)
+        };
+        if failed_after_up {
+            log::line(
+                &self.label,
+                &format!(
+                    "link down; waiting {} ms before reconnecting",
+                    self.wait.as_millis()
+                ),
+            );
+            tokio::time::sleep(self.wait).await;
+        }
+        log::line(
+            &self.label,
+            &format!("connecting to {server} (attempt {attempt})"),
+        );
+        let result = TcpServerConnector(DnsConfig::addr(&server))
+            .connect(jid, ns, timeouts)
+            .await;
+        if result.is_err() {
+            // Next attempt (after the library's back-off) tries the next server.
+            self.lock().next += 1;
+        }
+        result
+    }
+}
+
+/// Starts the link task. Returns the sending handle and the event receiver.
+///
+/// # Errors
+///
+/// [`LinkError`] when the configuration cannot work.
+pub fn spawn(
+    cfg: LinkConfig,
+) -> Result<(LinkHandle, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
+    if cfg.servers.is_empty() {
+        return Err(LinkError::NoServer(cfg.label));
+    }
+    if cfg.jid.node().is_none() {
+        return Err(LinkError::NotAnAccount(cfg.jid.to_string()));
+    }
+    let state = Arc::new(Mutex::new(ConnState::default()));
+    let connector = WaitingConnector {
+        servers: Arc::new(cfg.servers.clone()),
+        state: state.clone(),
+        wait: cfg.reconnect_wait,
+        label: Arc::from(cfg.label.as_str()),
+    };
+    let timeouts = Timeouts {
+        read_timeout: Duration::from_secs(30),
+        response_timeout: Duration::from_secs(10),
+    };
+    let stream = StanzaStream::new_c2s(
+        connector,
+        Jid::from(cfg.jid.clone()),
+        cfg.password.clone(),
+        timeouts,
+        64,
+    );
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(stream, cfg.label, state, out_rx, ev_tx));
+    Ok((LinkHandle { tx: out_tx }, ev_rx))
+}
+
+async fn run(
+    mut stream: StanzaStream,
+    label: String,
+    state: Arc<Mutex<ConnState>>,
+    mut out_rx: mpsc::UnboundedReceiver<(BareJid, FleetMessage)>,
+    ev_tx: mpsc::UnboundedSender<LinkEvent>,
+) {
+    loop {
+        tokio::select! {
+            ev = stream.next() => {
+                let Some(ev) = ev else {
+                    log::line(&label, "stream closed for good");
+                    return;
+                };
+                match ev {
+                    StreamEventOuter::Stream(StreamEvent::Reset { bound_jid, .. }) => {
+                        state.lock().unwrap_or_else(|p| p.into_inner()).was_up = true;
+                        log::line(&label, &format!("link up as {bound_jid}"));
+                        // Initial presence: without it the server does not
+                        // route messages for our bare JID to this session.
+                        let _ = stream.send(Box::new(Stanza::Presence(Presence::available()))).await;
+                        if ev_tx.send(LinkEvent::Up).is_err() { return; }
+                    }
+                    StreamEventOuter::Stream(StreamEvent::Resumed) => {
+                        state.lock().unwrap_or_else(|p| p.into_inner()).was_up = true;
+                        log::line(&label, "link up (resumed)");
+                        if ev_tx.send(LinkEvent::Up).is_err() { return; }
+                    }
+                    StreamEventOuter::Stream(StreamEvent::Suspended) => {
+                        log::line(&label, "link suspended");
+                    }
+                    StreamEventOuter::Stanza(Stanza::Message(msg)) => {
+                        if let Some(event) = incoming(&label, msg) {
+                            if ev_tx.send(event).is_err() { return; }
+                        }
+                    }
+                    StreamEventOuter::Stanza(_) => {}
+                }
+            }
+            out = out_rx.recv() => {
+                let Some((to, msg)) = out else { return };
+                let stanza = outgoing(&to, &msg);
+                let _token = stream.send(Box::new(Stanza::Message(stanza))).await;
+            }
+        }
+    }
+}
+
+/// Builds the `<message/>` stanza for `msg`.
+pub fn outgoing(to: &BareJid, msg: &FleetMessage) -> Message {
+    let payload = Element::builder(ELEMENT, NS)
+        .append(msg.to_json())
+        .build();
+    Message::new_with_type(MessageType::Normal, Some(Jid::from(to.clone()))).with_payloads(vec![payload])
+}
+
+/// Turns a received `<message/>` into an event, or `None` for messages that
+/// are not ours to answer (server bounces, chat without a fleet payload from
+/// nobody).
+fn incoming(label: &str, msg: Message) -> Option<LinkEvent> {
+    let from = msg.from.as_ref()?.to_bare();
+    if msg.type_ == MessageType::Error {
+        // A bounce of something we sent (peer offline): the re-send timer
+        // handles it. Never treat it as a message from the peer.
+        log::line(label, &format!("bounce from {from} (peer unavailable)"));
+        return None;
+    }
+    let payload = msg
+        .payloads
+        .iter()
+        .find(|p| p.is(ELEMENT, NS))
+        .map(|p| p.text());
+    let msg = match payload {
+        None => Err(DecodeError::NoPayload),
+        Some(text) => FleetMessage::from_json(&text),
+    };
+    Some(LinkEvent::Message { from, msg })
+}
