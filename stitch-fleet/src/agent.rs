@@ -15,7 +15,7 @@ use std::time::Duration;
 use stitch_control::protocol::{MacAddParams, MacDelParams, PortSecurityParams};
 use stitch_control::{Client, Mac};
 use tokio::sync::mpsc;
-use tokio_xmpp::jid::BareJid;
+use tokio_xmpp::jid::{BareJid, Jid};
 
 use crate::driver::{self, Vm};
 use crate::log;
@@ -130,7 +130,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     agent.last_sent = None;
                     agent.maybe_send_state();
                 }
-                Some(LinkEvent::Message { from, msg }) => agent.on_message(&from, msg),
+                Some(LinkEvent::Message { from, reply_to, msg }) => agent.on_message(&from, &reply_to, msg),
             },
             done = done_rx.recv() => {
                 if let Some(done) = done { agent.on_done(done); }
@@ -200,19 +200,24 @@ impl Agent {
             .send(&self.cfg.manager, FleetMessage::Result { id, outcome });
     }
 
-    fn on_message(&mut self, from: &BareJid, msg: Result<FleetMessage, DecodeError>) {
+    fn on_message(
+        &mut self,
+        from: &BareJid,
+        reply_to: &Jid,
+        msg: Result<FleetMessage, DecodeError>,
+    ) {
         if *from != self.cfg.manager {
             let reason = format!("sender {from} is not this agent's manager");
             log::line(WHO, &format!("refused message from {from}: {reason}"));
-            self.link.send(from, FleetMessage::Error { id: None, reason });
+            self.link.reply(reply_to, FleetMessage::Error { id: None, reason });
             return;
         }
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
                 log::line(WHO, &format!("refused message from {from}: {e}"));
-                self.link.send(
-                    from,
+                self.link.reply(
+                    reply_to,
                     FleetMessage::Error {
                         id: None,
                         reason: e.to_string(),
@@ -227,7 +232,7 @@ impl Agent {
                 customer,
                 action,
             } => self.request(id, &customer, action),
-            FleetMessage::StateQuery => {
+            FleetMessage::StateQuery {} => {
                 self.last_sent = None;
                 self.maybe_send_state();
             }
@@ -235,8 +240,8 @@ impl Agent {
                 log::line(WHO, &format!("manager refused a message ({id:?}): {reason}"));
             }
             other => {
-                self.link.send(
-                    from,
+                self.link.reply(
+                    reply_to,
                     FleetMessage::Error {
                         id: other.request_id().cloned(),
                         reason: "an agent takes only requests and state queries".to_owned(),

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio_xmpp::jid::BareJid;
+use tokio_xmpp::jid::{BareJid, Jid};
 
 use crate::log;
 use crate::proto::{
@@ -143,17 +143,17 @@ pub async fn run(cfg: DownstreamConfig) -> Result<(), DownstreamError> {
                     ds.last_sent = None;
                     ds.maybe_send_state();
                 }
-                Some(LinkEvent::Message { from, msg }) => ds.from_upstream(&from, msg),
+                Some(LinkEvent::Message { from, reply_to, msg }) => ds.from_upstream(&from, &reply_to, msg),
             },
             ev = down_events.recv() => match ev {
                 None => return Ok(()),
                 Some(LinkEvent::Up) => {
                     for a in ds.cfg.agents.clone() {
-                        ds.down.send(&a, FleetMessage::StateQuery);
+                        ds.down.send(&a, FleetMessage::StateQuery {});
                     }
                     ds.reforward();
                 }
-                Some(LinkEvent::Message { from, msg }) => ds.from_agent(&from, msg),
+                Some(LinkEvent::Message { from, reply_to, msg }) => ds.from_agent(&from, &reply_to, msg),
             },
             _ = tick.tick() => ds.reforward(),
         }
@@ -225,23 +225,28 @@ impl Downstream {
         }
     }
 
-    fn refuse(link: &LinkHandle, from: &BareJid, id: Option<RequestId>, reason: String) {
-        log::line(WHO, &format!("refused message from {from}: {reason}"));
-        link.send(from, FleetMessage::Error { id, reason });
+    fn refuse(link: &LinkHandle, to: &Jid, id: Option<RequestId>, reason: String) {
+        log::line(WHO, &format!("refused message from {to}: {reason}"));
+        link.reply(to, FleetMessage::Error { id, reason });
     }
 
-    fn from_upstream(&mut self, from: &BareJid, msg: Result<FleetMessage, DecodeError>) {
+    fn from_upstream(
+        &mut self,
+        from: &BareJid,
+        reply_to: &Jid,
+        msg: Result<FleetMessage, DecodeError>,
+    ) {
         if *from != self.cfg.upstream {
             return Self::refuse(
                 &self.up,
-                from,
+                reply_to,
                 None,
                 format!("sender {from} is not this cluster's upstream manager"),
             );
         }
         let msg = match msg {
             Ok(m) => m,
-            Err(e) => return Self::refuse(&self.up, from, None, e.to_string()),
+            Err(e) => return Self::refuse(&self.up, reply_to, None, e.to_string()),
         };
         match msg {
             FleetMessage::Request {
@@ -249,7 +254,7 @@ impl Downstream {
                 customer,
                 action,
             } => self.request(id, customer, action),
-            FleetMessage::StateQuery => {
+            FleetMessage::StateQuery {} => {
                 self.last_sent = None;
                 self.maybe_send_state();
             }
@@ -258,7 +263,7 @@ impl Downstream {
             }
             other => Self::refuse(
                 &self.up,
-                from,
+                reply_to,
                 other.request_id().cloned(),
                 "the downstream manager takes only requests and state queries from upstream"
                     .to_owned(),
@@ -426,18 +431,23 @@ impl Downstream {
         i64::try_from(n).unwrap_or(i64::MAX)
     }
 
-    fn from_agent(&mut self, from: &BareJid, msg: Result<FleetMessage, DecodeError>) {
+    fn from_agent(
+        &mut self,
+        from: &BareJid,
+        reply_to: &Jid,
+        msg: Result<FleetMessage, DecodeError>,
+    ) {
         if !self.agents.contains_key(from) {
             return Self::refuse(
                 &self.down,
-                from,
+                reply_to,
                 None,
                 format!("sender {from} is not an agent of this cluster"),
             );
         }
         let msg = match msg {
             Ok(m) => m,
-            Err(e) => return Self::refuse(&self.down, from, None, e.to_string()),
+            Err(e) => return Self::refuse(&self.down, reply_to, None, e.to_string()),
         };
         match msg {
             FleetMessage::State { state } => {
@@ -451,31 +461,31 @@ impl Downstream {
                 self.agents.insert(from.clone(), Some(state));
                 self.maybe_send_state();
             }
-            FleetMessage::Result { id, outcome } => self.result(from, id, outcome),
+            FleetMessage::Result { id, outcome } => self.result(from, reply_to, id, outcome),
             FleetMessage::Error { id, reason } => {
                 log::line(WHO, &format!("agent {from} refused a message ({id:?}): {reason}"));
                 if let Some(id) = id {
                     let outcome = Outcome::Failed {
                         reason: format!("agent refused the request: {reason}"),
                     };
-                    self.result(from, id, outcome);
+                    self.result(from, reply_to, id, outcome);
                 }
             }
             other => Self::refuse(
                 &self.down,
-                from,
+                reply_to,
                 other.request_id().cloned(),
                 "the downstream manager takes only state and results from agents".to_owned(),
             ),
         }
     }
 
-    fn result(&mut self, from: &BareJid, id: RequestId, outcome: Outcome) {
+    fn result(&mut self, from: &BareJid, reply_to: &Jid, id: RequestId, outcome: Outcome) {
         let from_s = from.to_string();
         let Some(e) = self.rec.requests.get_mut(&id) else {
             return Self::refuse(
                 &self.down,
-                from,
+                reply_to,
                 Some(id.clone()),
                 format!("no request {id} was sent to {from}"),
             );
@@ -483,7 +493,7 @@ impl Downstream {
         if e.agent.as_deref() != Some(from_s.as_str()) {
             return Self::refuse(
                 &self.down,
-                from,
+                reply_to,
                 Some(id.clone()),
                 format!("request {id} was not sent to {from}"),
             );

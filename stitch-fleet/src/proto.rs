@@ -432,7 +432,8 @@ pub enum FleetMessage {
         state: NodeState,
     },
     /// Asks the peer to send its state now (after a link comes back).
-    StateQuery,
+    /// (A struct variant with no fields, so unknown fields are refused.)
+    StateQuery {},
     /// The receiver refused a message it could not accept (bad input, unknown
     /// sender); nothing was applied.
     Error {
@@ -494,7 +495,7 @@ impl FleetMessage {
                 }
                 Ok(())
             }
-            FleetMessage::StateQuery | FleetMessage::Error { .. } => Ok(()),
+            FleetMessage::StateQuery {} | FleetMessage::Error { .. } => Ok(()),
         }
     }
 

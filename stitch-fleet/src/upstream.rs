@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio_xmpp::jid::BareJid;
+use tokio_xmpp::jid::{BareJid, Jid};
 
 use crate::api::{ClusterIn, CustomerIn, ErrorBody, Quota, RequestIn, TemplateIn};
 use crate::log;
@@ -108,7 +108,7 @@ pub async fn run(cfg: UpstreamConfig) -> Result<(), UpstreamError> {
                         query_states(&store, &link);
                         resend(&store, &link, None);
                     }
-                    LinkEvent::Message { from, msg } => on_message(&store, &link, &from, msg),
+                    LinkEvent::Message { from, reply_to, msg } => on_message(&store, &link, &from, &reply_to, msg),
                 }
             }
             id = notify_rx.recv() => {
@@ -126,7 +126,7 @@ fn query_states(store: &Shared, link: &LinkHandle) {
     };
     for c in clusters {
         if let Ok(jid) = c.jid.parse::<BareJid>() {
-            link.send(&jid, FleetMessage::StateQuery);
+            link.send(&jid, FleetMessage::StateQuery {});
         }
     }
 }
@@ -151,6 +151,7 @@ fn on_message(
     store: &Shared,
     link: &LinkHandle,
     from: &BareJid,
+    reply_to: &Jid,
     msg: Result<FleetMessage, crate::proto::DecodeError>,
 ) {
     let mut st = lock(store);
@@ -159,7 +160,7 @@ fn on_message(
         Ok(None) => {
             let reason = format!("sender {from} is not a registered cluster");
             log::line(WHO, &format!("refused message from {from}: {reason}"));
-            link.send(from, FleetMessage::Error { id: None, reason });
+            link.reply(reply_to, FleetMessage::Error { id: None, reason });
             return;
         }
         Err(e) => return log::line(WHO, &format!("error: {e}")),
@@ -168,8 +169,8 @@ fn on_message(
         Ok(m) => m,
         Err(e) => {
             log::line(WHO, &format!("refused message from {from}: {e}"));
-            link.send(
-                from,
+            link.reply(
+                reply_to,
                 FleetMessage::Error {
                     id: None,
                     reason: e.to_string(),
@@ -225,7 +226,7 @@ fn on_message(
                 None => Ok(()),
             }
         }
-        other @ (FleetMessage::Request { .. } | FleetMessage::StateQuery) => {
+        other @ (FleetMessage::Request { .. } | FleetMessage::StateQuery {}) => {
             let reason = format!(
                 "the upstream manager takes no '{}' messages",
                 serde_json::to_value(&other)
@@ -233,8 +234,8 @@ fn on_message(
                     .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
                     .unwrap_or_default()
             );
-            link.send(
-                from,
+            link.reply(
+                reply_to,
                 FleetMessage::Error {
                     id: other.request_id().cloned(),
                     reason,

@@ -54,6 +54,8 @@ pub enum LinkEvent {
     Message {
         /// Authenticated sender (bare JID, as stamped by the server).
         from: BareJid,
+        /// The sending session (full JID): where refusals go.
+        reply_to: Jid,
         /// The message, or why it was refused.
         msg: Result<FleetMessage, DecodeError>,
     },
@@ -62,7 +64,7 @@ pub enum LinkEvent {
 /// Sending side of a link. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
-    tx: mpsc::UnboundedSender<(BareJid, FleetMessage)>,
+    tx: mpsc::UnboundedSender<(Jid, FleetMessage)>,
 }
 
 impl LinkHandle {
@@ -70,6 +72,12 @@ impl LinkHandle {
     /// once it is back (and the owner re-sends anything unanswered anyway).
     pub fn send(&self, to: &BareJid, msg: FleetMessage) {
         // The link task lives as long as the process; a send after shutdown is moot.
+        let _ = self.tx.send((Jid::from(to.clone()), msg));
+    }
+
+    /// Sends `msg` to one session (a refusal goes back to the session that
+    /// sent the refused message).
+    pub fn reply(&self, to: &Jid, msg: FleetMessage) {
         let _ = self.tx.send((to.clone(), msg));
     }
 }
@@ -154,7 +162,8 @@ impl ServerConnector for WaitingConnector {
         let result = TcpServerConnector(DnsConfig::addr(&server))
             .connect(jid, ns, timeouts)
             .await;
-        if result.is_err() {
+        if let Err(e) = &result {
+            log::line(&self.label, &format!("connection to {server} failed: {e}"));
             // Next attempt (after the library's back-off) tries the next server.
             self.lock().next += 1;
         }
@@ -204,7 +213,7 @@ async fn run(
     mut stream: StanzaStream,
     label: String,
     state: Arc<Mutex<ConnState>>,
-    mut out_rx: mpsc::UnboundedReceiver<(BareJid, FleetMessage)>,
+    mut out_rx: mpsc::UnboundedReceiver<(Jid, FleetMessage)>,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
 ) {
     loop {
@@ -249,18 +258,19 @@ async fn run(
 }
 
 /// Builds the `<message/>` stanza for `msg`.
-pub fn outgoing(to: &BareJid, msg: &FleetMessage) -> Message {
+pub fn outgoing(to: &Jid, msg: &FleetMessage) -> Message {
     let payload = Element::builder(ELEMENT, NS)
         .append(msg.to_json())
         .build();
-    Message::new_with_type(MessageType::Normal, Some(Jid::from(to.clone()))).with_payloads(vec![payload])
+    Message::new_with_type(MessageType::Normal, Some(to.clone())).with_payloads(vec![payload])
 }
 
 /// Turns a received `<message/>` into an event, or `None` for messages that
 /// are not ours to answer (server bounces, chat without a fleet payload from
 /// nobody).
 fn incoming(label: &str, msg: Message) -> Option<LinkEvent> {
-    let from = msg.from.as_ref()?.to_bare();
+    let reply_to = msg.from.clone()?;
+    let from = reply_to.to_bare();
     if msg.type_ == MessageType::Error {
         // A bounce of something we sent (peer offline): the re-send timer
         // handles it. Never treat it as a message from the peer.
@@ -276,5 +286,9 @@ fn incoming(label: &str, msg: Message) -> Option<LinkEvent> {
         None => Err(DecodeError::NoPayload),
         Some(text) => FleetMessage::from_json(&text),
     };
-    Some(LinkEvent::Message { from, msg })
+    Some(LinkEvent::Message {
+        from,
+        reply_to,
+        msg,
+    })
 }
