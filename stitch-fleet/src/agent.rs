@@ -102,7 +102,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let p = &cfg.netns_prefix;
     if p.is_empty()
         || p.len() > 8
-        || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        || !p
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     {
         return Err(AgentError::Prefix);
     }
@@ -130,7 +132,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     agent.last_sent = None;
                     agent.maybe_send_state();
                 }
-                Some(LinkEvent::Message { from, reply_to, msg }) => agent.on_message(&from, &reply_to, msg),
+                Some(LinkEvent::Message { from, reply_to, msg }) => agent.on_message(&from, &reply_to, *msg),
             },
             done = done_rx.recv() => {
                 if let Some(done) = done { agent.on_done(done); }
@@ -146,8 +148,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
 impl Agent {
     fn state(&self) -> NodeState {
-        let degraded =
-            !self.stitchd_ok || self.vms.values().any(|s| matches!(s, Slot::Exited(_)));
+        let degraded = !self.stitchd_ok || self.vms.values().any(|s| matches!(s, Slot::Exited(_)));
         NodeState {
             vm_slots: self.cfg.vm_slots,
             vms_used: u32::try_from(self.vms.len()).unwrap_or(u32::MAX),
@@ -209,7 +210,8 @@ impl Agent {
         if *from != self.cfg.manager {
             let reason = format!("sender {from} is not this agent's manager");
             log::line(WHO, &format!("refused message from {from}: {reason}"));
-            self.link.reply(reply_to, FleetMessage::Error { id: None, reason });
+            self.link
+                .reply(reply_to, FleetMessage::Error { id: None, reason });
             return;
         }
         let msg = match msg {
@@ -237,7 +239,10 @@ impl Agent {
                 self.maybe_send_state();
             }
             FleetMessage::Error { id, reason } => {
-                log::line(WHO, &format!("manager refused a message ({id:?}): {reason}"));
+                log::line(
+                    WHO,
+                    &format!("manager refused a message ({id:?}): {reason}"),
+                );
             }
             other => {
                 self.link.reply(
@@ -337,7 +342,12 @@ impl Agent {
     }
 
     /// Starts a stitchd control call for a policy; `None` when it runs.
-    fn policy_call(&mut self, id: RequestId, key: String, define: Option<Policy>) -> Option<Outcome> {
+    fn policy_call(
+        &mut self,
+        id: RequestId,
+        key: String,
+        define: Option<Policy>,
+    ) -> Option<Outcome> {
         let Some(socket) = self.cfg.stitchd_socket.clone() else {
             return Some(Outcome::refused(
                 WHO,
@@ -366,7 +376,10 @@ impl Agent {
         let (id, outcome) = match done {
             Done::Vm { id, key, res } => match res {
                 Ok(vm) => {
-                    let detail = format!("VM running in namespace {}, switch port {}", vm.netns, vm.veth);
+                    let detail = format!(
+                        "VM running in namespace {}, switch port {}",
+                        vm.netns, vm.veth
+                    );
                     self.vms.insert(key, Slot::Running(vm));
                     (id, Outcome::Succeeded { detail })
                 }

@@ -156,7 +156,9 @@ impl RequestIn {
             ApiAction::RemovePolicy { name } => validate_name("policy name", name),
             ApiAction::DefineService { name, backends, .. } => {
                 validate_name("service name", name)?;
-                backends.iter().try_for_each(|b| validate_name("VM name", b))
+                backends
+                    .iter()
+                    .try_for_each(|b| validate_name("VM name", b))
             }
         }
     }

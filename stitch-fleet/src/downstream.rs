@@ -143,7 +143,7 @@ pub async fn run(cfg: DownstreamConfig) -> Result<(), DownstreamError> {
                     ds.last_sent = None;
                     ds.maybe_send_state();
                 }
-                Some(LinkEvent::Message { from, reply_to, msg }) => ds.from_upstream(&from, &reply_to, msg),
+                Some(LinkEvent::Message { from, reply_to, msg }) => ds.on_upstream(&from, &reply_to, *msg),
             },
             ev = down_events.recv() => match ev {
                 None => return Ok(()),
@@ -153,7 +153,7 @@ pub async fn run(cfg: DownstreamConfig) -> Result<(), DownstreamError> {
                     }
                     ds.reforward();
                 }
-                Some(LinkEvent::Message { from, reply_to, msg }) => ds.from_agent(&from, &reply_to, msg),
+                Some(LinkEvent::Message { from, reply_to, msg }) => ds.on_agent(&from, &reply_to, *msg),
             },
             _ = tick.tick() => ds.reforward(),
         }
@@ -164,7 +164,8 @@ impl Downstream {
     fn save(&self) {
         let tmp = self.cfg.state_file.with_extension("tmp");
         let text = serde_json::to_vec_pretty(&self.rec).unwrap_or_default();
-        let res = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.cfg.state_file));
+        let res =
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.cfg.state_file));
         if let Err(e) = res {
             log::line(WHO, &format!("error: cannot save state file: {e}"));
         }
@@ -230,7 +231,7 @@ impl Downstream {
         link.reply(to, FleetMessage::Error { id, reason });
     }
 
-    fn from_upstream(
+    fn on_upstream(
         &mut self,
         from: &BareJid,
         reply_to: &Jid,
@@ -259,7 +260,10 @@ impl Downstream {
                 self.maybe_send_state();
             }
             FleetMessage::Error { id, reason } => {
-                log::line(WHO, &format!("upstream refused a message ({id:?}): {reason}"));
+                log::line(
+                    WHO,
+                    &format!("upstream refused a message ({id:?}): {reason}"),
+                );
             }
             other => Self::refuse(
                 &self.up,
@@ -292,7 +296,10 @@ impl Downstream {
         let entry = match placed {
             Err(reason) => {
                 let outcome = Outcome::refused(WHO, reason);
-                log::line(WHO, &format!("request {id} {} refused: {outcome:?}", action.op()));
+                log::line(
+                    WHO,
+                    &format!("request {id} {} refused: {outcome:?}", action.op()),
+                );
                 self.up.send(
                     &self.cfg.upstream,
                     FleetMessage::Result {
@@ -308,7 +315,10 @@ impl Downstream {
                 }
             }
             Ok(agent) => {
-                log::line(WHO, &format!("request {id} {} forwarded to {agent}", action.op()));
+                log::line(
+                    WHO,
+                    &format!("request {id} {} forwarded to {agent}", action.op()),
+                );
                 self.down.send(
                     &agent,
                     FleetMessage::Request {
@@ -370,7 +380,11 @@ impl Downstream {
         };
         match action {
             Action::DefineVm { name, .. } => {
-                if self.rec.placement.contains_key(&key(customer, ResourceKind::Vm, name)) {
+                if self
+                    .rec
+                    .placement
+                    .contains_key(&key(customer, ResourceKind::Vm, name))
+                {
                     return Err(format!("VM '{name}' already exists in this cluster"));
                 }
                 let used = self.count(ResourceKind::Vm, None);
@@ -383,9 +397,8 @@ impl Downstream {
                 let mut best: Option<(i64, &BareJid)> = None;
                 for (jid, st) in &self.agents {
                     let Some(st) = st else { continue };
-                    let free = i64::from(st.vm_slots)
-                        - i64::from(st.vms_used)
-                        - self.flying_vms(jid);
+                    let free =
+                        i64::from(st.vm_slots) - i64::from(st.vms_used) - self.flying_vms(jid);
                     if free > 0 && best.is_none_or(|(f, _)| free > f) {
                         best = Some((free, jid));
                     }
@@ -431,12 +444,7 @@ impl Downstream {
         i64::try_from(n).unwrap_or(i64::MAX)
     }
 
-    fn from_agent(
-        &mut self,
-        from: &BareJid,
-        reply_to: &Jid,
-        msg: Result<FleetMessage, DecodeError>,
-    ) {
+    fn on_agent(&mut self, from: &BareJid, reply_to: &Jid, msg: Result<FleetMessage, DecodeError>) {
         if !self.agents.contains_key(from) {
             return Self::refuse(
                 &self.down,
@@ -463,7 +471,10 @@ impl Downstream {
             }
             FleetMessage::Result { id, outcome } => self.result(from, reply_to, id, outcome),
             FleetMessage::Error { id, reason } => {
-                log::line(WHO, &format!("agent {from} refused a message ({id:?}): {reason}"));
+                log::line(
+                    WHO,
+                    &format!("agent {from} refused a message ({id:?}): {reason}"),
+                );
                 if let Some(id) = id {
                     let outcome = Outcome::Failed {
                         reason: format!("agent refused the request: {reason}"),
@@ -512,7 +523,10 @@ impl Downstream {
                 self.rec.placement.remove(&k);
             }
         }
-        log::line(WHO, &format!("result {id} from {from}: {}", outcome.status()));
+        log::line(
+            WHO,
+            &format!("result {id} from {from}: {}", outcome.status()),
+        );
         self.save();
         self.up
             .send(&self.cfg.upstream, FleetMessage::Result { id, outcome });

@@ -37,13 +37,19 @@ pub struct HttpReply {
 /// # Errors
 ///
 /// [`HttpError`].
-pub fn call(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<HttpReply, HttpError> {
+pub fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<HttpReply, HttpError> {
     let io = |source| HttpError::Io {
         addr: addr.to_owned(),
         source,
     };
     let mut s = TcpStream::connect(addr).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

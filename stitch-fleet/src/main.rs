@@ -24,7 +24,12 @@ use tokio_xmpp::jid::BareJid;
 )]
 struct Cli {
     /// The upstream manager's REST address (host:port), for the CLI commands.
-    #[arg(long, global = true, env = "STITCH_FLEET_URL", default_value = "127.0.0.1:8470")]
+    #[arg(
+        long,
+        global = true,
+        env = "STITCH_FLEET_URL",
+        default_value = "127.0.0.1:8470"
+    )]
     url: String,
     /// Print the raw JSON answer instead of a table.
     #[arg(long, global = true)]
@@ -403,7 +408,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let action = match op {
                 RequestOp::DefineVm { name, template } => ApiAction::DefineVm { name, template },
                 RequestOp::RemoveVm { name } => ApiAction::RemoveVm { name },
-                RequestOp::DefineMacPolicy { name, vm, mac, port } => ApiAction::DefinePolicy {
+                RequestOp::DefineMacPolicy {
+                    name,
+                    vm,
+                    mac,
+                    port,
+                } => ApiAction::DefinePolicy {
                     name,
                     vm,
                     policy: Policy::MacStatic { mac, port },
@@ -424,13 +434,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 cluster,
                 action,
             })?;
-            let mut view: RequestView = rest(&url, "POST", "/v1/requests", Some(&body), &[202, 409])?;
+            let mut view: RequestView =
+                rest(&url, "POST", "/v1/requests", Some(&body), &[202, 409])?;
             if let Some(secs) = wait {
                 let deadline = std::time::Instant::now() + Duration::from_secs(secs);
                 while !view.outcome.is_final() && std::time::Instant::now() < deadline {
                     // A user-facing poll, not a test: the REST API has no push.
                     std::thread::sleep(Duration::from_millis(200));
-                    view = rest(&url, "GET", &format!("/v1/requests/{}", view.id), None, &[200])?;
+                    view = rest(
+                        &url,
+                        "GET",
+                        &format!("/v1/requests/{}", view.id),
+                        None,
+                        &[200],
+                    )?;
                 }
             }
             print_requests(json, &[view.clone()])?;
@@ -441,7 +458,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status { id, customer } => {
             let views: Vec<RequestView> = match id {
-                Some(id) => vec![rest(&url, "GET", &format!("/v1/requests/{id}"), None, &[200])?],
+                Some(id) => vec![rest(
+                    &url,
+                    "GET",
+                    &format!("/v1/requests/{id}"),
+                    None,
+                    &[200],
+                )?],
                 None => {
                     let path = match customer {
                         Some(c) => format!("/v1/requests?customer={c}"),
@@ -464,13 +487,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
-                println!("{:<16} {:<32} {:>6} {:>6} {:<10}", "CLUSTER", "JID", "SLOTS", "USED", "HEALTH");
+                println!(
+                    "{:<16} {:<32} {:>6} {:>6} {:<10}",
+                    "CLUSTER", "JID", "SLOTS", "USED", "HEALTH"
+                );
                 for c in views {
                     let (slots, used, health) = match c.state {
-                        Some(s) => (s.vm_slots.to_string(), s.vms_used.to_string(), format!("{:?}", s.health).to_lowercase()),
+                        Some(s) => (
+                            s.vm_slots.to_string(),
+                            s.vms_used.to_string(),
+                            format!("{:?}", s.health).to_lowercase(),
+                        ),
                         None => ("-".into(), "-".into(), "offline".into()),
                     };
-                    println!("{:<16} {:<32} {slots:>6} {used:>6} {health:<10}", c.name, c.jid);
+                    println!(
+                        "{:<16} {:<32} {slots:>6} {used:>6} {health:<10}",
+                        c.name, c.jid
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -478,16 +511,30 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Quotas { op } => {
             let views: Vec<CustomerView> = match op {
                 None => rest(&url, "GET", "/v1/customers", None, &[200])?,
-                Some(QuotaOp::Add { name, vms, policies }) => {
+                Some(QuotaOp::Add {
+                    name,
+                    vms,
+                    policies,
+                }) => {
                     let body = serde_json::to_string(&CustomerIn {
                         name,
                         quota: Quota { vms, policies },
                     })?;
                     vec![rest(&url, "POST", "/v1/customers", Some(&body), &[201])?]
                 }
-                Some(QuotaOp::Set { name, vms, policies }) => {
+                Some(QuotaOp::Set {
+                    name,
+                    vms,
+                    policies,
+                }) => {
                     let body = serde_json::to_string(&Quota { vms, policies })?;
-                    vec![rest(&url, "PUT", &format!("/v1/customers/{name}/quota"), Some(&body), &[200])?]
+                    vec![rest(
+                        &url,
+                        "PUT",
+                        &format!("/v1/customers/{name}/quota"),
+                        Some(&body),
+                        &[200],
+                    )?]
                 }
             };
             if json {
@@ -508,8 +555,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Templates { op } => {
             let body = match op {
                 None => rest::<serde_json::Value>(&url, "GET", "/v1/templates", None, &[200])?,
-                Some(TemplateOp::Add { name, command, ready_line }) => {
-                    let body = serde_json::to_string(&TemplateIn { name, command, ready_line })?;
+                Some(TemplateOp::Add {
+                    name,
+                    command,
+                    ready_line,
+                }) => {
+                    let body = serde_json::to_string(&TemplateIn {
+                        name,
+                        command,
+                        ready_line,
+                    })?;
                     rest::<serde_json::Value>(&url, "POST", "/v1/templates", Some(&body), &[201])?
                 }
             };
@@ -533,7 +588,8 @@ fn rest<T: serde::de::DeserializeOwned>(
             .unwrap_or(reply.body);
         bail!("{method} {path}: HTTP {}: {msg}", reply.status);
     }
-    serde_json::from_str(&reply.body).map_err(|e| anyhow!("unexpected answer to {method} {path}: {e}"))
+    serde_json::from_str(&reply.body)
+        .map_err(|e| anyhow!("unexpected answer to {method} {path}: {e}"))
 }
 
 fn print_requests(json: bool, views: &[RequestView]) -> Result<()> {
@@ -545,7 +601,10 @@ fn print_requests(json: bool, views: &[RequestView]) -> Result<()> {
         }
         return Ok(());
     }
-    println!("{:<8} {:<12} {:<12} {:<15} {:<16} {:<10} DETAIL", "ID", "CUSTOMER", "CLUSTER", "OP", "NAME", "STATUS");
+    println!(
+        "{:<8} {:<12} {:<12} {:<15} {:<16} {:<10} DETAIL",
+        "ID", "CUSTOMER", "CLUSTER", "OP", "NAME", "STATUS"
+    );
     for v in views {
         let detail = match &v.outcome {
             Outcome::Accepted => String::new(),

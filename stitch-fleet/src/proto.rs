@@ -273,7 +273,9 @@ impl Action {
                 if backends.len() > 64 {
                     return Err(DecodeError::Invalid("at most 64 backends".to_owned()));
                 }
-                backends.iter().try_for_each(|b| validate_name("VM name", b))
+                backends
+                    .iter()
+                    .try_for_each(|b| validate_name("VM name", b))
             }
         }
     }

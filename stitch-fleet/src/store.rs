@@ -215,7 +215,9 @@ impl Store {
         self.cluster(&c.name)
     }
 
-    fn cluster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, Option<i64>)> {
+    fn cluster_row(
+        r: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<(String, String, Option<String>, Option<i64>)> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     }
 
@@ -455,7 +457,9 @@ impl Store {
     ) -> Result<Result<(String, Action), (Option<String>, String)>, StoreError> {
         let customer = match self.customer(&req.customer) {
             Ok(c) => c,
-            Err(StoreError::NotFound(what)) => return Ok(Err((None, format!("{what} does not exist")))),
+            Err(StoreError::NotFound(what)) => {
+                return Ok(Err((None, format!("{what} does not exist"))))
+            }
             Err(e) => return Err(e),
         };
         if let Some(c) = &req.cluster {
@@ -466,24 +470,34 @@ impl Store {
         let given = req.cluster.clone();
         // Where an existing resource lives decides the cluster of removals
         // and of policies.
-        let located = |kind, name: &str| -> Result<Result<String, (Option<String>, String)>, StoreError> {
-            match self.resource_cluster(&req.customer, kind, name)? {
-                None => Ok(Err((
-                    given.clone(),
-                    format!("customer '{}' has no {} named '{name}'", req.customer, kind_word(kind)),
-                ))),
-                Some(cl) => match &given {
-                    Some(g) if *g != cl => Ok(Err((
+        let located =
+            |kind, name: &str| -> Result<Result<String, (Option<String>, String)>, StoreError> {
+                match self.resource_cluster(&req.customer, kind, name)? {
+                    None => Ok(Err((
                         given.clone(),
-                        format!("{} '{name}' lives in cluster '{cl}', not '{g}'", kind_word(kind)),
+                        format!(
+                            "customer '{}' has no {} named '{name}'",
+                            req.customer,
+                            kind_word(kind)
+                        ),
                     ))),
-                    _ => Ok(Ok(cl)),
-                },
-            }
-        };
+                    Some(cl) => match &given {
+                        Some(g) if *g != cl => Ok(Err((
+                            given.clone(),
+                            format!(
+                                "{} '{name}' lives in cluster '{cl}', not '{g}'",
+                                kind_word(kind)
+                            ),
+                        ))),
+                        _ => Ok(Ok(cl)),
+                    },
+                }
+            };
         Ok(match &req.action {
             ApiAction::DefineVm { name, template } => {
-                if self.resource_cluster(&req.customer, ResourceKind::Vm, name)?.is_some()
+                if self
+                    .resource_cluster(&req.customer, ResourceKind::Vm, name)?
+                    .is_some()
                     || self.pending_define(&req.customer, "define_vm", name)?
                 {
                     return Ok(Err((given, format!("VM '{name}' already exists"))));
@@ -498,7 +512,10 @@ impl Store {
                     )));
                 }
                 let Some(template) = self.template(template)? else {
-                    return Ok(Err((given, format!("template '{template}' does not exist"))));
+                    return Ok(Err((
+                        given,
+                        format!("template '{template}' does not exist"),
+                    )));
                 };
                 let cluster = match self.pick_cluster(given.as_deref())? {
                     Ok(c) => c,
@@ -515,7 +532,9 @@ impl Store {
             ApiAction::RemoveVm { name } => located(ResourceKind::Vm, name)?
                 .map(|c| (c, Action::RemoveVm { name: name.clone() })),
             ApiAction::DefinePolicy { name, vm, policy } => {
-                if self.resource_cluster(&req.customer, ResourceKind::Policy, name)?.is_some()
+                if self
+                    .resource_cluster(&req.customer, ResourceKind::Policy, name)?
+                    .is_some()
                     || self.pending_define(&req.customer, "define_policy", name)?
                 {
                     return Ok(Err((given, format!("policy '{name}' already exists"))));
@@ -609,8 +628,8 @@ impl Store {
             .collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(|(seq, customer, jid, action)| {
-                let action: Action =
-                    serde_json::from_str(&action).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let action: Action = serde_json::from_str(&action)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok(Pending {
                     jid,
                     msg: FleetMessage::Request {
@@ -658,7 +677,11 @@ impl Store {
         };
         tx.execute(
             "UPDATE requests SET outcome = ?2, updated_ms = ?3 WHERE seq = ?1",
-            params![seq, serde_json::to_string(outcome).unwrap_or_default(), now_ms],
+            params![
+                seq,
+                serde_json::to_string(outcome).unwrap_or_default(),
+                now_ms
+            ],
         )?;
         if matches!(outcome, Outcome::Succeeded { .. }) {
             let kind = match op.as_str() {
@@ -718,7 +741,7 @@ impl Store {
         let sql = format!(
             "SELECT seq, customer, cluster, op, name, outcome, created_ms, updated_ms FROM requests {clause} ORDER BY seq"
         );
-        let rows: Vec<(i64, String, Option<String>, String, String, String, i64, i64)> = self
+        let rows: Vec<RequestRow> = self
             .conn
             .prepare(&sql)?
             .query_map(args, |r| {
@@ -735,22 +758,36 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
-            .map(|(seq, customer, cluster, op, name, outcome, created_ms, updated_ms)| {
-                Ok(RequestView {
-                    id: RequestId::from_seq(seq).0,
-                    customer,
-                    cluster,
-                    op,
-                    name,
-                    outcome: serde_json::from_str(&outcome)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    created_ms,
-                    updated_ms,
-                })
-            })
+            .map(
+                |(seq, customer, cluster, op, name, outcome, created_ms, updated_ms)| {
+                    Ok(RequestView {
+                        id: RequestId::from_seq(seq).0,
+                        customer,
+                        cluster,
+                        op,
+                        name,
+                        outcome: serde_json::from_str(&outcome)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        created_ms,
+                        updated_ms,
+                    })
+                },
+            )
             .collect()
     }
 }
+
+/// seq, customer, cluster, op, name, outcome, created, updated.
+type RequestRow = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+);
 
 fn kind_word(kind: ResourceKind) -> &'static str {
     match kind {
@@ -779,7 +816,10 @@ mod tests {
         let mut s = Store::open(Path::new(":memory:")).unwrap();
         s.add_customer(&CustomerIn {
             name: "acme".into(),
-            quota: Quota { vms: 1, policies: 1 },
+            quota: Quota {
+                vms: 1,
+                policies: 1,
+            },
         })
         .unwrap();
         s.add_cluster(&ClusterIn {

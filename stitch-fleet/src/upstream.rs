@@ -108,7 +108,7 @@ pub async fn run(cfg: UpstreamConfig) -> Result<(), UpstreamError> {
                         query_states(&store, &link);
                         resend(&store, &link, None);
                     }
-                    LinkEvent::Message { from, reply_to, msg } => on_message(&store, &link, &from, &reply_to, msg),
+                    LinkEvent::Message { from, reply_to, msg } => on_message(&store, &link, &from, &reply_to, *msg),
                 }
             }
             id = notify_rx.recv() => {
@@ -279,7 +279,11 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| error(400, format!("invalid body: {e}")))
 }
 
-fn rest_loop(server: &tiny_http::Server, store: &Shared, notify: &mpsc::UnboundedSender<RequestId>) {
+fn rest_loop(
+    server: &tiny_http::Server,
+    store: &Shared,
+    notify: &mpsc::UnboundedSender<RequestId>,
+) {
     for mut req in server.incoming_requests() {
         let mut body = Vec::new();
         let too_big = req.body_length().is_some_and(|n| n > MAX_BODY);
@@ -298,8 +302,7 @@ fn rest_loop(server: &tiny_http::Server, store: &Shared, notify: &mpsc::Unbounde
             }
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
-        let mut resp =
-            tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
+        let mut resp = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
         if let Ok(h) = header {
             resp = resp.with_header(h);
         }
@@ -340,17 +343,13 @@ fn route(
             (Get, ["v1", "clusters", name]) => {
                 json(200, &lock(store).cluster(name).map_err(store_error)?)
             }
-            (Get, ["v1", "templates"]) => {
-                json(200, &lock(store).templates().map_err(store_error)?)
-            }
+            (Get, ["v1", "templates"]) => json(200, &lock(store).templates().map_err(store_error)?),
             (Post, ["v1", "templates"]) => {
                 let t: TemplateIn = parse(body)?;
                 json(201, &lock(store).add_template(&t).map_err(store_error)?)
             }
             (Get, ["v1", "requests"]) => {
-                let customer = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("customer="));
+                let customer = query.split('&').find_map(|kv| kv.strip_prefix("customer="));
                 json(200, &lock(store).requests(customer).map_err(store_error)?)
             }
             (Post, ["v1", "requests"]) => {

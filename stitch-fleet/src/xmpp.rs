@@ -56,8 +56,8 @@ pub enum LinkEvent {
         from: BareJid,
         /// The sending session (full JID): where refusals go.
         reply_to: Jid,
-        /// The message, or why it was refused.
-        msg: Result<FleetMessage, DecodeError>,
+        /// The message, or why it was refused (boxed: a message is large).
+        msg: Box<Result<FleetMessage, DecodeError>>,
     },
 }
 
@@ -259,9 +259,7 @@ async fn run(
 
 /// Builds the `<message/>` stanza for `msg`.
 pub fn outgoing(to: &Jid, msg: &FleetMessage) -> Message {
-    let payload = Element::builder(ELEMENT, NS)
-        .append(msg.to_json())
-        .build();
+    let payload = Element::builder(ELEMENT, NS).append(msg.to_json()).build();
     Message::new_with_type(MessageType::Normal, Some(to.clone())).with_payloads(vec![payload])
 }
 
@@ -289,6 +287,6 @@ fn incoming(label: &str, msg: Message) -> Option<LinkEvent> {
     Some(LinkEvent::Message {
         from,
         reply_to,
-        msg,
+        msg: Box::new(msg),
     })
 }

@@ -99,7 +99,9 @@ impl Fleet {
             }
         }
         let acc = |v: &Vec<(String, String)>| -> Vec<(String, String, String)> {
-            v.iter().map(|(u, h)| (u.clone(), h.clone(), pw(u))).collect()
+            v.iter()
+                .map(|(u, h)| (u.clone(), h.clone(), pw(u)))
+                .collect()
         };
         let up_acc = acc(&up_accounts);
         let down_acc = acc(&down_accounts);
@@ -265,7 +267,10 @@ impl Fleet {
             body["cluster"] = json!(c);
         }
         let (st, v) = self.post("/v1/requests", body);
-        let id = v["id"].as_str().unwrap_or_else(|| panic!("no id: {v}")).to_owned();
+        let id = v["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id: {v}"))
+            .to_owned();
         (id, st, v)
     }
 
@@ -356,7 +361,9 @@ fn two_clusters_show_as_two_nodes_with_summed_capacity_and_provision_a_vm_and_a_
         .output()
         .unwrap();
     assert!(!pids.stdout.is_empty(), "no process in {}", c1_ns[0]);
-    fleet.upstream.wait("state from cluster c1: 1 of 4 VM slots used, Ok");
+    fleet
+        .upstream
+        .wait("state from cluster c1: 1 of 4 VM slots used, Ok");
 
     // A stitch policy for the VM goes to the stitchd of the VM's appliance.
     let (pid_, st, v) = fleet.submit(
@@ -402,7 +409,9 @@ fn two_clusters_show_as_two_nodes_with_summed_capacity_and_provision_a_vm_and_a_
     let v = fleet.result(&rid);
     assert_eq!(status(&v), "succeeded", "{v}");
     assert!(fleet.vm_namespaces().is_empty());
-    fleet.upstream.wait("state from cluster c1: 0 of 4 VM slots used, Ok");
+    fleet
+        .upstream
+        .wait("state from cluster c1: 0 of 4 VM slots used, Ok");
 
     // The CLI shows the same: two clusters, JSON on request.
     let out = std::process::Command::new(bin())
@@ -473,7 +482,9 @@ fn quotas_are_enforced_upstream_and_downstream_with_the_reason_reaching_the_user
     let (_, acme) = fleet.get("/v1/customers/acme");
     assert_eq!(acme["used"]["vms"], 1, "{acme}");
     // And hears the cluster again once its link is up.
-    fleet.upstream.wait("state from cluster c0: 1 of 4 VM slots used, Ok");
+    fleet
+        .upstream
+        .wait("state from cluster c0: 1 of 4 VM slots used, Ok");
 }
 
 #[test]
@@ -545,7 +556,9 @@ fn killing_the_clusters_xmpp_server_mid_provisioning_completes_the_request_exact
         .sum();
     assert_eq!(applied, 1);
     assert_eq!(fleet.vm_namespaces().len(), 1);
-    fleet.upstream.wait("state from cluster c0: 1 of 4 VM slots used, Ok");
+    fleet
+        .upstream
+        .wait("state from cluster c0: 1 of 4 VM slots used, Ok");
     let (_, acme) = fleet.get("/v1/customers/acme");
     assert_eq!(acme["used"]["vms"], 1, "{acme}");
     let (_, reqs) = fleet.get("/v1/requests");
@@ -591,11 +604,15 @@ fn an_idle_agent_sends_no_state_and_a_change_sends_it_once() {
     }
     let sent = owner.grep("state sent");
     assert_eq!(
-        sent.iter().filter(|l| l.contains("1 of 2 VM slots used")).count(),
+        sent.iter()
+            .filter(|l| l.contains("1 of 2 VM slots used"))
+            .count(),
         1,
         "{sent:?}"
     );
-    fleet.upstream.wait("state from cluster c0: 1 of 4 VM slots used, Ok");
+    fleet
+        .upstream
+        .wait("state from cluster c0: 1 of 4 VM slots used, Ok");
 }
 
 #[test]
@@ -629,7 +646,12 @@ fn bad_rest_input_is_refused_with_a_reason_and_changes_nothing() {
     let huge = format!("{{\"customer\":\"{}\"}}", "a".repeat(100_000));
     let (st, v) = rest(&fleet.rest, "POST", "/v1/requests", Some(&huge));
     assert_eq!(st, 413, "{v}");
-    let (st, v) = rest(&fleet.rest, "POST", "/v1/customers", Some(r#"{"name":"x","quota":{"vms":-1,"policies":1}}"#));
+    let (st, v) = rest(
+        &fleet.rest,
+        "POST",
+        "/v1/customers",
+        Some(r#"{"name":"x","quota":{"vms":-1,"policies":1}}"#),
+    );
     assert_eq!(st, 400, "{v}");
     // Nothing recorded, nothing applied.
     assert_eq!(fleet.get("/v1/requests").1, json!([]));
@@ -641,7 +663,13 @@ fn bad_rest_input_is_refused_with_a_reason_and_changes_nothing() {
 }
 
 /// Sends raw stanzas as `jid` and collects the fleet `error` replies.
-fn xmpp_exchange(server: &str, jid: &str, password: &str, to: &str, payloads: &[String]) -> Vec<String> {
+fn xmpp_exchange(
+    server: &str,
+    jid: &str,
+    password: &str,
+    to: &str,
+    payloads: &[String],
+) -> Vec<String> {
     use futures_util::StreamExt;
     use tokio_xmpp::connect::DnsConfig;
     use tokio_xmpp::jid::Jid;
@@ -693,7 +721,11 @@ fn xmpp_exchange(server: &str, jid: &str, password: &str, to: &str, payloads: &[
                     }
                 }
                 Ok(Some(_)) => {}
-                other => panic!("no reply ({} of {}): {other:?}", replies.len(), payloads.len()),
+                other => panic!(
+                    "no reply ({} of {}): {other:?}",
+                    replies.len(),
+                    payloads.len()
+                ),
             }
         }
         let _ = client.send_end().await;
@@ -717,7 +749,10 @@ fn bad_xmpp_input_is_refused_with_a_reason_and_nothing_applied() {
         &format!("agent0@{dom}"),
         std::slice::from_ref(&valid),
     );
-    assert!(replies[0].contains("is not this agent's manager"), "{replies:?}");
+    assert!(
+        replies[0].contains("is not this agent's manager"),
+        "{replies:?}"
+    );
 
     // The manager's own account (another session), with bad payloads.
     let bad = vec![
@@ -747,7 +782,10 @@ fn bad_xmpp_input_is_refused_with_a_reason_and_nothing_applied() {
         &format!("manager@{dom}"),
         &[json!({"type": "result", "id": "r1", "outcome": {"status": "succeeded", "detail": "x"}}).to_string()],
     );
-    assert!(replies[0].contains("is not an agent of this cluster"), "{replies:?}");
+    assert!(
+        replies[0].contains("is not an agent of this cluster"),
+        "{replies:?}"
+    );
 
     // Nothing applied anywhere.
     for a in &fleet.clusters[0].agents {

@@ -164,7 +164,11 @@ storage = "internal"
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("prosody exited ({st}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "prosody never listened: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "prosody never listened: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -276,7 +280,12 @@ impl Proc {
 
     /// Number of lines so far.
     pub fn len(&self) -> usize {
-        self.lines.0.lock().unwrap_or_else(|p| p.into_inner()).lines.len()
+        self.lines
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .len()
     }
 
     /// Lines containing `needle` among the first `upto` (None: all).
@@ -289,11 +298,20 @@ impl Proc {
     /// Every line containing `needle`.
     pub fn grep(&self, needle: &str) -> Vec<String> {
         let g = self.lines.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.lines.iter().filter(|l| l.contains(needle)).cloned().collect()
+        g.lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 
     pub fn log(&self) -> String {
-        self.lines.0.lock().unwrap_or_else(|p| p.into_inner()).lines.join("\n")
+        self.lines
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .join("\n")
     }
 
     /// Stops it by pid.
@@ -328,7 +346,10 @@ pub fn unix_ms() -> u128 {
 
 /// Namespaces whose name starts with `prefix-`.
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
