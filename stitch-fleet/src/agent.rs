@@ -52,6 +52,9 @@ pub enum AgentError {
     /// The link could not be started.
     #[error("{0}")]
     Link(#[from] xmpp::LinkError),
+    /// The signal handler could not be installed.
+    #[error("cannot handle SIGTERM: {0}")]
+    Signal(std::io::Error),
     /// Bad prefix.
     #[error("--netns-prefix must be 1 to 8 characters of a-z and 0-9 (veth names have 15)")]
     Prefix,
@@ -124,8 +127,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut tick = tokio::time::interval(agent.cfg.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checks: u64 = 0;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Signal)?;
     loop {
         tokio::select! {
+            _ = term.recv() => {
+                agent.shutdown().await;
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {
+                agent.shutdown().await;
+                return Ok(());
+            }
             ev = events.recv() => match ev {
                 None => return Ok(()),
                 Some(LinkEvent::Up) => {
@@ -147,6 +160,22 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 }
 
 impl Agent {
+    /// Stops every VM and removes its namespace (SIGTERM/SIGINT): an agent
+    /// that stops leaves nothing running on its appliance.
+    async fn shutdown(&mut self) {
+        let vms = std::mem::take(&mut self.vms);
+        let mut n = 0;
+        for slot in vms.into_values() {
+            if let Slot::Running(vm) | Slot::Exited(vm) = slot {
+                if let Err(e) = driver::remove(vm).await {
+                    log::line(WHO, &format!("error: {e}"));
+                }
+                n += 1;
+            }
+        }
+        log::line(WHO, &format!("stopped; {n} VMs removed"));
+    }
+
     fn state(&self) -> NodeState {
         let degraded = !self.stitchd_ok || self.vms.values().any(|s| matches!(s, Slot::Exited(_)));
         NodeState {

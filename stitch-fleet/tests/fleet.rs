@@ -32,6 +32,9 @@ struct Opts {
     retransmit_ms: u64,
     health_ms: u64,
     stitchd: bool,
+    /// A second server for the agents' domains (same accounts), listed after
+    /// the first: the next server of the XMPP cluster.
+    spare: bool,
 }
 
 impl Default for Opts {
@@ -45,6 +48,7 @@ impl Default for Opts {
             retransmit_ms: 500,
             health_ms: 200,
             stitchd: false,
+            spare: false,
         }
     }
 }
@@ -73,6 +77,7 @@ struct Fleet {
     dir: TempDir,
     up_xmpp: Prosody,
     down_xmpp: Prosody,
+    down_spare: Option<Prosody>,
     upstream: Proc,
     rest: String,
     clusters: Vec<Cluster>,
@@ -119,6 +124,15 @@ impl Fleet {
                 .map(|(u, h, p)| (u.as_str(), h.as_str(), p.as_str()))
                 .collect::<Vec<_>>(),
         );
+        let down_spare = opts.spare.then(|| {
+            Prosody::start(
+                &down_hosts.iter().map(String::as_str).collect::<Vec<_>>(),
+                &down_acc
+                    .iter()
+                    .map(|(u, h, p)| (u.as_str(), h.as_str(), p.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+        });
         let upstream = start_upstream(&dir, &up_xmpp, &opts);
         let line = upstream.wait("rest listening on ");
         let rest = line.rsplit(' ').next().unwrap().to_owned();
@@ -127,6 +141,7 @@ impl Fleet {
             dir,
             up_xmpp,
             down_xmpp,
+            down_spare,
             upstream,
             rest,
             clusters: Vec::new(),
@@ -186,6 +201,10 @@ impl Fleet {
                 "--health-interval-ms".into(),
                 self.opts.health_ms.to_string(),
             ];
+            if let Some(spare) = &self.down_spare {
+                args.push("--server".into());
+                args.push(spare.addr());
+            }
             if self.opts.stitchd {
                 let sock = self.dir.path().join(format!("stitchd-c{i}-a{a}.sock"));
                 let rec = Arc::new(Recorder::default());
@@ -229,6 +248,10 @@ impl Fleet {
             "--retransmit-ms".into(),
             self.opts.retransmit_ms.to_string(),
         ];
+        if let Some(spare) = &self.down_spare {
+            args.push("--down-server".into());
+            args.push(spare.addr());
+        }
         for a in 0..self.opts.agents {
             args.push("--agent".into());
             args.push(format!("agent{a}@{dom}"));
@@ -566,6 +589,62 @@ fn killing_the_clusters_xmpp_server_mid_provisioning_completes_the_request_exact
 }
 
 #[test]
+fn killing_the_upstream_xmpp_server_loses_no_request_and_applies_it_once() {
+    let wait_ms = 800;
+    let mut fleet = Fleet::start(Opts {
+        wait_ms,
+        ..Opts::default()
+    });
+    fleet.customer("acme", 4);
+    fleet.up_xmpp.kill();
+    let down = fleet.upstream.wait("up-link link down; waiting 800 ms");
+    fleet.clusters[0]
+        .downstream
+        .wait("up-link link down; waiting 800 ms");
+    // Accepted and recorded while the link is down (the cluster's last
+    // reported capacity stands); delivered once the link is back.
+    let (id, st, v) = fleet.submit("acme", None, define_vm("late", "sleeper"));
+    assert_eq!(st, 202, "{v}");
+    fleet.up_xmpp.restart();
+    let v = fleet.result(&id);
+    assert_eq!(status(&v), "succeeded", "{v}");
+    let (ix, _) = fleet.upstream.wait_from(0, "up-link link down; waiting");
+    let (_, again) = fleet.upstream.wait_from(ix, "up-link connecting to");
+    assert!(stamp(&again) >= stamp(&down) + u128::from(wait_ms));
+    let applied: usize = fleet.clusters[0]
+        .agents
+        .iter()
+        .map(|a| a.count(&format!("apply {id} "), None))
+        .sum();
+    assert_eq!(applied, 1);
+    assert_eq!(fleet.vm_namespaces().len(), 1);
+}
+
+#[test]
+fn when_an_xmpp_server_dies_every_component_fails_over_to_the_next_server() {
+    let mut fleet = Fleet::start(Opts {
+        spare: true,
+        ..Opts::default()
+    });
+    fleet.customer("acme", 4);
+    let spare = fleet.down_spare.as_ref().unwrap().addr();
+    fleet.down_xmpp.kill();
+    // Every session of the agents' domain moves to the spare server.
+    let c = &fleet.clusters[0];
+    let (ix, _) = c
+        .downstream
+        .wait_from(0, &format!("down-link connecting to {spare}"));
+    c.downstream.wait_from(ix, "down-link link up");
+    for a in &c.agents {
+        let (ix, _) = a.wait_from(0, &format!("link connecting to {spare}"));
+        a.wait_from(ix, "link link up");
+    }
+    let (id, _, _) = fleet.submit("acme", None, define_vm("moved", "sleeper"));
+    let v = fleet.result(&id);
+    assert_eq!(status(&v), "succeeded", "{v}");
+}
+
+#[test]
 fn an_idle_agent_sends_no_state_and_a_change_sends_it_once() {
     let fleet = Fleet::start(Opts {
         health_ms: 20,
@@ -574,19 +653,42 @@ fn an_idle_agent_sends_no_state_and_a_change_sends_it_once() {
     fleet.customer("acme", 4);
     let agent = &fleet.clusters[0].agents[0];
     let ds = &fleet.clusters[0].downstream;
-    // Idle: 100 health checks of agent0 (2 s), synchronised on its own log.
-    let (start_ix, _) = agent.wait_from(agent.len(), "health check");
-    let sent_before = agent.count("state sent", Some(start_ix));
-    let ds_recv_before = ds.count("state from agent agent0@", None);
-    let (end_ix, _) = {
-        let mut ix = start_ix;
-        for _ in 0..100 {
-            ix = agent.wait_from(ix + 1, "health check").0;
-        }
-        (ix, ())
+    // Markers: a service request is refused by agent0 (the first agent)
+    // without any change of state; its result reaches the downstream after
+    // every stanza agent0 sent before it (XMPP keeps order per session).
+    let marker = |n: usize| {
+        let (id, _, _) = fleet.submit(
+            "acme",
+            None,
+            json!({"op": "define_service", "name": format!("m{n}"), "vip": "198.18.0.1:80", "backends": []}),
+        );
+        let (ds_ix, _) = ds.wait_from(0, &format!("result {id} from agent0@"));
+        let (agent_ix, _) = agent.wait_from(0, &format!("result {id}: Refused"));
+        (ds_ix, agent_ix)
     };
-    assert_eq!(agent.count("state sent", Some(end_ix)), sent_before);
-    assert_eq!(ds.count("state from agent agent0@", None), ds_recv_before);
+    let (ds_a, agent_a) = marker(1);
+    // Idle: 100 health checks of agent0 (2 s), synchronised on its own log.
+    let mut ix = agent_a;
+    for _ in 0..100 {
+        ix = agent.wait_from(ix + 1, "health check").0;
+    }
+    let (ds_b, agent_b) = marker(2);
+    assert!(agent_b > ix);
+    assert_eq!(
+        agent.count("state sent", Some(agent_b)),
+        agent.count("state sent", Some(agent_a)),
+        "agent0 sent state while idle"
+    );
+    assert_eq!(
+        ds.count("state from agent agent0@", Some(ds_b)),
+        ds.count("state from agent agent0@", Some(ds_a)),
+        "the downstream received state from an idle agent"
+    );
+    assert_eq!(
+        ds.count("state sent upstream", Some(ds_b)),
+        ds.count("state sent upstream", Some(ds_a)),
+        "the downstream sent state while idle"
+    );
 
     // A change (a VM on agent0) sends exactly one new state from it.
     let (id, _, _) = fleet.submit("acme", None, define_vm("one", "sleeper"));

@@ -314,6 +314,25 @@ impl Proc {
             .join("\n")
     }
 
+    /// Asks it to stop (SIGTERM, by pid) and waits until it has exited;
+    /// SIGKILL if it has not within the deadline.
+    pub fn terminate(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill();
+    }
+
     /// Stops it by pid.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -325,7 +344,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        self.terminate();
     }
 }
 
