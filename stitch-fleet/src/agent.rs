@@ -146,6 +146,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     agent.maybe_send_state();
                 }
                 Some(LinkEvent::Message { from, reply_to, msg }) => agent.on_message(&from, &reply_to, *msg),
+                Some(LinkEvent::SubscribeRequest { from }) => {
+                    // Only the manager may watch this agent's presence.
+                    if from == agent.cfg.manager {
+                        agent.link.allow_subscription(&from);
+                    } else {
+                        log::line(WHO, &format!("presence subscription from {from} ignored"));
+                    }
+                }
+                Some(LinkEvent::Presence { .. }) => {}
             },
             done = done_rx.recv() => {
                 if let Some(done) = done { agent.on_done(done); }

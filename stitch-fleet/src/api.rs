@@ -130,6 +130,10 @@ pub struct RequestIn {
     pub cluster: Option<String>,
     /// What to do.
     pub action: ApiAction,
+    /// May the upstream move the request to another cluster when its
+    /// cluster goes away before answering (only `define_vm`)?
+    #[serde(default)]
+    pub relocatable: bool,
 }
 
 impl RequestIn {
@@ -180,6 +184,9 @@ pub struct RequestView {
     pub name: String,
     /// Result so far.
     pub outcome: Outcome,
+    /// The cluster it was moved away from (it went away before answering).
+    #[serde(default)]
+    pub moved_from: Option<String>,
     /// Created (Unix ms).
     pub created_ms: i64,
     /// Last change (Unix ms).

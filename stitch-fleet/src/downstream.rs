@@ -98,6 +98,10 @@ struct Downstream {
     agents: BTreeMap<BareJid, Option<NodeState>>,
     rec: Record,
     last_sent: Option<NodeState>,
+    /// Agents whose presence we have seen available since our down link
+    /// came up: only their going unavailable means they left (a server
+    /// answers a fresh subscription with "unavailable" before it knows).
+    present: std::collections::BTreeSet<BareJid>,
 }
 
 /// Runs the downstream manager until the process ends.
@@ -131,6 +135,7 @@ pub async fn run(cfg: DownstreamConfig) -> Result<(), DownstreamError> {
         down,
         rec,
         last_sent: None,
+        present: std::collections::BTreeSet::new(),
     };
     let mut tick = tokio::time::interval(ds.cfg.retransmit);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,16 +149,31 @@ pub async fn run(cfg: DownstreamConfig) -> Result<(), DownstreamError> {
                     ds.maybe_send_state();
                 }
                 Some(LinkEvent::Message { from, reply_to, msg }) => ds.on_upstream(&from, &reply_to, *msg),
+                Some(LinkEvent::SubscribeRequest { from }) => {
+                    // The upstream watches our presence to know the cluster is there.
+                    if from == ds.cfg.upstream {
+                        ds.up.allow_subscription(&from);
+                    } else {
+                        log::line(WHO, &format!("presence subscription from {from} ignored"));
+                    }
+                }
+                Some(LinkEvent::Presence { .. }) => {}
             },
             ev = down_events.recv() => match ev {
                 None => return Ok(()),
                 Some(LinkEvent::Up) => {
+                    ds.present.clear();
                     for a in ds.cfg.agents.clone() {
+                        ds.down.subscribe(&a);
                         ds.down.send(&a, FleetMessage::StateQuery {});
                     }
                     ds.reforward();
                 }
                 Some(LinkEvent::Message { from, reply_to, msg }) => ds.on_agent(&from, &reply_to, *msg),
+                Some(LinkEvent::Presence { from, available }) => ds.agent_presence(&from, available),
+                Some(LinkEvent::SubscribeRequest { from }) => {
+                    log::line(WHO, &format!("presence subscription from {from} ignored"));
+                }
             },
             _ = tick.tick() => ds.reforward(),
         }
@@ -190,6 +210,24 @@ impl Downstream {
             }
         }
         s
+    }
+
+    /// An agent's session came or went: a gone agent no longer counts in the
+    /// cluster's capacity (the sum changes, so the upstream hears of it).
+    fn agent_presence(&mut self, from: &BareJid, available: bool) {
+        if !self.agents.contains_key(from) {
+            return;
+        }
+        if available {
+            if self.present.insert(from.clone()) {
+                log::line(WHO, &format!("agent {from} online"));
+                self.down.send(from, FleetMessage::StateQuery {});
+            }
+        } else if self.present.remove(from) {
+            log::line(WHO, &format!("agent {from} offline"));
+            self.agents.insert(from.clone(), None);
+            self.maybe_send_state();
+        }
     }
 
     fn maybe_send_state(&mut self) {
@@ -292,51 +330,49 @@ impl Downstream {
             }
             return;
         }
+        // Write-ahead: the decision is on disk before anything is sent, so a
+        // manager killed right after sending re-sends rather than forgets.
         let placed = self.place(&customer, &action);
-        let entry = match placed {
+        let op = action.op();
+        let (entry, to, msg) = match placed {
             Err(reason) => {
                 let outcome = Outcome::refused(WHO, reason);
-                log::line(
-                    WHO,
-                    &format!("request {id} {} refused: {outcome:?}", action.op()),
-                );
-                self.up.send(
-                    &self.cfg.upstream,
-                    FleetMessage::Result {
-                        id: id.clone(),
-                        outcome: outcome.clone(),
-                    },
-                );
-                Entry {
+                log::line(WHO, &format!("request {id} {op} refused: {outcome:?}"));
+                let msg = FleetMessage::Result {
+                    id: id.clone(),
+                    outcome: outcome.clone(),
+                };
+                let entry = Entry {
                     customer,
                     action,
                     agent: None,
                     outcome: Some(outcome),
-                }
+                };
+                (entry, (self.up.clone(), self.cfg.upstream.clone()), msg)
             }
             Ok(agent) => {
-                log::line(
-                    WHO,
-                    &format!("request {id} {} forwarded to {agent}", action.op()),
-                );
-                self.down.send(
-                    &agent,
-                    FleetMessage::Request {
-                        id: id.clone(),
-                        customer: customer.clone(),
-                        action: action.clone(),
-                    },
-                );
-                Entry {
+                let msg = FleetMessage::Request {
+                    id: id.clone(),
+                    customer: customer.clone(),
+                    action: action.clone(),
+                };
+                let entry = Entry {
                     customer,
                     action,
                     agent: Some(agent.to_string()),
                     outcome: None,
-                }
+                };
+                (entry, (self.down.clone(), agent), msg)
             }
         };
-        self.rec.requests.insert(id, entry);
+        let forwarded = entry.agent.clone();
+        self.rec.requests.insert(id.clone(), entry);
         self.save();
+        let (link, jid) = to;
+        link.send(&jid, msg);
+        if let Some(agent) = forwarded {
+            log::line(WHO, &format!("request {id} {op} forwarded to {agent}"));
+        }
     }
 
     /// Counts held resources of `kind` plus definitions of it in flight,

@@ -85,6 +85,10 @@ enum Cmd {
         /// Re-send unanswered requests this often (ms).
         #[arg(long, default_value_t = 10_000)]
         retransmit_ms: u64,
+        /// Move a gone cluster's relocatable pending requests elsewhere after
+        /// it has been away this long (ms).
+        #[arg(long, default_value_t = 30_000)]
+        relocate_after_ms: u64,
     },
     /// Run a downstream manager (one per cluster).
     Downstream {
@@ -162,6 +166,10 @@ enum Cmd {
         /// Wait up to this many seconds for the final result.
         #[arg(long)]
         wait: Option<u64>,
+        /// Allow the upstream to move the request to another cluster if its
+        /// cluster goes away before answering (define-vm only).
+        #[arg(long)]
+        relocatable: bool,
         #[command(subcommand)]
         op: RequestOp,
     },
@@ -318,12 +326,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             listen,
             xmpp,
             retransmit_ms,
+            relocate_after_ms,
         } => {
             let cfg = upstream::UpstreamConfig {
                 db,
                 listen,
                 link: xmpp.link("up-link")?,
                 retransmit: Duration::from_millis(retransmit_ms.max(100)),
+                relocate_after: Duration::from_millis(relocate_after_ms.max(100)),
             };
             runtime()?.block_on(upstream::run(cfg))?;
             Ok(ExitCode::SUCCESS)
@@ -403,6 +413,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             customer,
             cluster,
             wait,
+            relocatable,
             op,
         } => {
             let action = match op {
@@ -433,6 +444,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 customer,
                 cluster,
                 action,
+                relocatable,
             })?;
             let mut view: RequestView =
                 rest(&url, "POST", "/v1/requests", Some(&body), &[202, 409])?;

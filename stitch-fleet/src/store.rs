@@ -47,6 +47,19 @@ pub struct Store {
     conn: Connection,
 }
 
+/// What recording a cluster's result did.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// The request is final now.
+    Applied(RequestView),
+    /// Not pending in that cluster (a duplicate, or from the wrong cluster):
+    /// nothing changed.
+    Ignored,
+    /// A cluster the request was moved away from applied it after all: a
+    /// `remove_vm` to undo it there was recorded under this id, to be sent.
+    Compensate(RequestId),
+}
+
 /// A request to (re-)send to a cluster.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -76,7 +89,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS requests(
                 seq INTEGER PRIMARY KEY AUTOINCREMENT, customer TEXT NOT NULL, cluster TEXT,
                 op TEXT NOT NULL, name TEXT NOT NULL, action TEXT, outcome TEXT NOT NULL,
-                created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+                created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+                relocatable INTEGER NOT NULL DEFAULT 0, moved_from TEXT);
              CREATE TABLE IF NOT EXISTS resources(
                 customer TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, cluster TEXT NOT NULL,
                 PRIMARY KEY(customer, kind, name));",
@@ -431,8 +445,8 @@ impl Store {
         };
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO requests(customer, cluster, op, name, action, outcome, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            "INSERT INTO requests(customer, cluster, op, name, action, outcome, created_ms, updated_ms, relocatable)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
             params![
                 req.customer,
                 cluster,
@@ -440,7 +454,8 @@ impl Store {
                 name,
                 action.map(|a| serde_json::to_string(&a).unwrap_or_default()),
                 serde_json::to_string(&outcome).unwrap_or_default(),
-                now_ms
+                now_ms,
+                req.relocatable && op == "define_vm"
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -642,10 +657,47 @@ impl Store {
             .collect()
     }
 
-    /// Records a cluster's final result for a request. Returns the updated
-    /// request, or `None` when it is not pending in that cluster (a duplicate
-    /// result after a re-send, or a result from the wrong cluster): then
-    /// nothing changes.
+    /// Moves the relocatable VM definitions still pending in `cluster` (which
+    /// went away) to the cluster with the most free capacity. Returns the
+    /// moved ids and where they went.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn relocate_from(
+        &mut self,
+        cluster: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(RequestId, String)>, StoreError> {
+        let seqs: Vec<i64> = self
+            .conn
+            .prepare(
+                "SELECT seq FROM requests WHERE cluster = ?1 AND relocatable = 1 AND op = 'define_vm'
+                 AND json_extract(outcome, '$.status') = 'accepted' ORDER BY seq",
+            )?
+            .query_map([cluster], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut moved = Vec::new();
+        for seq in seqs {
+            let Ok(to) = self.pick_cluster(None)? else {
+                break;
+            };
+            if to == cluster {
+                break;
+            }
+            self.conn.execute(
+                "UPDATE requests SET cluster = ?2, moved_from = ?3, updated_ms = ?4 WHERE seq = ?1",
+                params![seq, to, cluster, now_ms],
+            )?;
+            moved.push((RequestId::from_seq(seq), to));
+        }
+        Ok(moved)
+    }
+
+    /// Records a cluster's final result for a request. Only the first final
+    /// result from the cluster the request is pending in counts; anything
+    /// else changes nothing, except a success from a cluster the request was
+    /// moved away from, which is undone there (see [`Finish::Compensate`]).
     ///
     /// # Errors
     ///
@@ -656,25 +708,52 @@ impl Store {
         cluster: &str,
         outcome: &Outcome,
         now_ms: i64,
-    ) -> Result<Option<RequestView>, StoreError> {
+    ) -> Result<Finish, StoreError> {
         if !outcome.is_final() {
-            return Ok(None);
+            return Ok(Finish::Ignored);
         }
         let Some(seq) = id.0.strip_prefix('r').and_then(|d| d.parse::<i64>().ok()) else {
-            return Ok(None);
+            return Ok(Finish::Ignored);
         };
         let tx = self.conn.transaction()?;
-        let row: Option<(String, String, String, String)> = tx
+        let row: Option<(String, String, String, bool, bool)> = tx
             .query_row(
-                "SELECT customer, op, name, action FROM requests WHERE seq = ?1 AND cluster = ?2
-                 AND json_extract(outcome, '$.status') = 'accepted'",
+                "SELECT customer, op, name,
+                        cluster = ?2 AND json_extract(outcome, '$.status') = 'accepted',
+                        moved_from = ?2 AND cluster != ?2 AND NOT EXISTS (
+                            SELECT 1 FROM requests u WHERE u.seq > requests.seq AND u.op = 'remove_vm'
+                            AND u.customer = requests.customer AND u.name = requests.name AND u.cluster = ?2)
+                 FROM requests WHERE seq = ?1 AND (cluster = ?2 OR moved_from = ?2)",
                 params![seq, cluster],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let Some((customer, op, name, _action)) = row else {
-            return Ok(None);
+        let Some((customer, op, name, pending_here, moved_away)) = row else {
+            return Ok(Finish::Ignored);
         };
+        if !pending_here {
+            // Moved away from `cluster`; if it applied the VM anyway, undo it
+            // there (once).
+            if moved_away && op == "define_vm" && matches!(outcome, Outcome::Succeeded { .. }) {
+                let action = Action::RemoveVm { name: name.clone() };
+                tx.execute(
+                    "INSERT INTO requests(customer, cluster, op, name, action, outcome, created_ms, updated_ms)
+                     VALUES (?1, ?2, 'remove_vm', ?3, ?4, ?5, ?6, ?6)",
+                    params![
+                        customer,
+                        cluster,
+                        name,
+                        serde_json::to_string(&action).unwrap_or_default(),
+                        serde_json::to_string(&Outcome::Accepted).unwrap_or_default(),
+                        now_ms
+                    ],
+                )?;
+                let seq = tx.last_insert_rowid();
+                tx.commit()?;
+                return Ok(Finish::Compensate(RequestId::from_seq(seq)));
+            }
+            return Ok(Finish::Ignored);
+        }
         tx.execute(
             "UPDATE requests SET outcome = ?2, updated_ms = ?3 WHERE seq = ?1",
             params![
@@ -697,15 +776,20 @@ impl Store {
                         params![customer, kind.as_str(), name, cluster],
                     )?;
                 } else {
+                    // Only where it was removed: a compensating removal in a
+                    // cluster the VM was moved away from leaves the real one.
                     tx.execute(
-                        "DELETE FROM resources WHERE customer = ?1 AND kind = ?2 AND name = ?3",
-                        params![customer, kind.as_str(), name],
+                        "DELETE FROM resources WHERE customer = ?1 AND kind = ?2 AND name = ?3 AND cluster = ?4",
+                        params![customer, kind.as_str(), name, cluster],
                     )?;
                 }
             }
         }
         tx.commit()?;
-        self.request(id)
+        Ok(match self.request(id)? {
+            Some(v) => Finish::Applied(v),
+            None => Finish::Ignored,
+        })
     }
 
     /// One request.
@@ -739,7 +823,7 @@ impl Store {
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<RequestView>, StoreError> {
         let sql = format!(
-            "SELECT seq, customer, cluster, op, name, outcome, created_ms, updated_ms FROM requests {clause} ORDER BY seq"
+            "SELECT seq, customer, cluster, op, name, outcome, created_ms, updated_ms, moved_from FROM requests {clause} ORDER BY seq"
         );
         let rows: Vec<RequestRow> = self
             .conn
@@ -754,12 +838,23 @@ impl Store {
                     r.get(5)?,
                     r.get(6)?,
                     r.get(7)?,
+                    r.get(8)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(
-                |(seq, customer, cluster, op, name, outcome, created_ms, updated_ms)| {
+                |(
+                    seq,
+                    customer,
+                    cluster,
+                    op,
+                    name,
+                    outcome,
+                    created_ms,
+                    updated_ms,
+                    moved_from,
+                )| {
                     Ok(RequestView {
                         id: RequestId::from_seq(seq).0,
                         customer,
@@ -770,6 +865,7 @@ impl Store {
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         created_ms,
                         updated_ms,
+                        moved_from,
                     })
                 },
             )
@@ -777,7 +873,7 @@ impl Store {
     }
 }
 
-/// seq, customer, cluster, op, name, outcome, created, updated.
+/// seq, customer, cluster, op, name, outcome, created, updated, moved_from.
 type RequestRow = (
     i64,
     String,
@@ -787,6 +883,7 @@ type RequestRow = (
     String,
     i64,
     i64,
+    Option<String>,
 );
 
 fn kind_word(kind: ResourceKind) -> &'static str {
@@ -855,6 +952,7 @@ mod tests {
                 name: name.into(),
                 template: "sleeper".into(),
             },
+            relocatable: true,
         }
     }
 
@@ -881,8 +979,14 @@ mod tests {
         let r1 = s.submit(&define("web-1"), 10).unwrap();
         let id = RequestId(r1.id.clone());
         let ok = Outcome::Succeeded { detail: "x".into() };
-        assert!(s.finish(&id, "a", &ok, 20).unwrap().is_some());
-        assert!(s.finish(&id, "a", &ok, 21).unwrap().is_none());
+        assert!(matches!(
+            s.finish(&id, "a", &ok, 20).unwrap(),
+            Finish::Applied(_)
+        ));
+        assert!(matches!(
+            s.finish(&id, "a", &ok, 21).unwrap(),
+            Finish::Ignored
+        ));
         assert_eq!(s.customer("acme").unwrap().used.vms, 1);
         assert!(s.pending().unwrap().is_empty());
     }
@@ -893,7 +997,74 @@ mod tests {
         let r1 = s.submit(&define("web-1"), 10).unwrap();
         let id = RequestId(r1.id.clone());
         let ok = Outcome::Succeeded { detail: "x".into() };
-        assert!(s.finish(&id, "b", &ok, 20).unwrap().is_none());
+        assert!(matches!(
+            s.finish(&id, "b", &ok, 20).unwrap(),
+            Finish::Ignored
+        ));
         assert_eq!(s.pending().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_gone_clusters_pending_vm_moves_and_a_late_success_there_is_undone() {
+        let mut s = store();
+        s.add_cluster(&ClusterIn {
+            name: "b".into(),
+            jid: "ds-b@up.test".into(),
+        })
+        .unwrap();
+        s.set_cluster_state(
+            "b",
+            Some(NodeState {
+                vm_slots: 2,
+                vms_used: 0,
+                health: Health::Ok,
+            }),
+            1,
+        )
+        .unwrap();
+        let mut req = define("web-1");
+        req.cluster = Some("a".into());
+        let r1 = RequestId(s.submit(&req, 10).unwrap().id);
+        s.set_cluster_state("a", None, 11).unwrap();
+        assert_eq!(
+            s.relocate_from("a", 12).unwrap(),
+            vec![(r1.clone(), "b".to_owned())]
+        );
+        assert_eq!(
+            s.request(&r1).unwrap().unwrap().moved_from.as_deref(),
+            Some("a")
+        );
+        let ok = Outcome::Succeeded { detail: "x".into() };
+        let Finish::Compensate(undo) = s.finish(&r1, "a", &ok, 13).unwrap() else {
+            panic!("a late success in the old cluster must be undone");
+        };
+        // Once: a duplicate of that late result changes nothing.
+        assert!(matches!(
+            s.finish(&r1, "a", &ok, 13).unwrap(),
+            Finish::Ignored
+        ));
+        assert!(matches!(
+            s.finish(&r1, "b", &ok, 14).unwrap(),
+            Finish::Applied(_)
+        ));
+        let pending = s.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].jid, "ds-a@up.test");
+        assert!(matches!(
+            &pending[0].msg,
+            FleetMessage::Request { action: Action::RemoveVm { name }, .. } if name == "web-1"
+        ));
+        assert!(matches!(
+            s.finish(&undo, "a", &ok, 15).unwrap(),
+            Finish::Applied(_)
+        ));
+        // The VM still counts once, in cluster b.
+        assert_eq!(s.customer("acme").unwrap().used.vms, 1);
+        assert_eq!(
+            s.resource_cluster("acme", ResourceKind::Vm, "web-1")
+                .unwrap()
+                .as_deref(),
+            Some("b")
+        );
     }
 }

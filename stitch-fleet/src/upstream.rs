@@ -12,6 +12,7 @@
 //! the XMPP side is one tokio task. They share the store behind a mutex and the
 //! REST side tells the XMPP side about new requests through a channel.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +26,7 @@ use tokio_xmpp::jid::{BareJid, Jid};
 use crate::api::{ClusterIn, CustomerIn, ErrorBody, Quota, RequestIn, TemplateIn};
 use crate::log;
 use crate::proto::{FleetMessage, Outcome, RequestId};
-use crate::store::{Store, StoreError};
+use crate::store::{Finish, Store, StoreError};
 use crate::xmpp::{self, LinkConfig, LinkEvent, LinkHandle};
 
 const WHO: &str = "upstream";
@@ -62,6 +63,18 @@ pub struct UpstreamConfig {
     pub link: LinkConfig,
     /// How often unanswered requests are re-sent.
     pub retransmit: Duration,
+    /// How long a cluster may be away (its downstream manager's presence
+    /// gone) before its relocatable pending requests move elsewhere.
+    pub relocate_after: Duration,
+}
+
+/// What the REST side tells the XMPP side.
+#[derive(Debug)]
+enum Notice {
+    /// A request was accepted: send it.
+    Request(RequestId),
+    /// A cluster was registered: watch its presence, ask its state.
+    Cluster(BareJid),
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -91,30 +104,110 @@ pub async fn run(cfg: UpstreamConfig) -> Result<(), UpstreamError> {
         .server_addr()
         .to_ip()
         .map_or_else(|| cfg.listen.to_string(), |a| a.to_string());
-    let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<RequestId>();
+    let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<Notice>();
     let rest_store = store.clone();
     std::thread::spawn(move || rest_loop(&server, &rest_store, &notify_tx));
     log::line(WHO, &format!("rest listening on {bound}"));
 
     let (link, mut events) = xmpp::spawn(cfg.link)?;
-    let mut tick = tokio::time::interval(cfg.retransmit);
+    let mut tick = tokio::time::interval(cfg.retransmit.min(cfg.relocate_after));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_resend = tokio::time::Instant::now();
+    // Clusters whose downstream manager's presence is gone, since when.
+    let mut away: HashMap<String, tokio::time::Instant> = HashMap::new();
+    // Clusters seen available since our link came up: only their going
+    // unavailable means they left (a server answers a fresh subscription
+    // with "unavailable" before it knows).
+    let mut present: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
                 match ev {
                     LinkEvent::Up => {
+                        present.clear();
                         query_states(&store, &link);
                         resend(&store, &link, None);
                     }
                     LinkEvent::Message { from, reply_to, msg } => on_message(&store, &link, &from, &reply_to, *msg),
+                    LinkEvent::Presence { from, available } => {
+                        on_presence(&store, &link, (&mut away, &mut present), &from, available);
+                    }
+                    LinkEvent::SubscribeRequest { from } => {
+                        log::line(WHO, &format!("presence subscription from {from} ignored"));
+                    }
                 }
             }
-            id = notify_rx.recv() => {
-                if let Some(id) = id { resend(&store, &link, Some(&id)); }
+            n = notify_rx.recv() => match n {
+                Some(Notice::Request(id)) => resend(&store, &link, Some(&id)),
+                Some(Notice::Cluster(jid)) => {
+                    link.subscribe(&jid);
+                    link.send(&jid, FleetMessage::StateQuery {});
+                }
+                None => {}
+            },
+            _ = tick.tick() => {
+                if last_resend.elapsed() >= cfg.retransmit {
+                    last_resend = tokio::time::Instant::now();
+                    resend(&store, &link, None);
+                }
+                relocate(&store, &link, &mut away, cfg.relocate_after);
             }
-            _ = tick.tick() => resend(&store, &link, None),
+        }
+    }
+}
+
+fn on_presence(
+    store: &Shared,
+    link: &LinkHandle,
+    (away, present): (
+        &mut HashMap<String, tokio::time::Instant>,
+        &mut HashSet<String>,
+    ),
+    from: &BareJid,
+    available: bool,
+) {
+    let st = lock(store);
+    let Ok(Some(cluster)) = st.cluster_by_jid(&from.to_string()) else {
+        return;
+    };
+    if available {
+        away.remove(&cluster);
+        if present.insert(cluster.clone()) {
+            log::line(WHO, &format!("cluster {cluster} online"));
+            link.send(from, FleetMessage::StateQuery {});
+        }
+    } else if present.remove(&cluster) {
+        log::line(WHO, &format!("cluster {cluster} offline"));
+        away.entry(cluster.clone())
+            .or_insert_with(tokio::time::Instant::now);
+        if let Err(e) = st.set_cluster_state(&cluster, None, now_ms()) {
+            log::line(WHO, &format!("error: {e}"));
+        }
+    }
+}
+
+/// Moves relocatable work of clusters away longer than `after`.
+fn relocate(
+    store: &Shared,
+    link: &LinkHandle,
+    away: &mut HashMap<String, tokio::time::Instant>,
+    after: Duration,
+) {
+    for (cluster, since) in away.iter() {
+        if since.elapsed() < after {
+            continue;
+        }
+        let moved = match lock(store).relocate_from(cluster, now_ms()) {
+            Ok(m) => m,
+            Err(e) => return log::line(WHO, &format!("error: {e}")),
+        };
+        for (id, to) in moved {
+            log::line(
+                WHO,
+                &format!("request {id} moved from cluster {cluster} to {to} (cluster away)"),
+            );
+            resend(store, link, Some(&id));
         }
     }
 }
@@ -126,6 +219,7 @@ fn query_states(store: &Shared, link: &LinkHandle) {
     };
     for c in clusters {
         if let Ok(jid) = c.jid.parse::<BareJid>() {
+            link.subscribe(&jid);
             link.send(&jid, FleetMessage::StateQuery {});
         }
     }
@@ -191,26 +285,37 @@ fn on_message(
             );
             st.set_cluster_state(&cluster, Some(state), now)
         }
-        FleetMessage::Result { id, outcome } => match st.finish(&id, &cluster, &outcome, now) {
-            Ok(Some(view)) => {
-                log::line(
+        FleetMessage::Result { id, outcome } => {
+            match st.finish(&id, &cluster, &outcome, now) {
+                Ok(Finish::Applied(view)) => {
+                    log::line(
+                        WHO,
+                        &format!(
+                            "result {id} from cluster {cluster}: {}",
+                            view.outcome.status()
+                        ),
+                    );
+                    Ok(())
+                }
+                Ok(Finish::Ignored) => {
+                    log::line(
+                        WHO,
+                        &format!("duplicate or unknown result {id} from cluster {cluster} ignored"),
+                    );
+                    Ok(())
+                }
+                Ok(Finish::Compensate(undo)) => {
+                    log::line(
                     WHO,
-                    &format!(
-                        "result {id} from cluster {cluster}: {}",
-                        view.outcome.status()
-                    ),
+                    &format!("cluster {cluster} applied moved request {id} after all: undone by {undo}"),
                 );
-                Ok(())
+                    drop(st);
+                    resend(store, link, Some(&undo));
+                    return;
+                }
+                Err(e) => Err(e),
             }
-            Ok(None) => {
-                log::line(
-                    WHO,
-                    &format!("duplicate or unknown result {id} from cluster {cluster} ignored"),
-                );
-                Ok(())
-            }
-            Err(e) => Err(e),
-        },
+        }
         FleetMessage::Error { id, reason } => {
             log::line(
                 WHO,
@@ -279,11 +384,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| error(400, format!("invalid body: {e}")))
 }
 
-fn rest_loop(
-    server: &tiny_http::Server,
-    store: &Shared,
-    notify: &mpsc::UnboundedSender<RequestId>,
-) {
+fn rest_loop(server: &tiny_http::Server, store: &Shared, notify: &mpsc::UnboundedSender<Notice>) {
     for mut req in server.incoming_requests() {
         let mut body = Vec::new();
         let too_big = req.body_length().is_some_and(|n| n > MAX_BODY);
@@ -315,7 +416,7 @@ fn route(
     url: &str,
     body: &[u8],
     store: &Shared,
-    notify: &mpsc::UnboundedSender<RequestId>,
+    notify: &mpsc::UnboundedSender<Notice>,
 ) -> Reply {
     use tiny_http::Method::{Get, Post, Put};
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
@@ -338,7 +439,11 @@ fn route(
             (Get, ["v1", "clusters"]) => json(200, &lock(store).clusters().map_err(store_error)?),
             (Post, ["v1", "clusters"]) => {
                 let c: ClusterIn = parse(body)?;
-                json(201, &lock(store).add_cluster(&c).map_err(store_error)?)
+                let view = lock(store).add_cluster(&c).map_err(store_error)?;
+                if let Ok(jid) = view.jid.parse() {
+                    let _ = notify.send(Notice::Cluster(jid));
+                }
+                json(201, &view)
             }
             (Get, ["v1", "clusters", name]) => {
                 json(200, &lock(store).cluster(name).map_err(store_error)?)
@@ -367,7 +472,7 @@ fn route(
                     ),
                 );
                 if view.outcome == Outcome::Accepted {
-                    let _ = notify.send(RequestId(view.id.clone()));
+                    let _ = notify.send(Notice::Request(RequestId(view.id.clone())));
                     json(202, &view)
                 } else {
                     json(409, &view)

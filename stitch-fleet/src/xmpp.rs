@@ -21,7 +21,7 @@ use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::minidom::Element;
 use tokio_xmpp::parsers::message::{Message, MessageType};
-use tokio_xmpp::parsers::presence::Presence;
+use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use tokio_xmpp::stanzastream::{Event as StreamEventOuter, StanzaStream, StreamEvent};
 use tokio_xmpp::xmlstream::{PendingFeaturesRecv, Timeouts};
 use tokio_xmpp::Stanza;
@@ -48,6 +48,19 @@ pub struct LinkConfig {
 /// Something that happened on the link.
 #[derive(Debug)]
 pub enum LinkEvent {
+    /// A contact's presence changed (only for contacts we subscribed to):
+    /// `available` false when its last session ended.
+    Presence {
+        /// The contact.
+        from: BareJid,
+        /// Whether it has a session now.
+        available: bool,
+    },
+    /// `from` asks to see our presence (the owner decides whether to allow).
+    SubscribeRequest {
+        /// Who asks.
+        from: BareJid,
+    },
     /// The session is (again) established: re-send what is unanswered.
     Up,
     /// A fleet message arrived (or a payload that failed to decode).
@@ -61,10 +74,17 @@ pub enum LinkEvent {
     },
 }
 
+/// What the owner asks the link to send.
+#[derive(Debug)]
+enum Out {
+    Message(Jid, FleetMessage),
+    Presence(BareJid, PresenceType),
+}
+
 /// Sending side of a link. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
-    tx: mpsc::UnboundedSender<(Jid, FleetMessage)>,
+    tx: mpsc::UnboundedSender<Out>,
 }
 
 impl LinkHandle {
@@ -72,13 +92,28 @@ impl LinkHandle {
     /// once it is back (and the owner re-sends anything unanswered anyway).
     pub fn send(&self, to: &BareJid, msg: FleetMessage) {
         // The link task lives as long as the process; a send after shutdown is moot.
-        let _ = self.tx.send((Jid::from(to.clone()), msg));
+        let _ = self.tx.send(Out::Message(Jid::from(to.clone()), msg));
+    }
+
+    /// Asks to see `to`'s presence (it is remembered by the server, in our
+    /// roster, so this is needed once; repeating it is harmless).
+    pub fn subscribe(&self, to: &BareJid) {
+        let _ = self
+            .tx
+            .send(Out::Presence(to.clone(), PresenceType::Subscribe));
+    }
+
+    /// Allows `to` to see our presence.
+    pub fn allow_subscription(&self, to: &BareJid) {
+        let _ = self
+            .tx
+            .send(Out::Presence(to.clone(), PresenceType::Subscribed));
     }
 
     /// Sends `msg` to one session (a refusal goes back to the session that
     /// sent the refused message).
     pub fn reply(&self, to: &Jid, msg: FleetMessage) {
-        let _ = self.tx.send((to.clone(), msg));
+        let _ = self.tx.send(Out::Message(to.clone(), msg));
     }
 }
 
@@ -213,7 +248,7 @@ async fn run(
     mut stream: StanzaStream,
     label: String,
     state: Arc<Mutex<ConnState>>,
-    mut out_rx: mpsc::UnboundedReceiver<(Jid, FleetMessage)>,
+    mut out_rx: mpsc::UnboundedReceiver<Out>,
     ev_tx: mpsc::UnboundedSender<LinkEvent>,
 ) {
     loop {
@@ -245,13 +280,36 @@ async fn run(
                             if ev_tx.send(event).is_err() { return; }
                         }
                     }
+                    StreamEventOuter::Stanza(Stanza::Presence(p)) => {
+                        let Some(from) = p.from.as_ref().map(Jid::to_bare) else { continue };
+                        let event = match p.type_ {
+                            PresenceType::None => Some(LinkEvent::Presence { from, available: true }),
+                            PresenceType::Unavailable => {
+                                // One resource left; with one session per
+                                // component that is the component.
+                                Some(LinkEvent::Presence { from, available: false })
+                            }
+                            PresenceType::Subscribe => Some(LinkEvent::SubscribeRequest { from }),
+                            _ => None,
+                        };
+                        if let Some(event) = event {
+                            if ev_tx.send(event).is_err() { return; }
+                        }
+                    }
                     StreamEventOuter::Stanza(_) => {}
                 }
             }
             out = out_rx.recv() => {
-                let Some((to, msg)) = out else { return };
-                let stanza = outgoing(&to, &msg);
-                let _token = stream.send(Box::new(Stanza::Message(stanza))).await;
+                let stanza = match out {
+                    None => return,
+                    Some(Out::Message(to, msg)) => Stanza::Message(outgoing(&to, &msg)),
+                    Some(Out::Presence(to, type_)) => {
+                        let mut p = Presence::new(type_);
+                        p.to = Some(Jid::from(to));
+                        Stanza::Presence(p)
+                    }
+                };
+                let _token = stream.send(Box::new(stanza)).await;
             }
         }
     }

@@ -32,6 +32,8 @@ struct Opts {
     retransmit_ms: u64,
     health_ms: u64,
     stitchd: bool,
+    /// Upstream's --relocate-after-ms.
+    relocate_ms: u64,
     /// A second server for the agents' domains (same accounts), listed after
     /// the first: the next server of the XMPP cluster.
     spare: bool,
@@ -49,6 +51,7 @@ impl Default for Opts {
             health_ms: 200,
             stitchd: false,
             spare: false,
+            relocate_ms: 30_000,
         }
     }
 }
@@ -339,6 +342,8 @@ fn start_upstream(dir: &TempDir, xmpp: &Prosody, opts: &Opts) -> Proc {
             opts.wait_ms.to_string(),
             "--retransmit-ms".into(),
             opts.retransmit_ms.to_string(),
+            "--relocate-after-ms".into(),
+            opts.relocate_ms.to_string(),
         ],
     )
 }
@@ -639,9 +644,91 @@ fn when_an_xmpp_server_dies_every_component_fails_over_to_the_next_server() {
         let (ix, _) = a.wait_from(0, &format!("link connecting to {spare}"));
         a.wait_from(ix, "link link up");
     }
+    // The manager sees every agent on the new server (their presence).
+    for a in 0..2 {
+        c.downstream
+            .wait_from(ix, &format!("agent agent{a}@{} online", cluster_domain(0)));
+    }
+    let (_, c0) = fleet.get("/v1/clusters/c0");
+    assert_eq!(c0["state"]["vm_slots"], 4, "{c0}");
     let (id, _, _) = fleet.submit("acme", None, define_vm("moved", "sleeper"));
     let v = fleet.result(&id);
     assert_eq!(status(&v), "succeeded", "{v}");
+}
+
+#[test]
+fn a_cluster_that_goes_away_has_its_relocatable_work_moved_and_a_late_copy_undone() {
+    let mut fleet = Fleet::start(Opts {
+        clusters: 2,
+        relocate_ms: 300,
+        ..Opts::default()
+    });
+    fleet.customer("acme", 4);
+    // A VM that starts only once the gate file exists (it does not in c0).
+    let gate = fleet.dir.path().join("gate-open");
+    let (st, v) = fleet.post(
+        "/v1/templates",
+        json!({"name": "gated", "ready_line": "ready",
+               "command": format!("test -e {} || exec sleep 600; echo ready; exec sleep 600", gate.display())}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = fleet.post(
+        "/v1/requests",
+        json!({"customer": "acme", "cluster": "c0", "relocatable": true,
+               "action": define_vm("mobile", "gated")}),
+    );
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let fwd = fleet.clusters[0]
+        .downstream
+        .wait(&format!("request {id} define_vm forwarded to agent"));
+    let ix: usize = fwd
+        .split("forwarded to agent")
+        .nth(1)
+        .and_then(|s| s.split('@').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    fleet.clusters[0].agents[ix].wait("starting VM 'mobile'");
+
+    // Cluster c0 goes away (its manager and appliances die).
+    fleet.clusters[0].downstream.kill();
+    for a in &mut fleet.clusters[0].agents {
+        a.kill();
+    }
+    fleet.upstream.wait("cluster c0 offline");
+    std::fs::write(&gate, "").unwrap();
+    fleet
+        .upstream
+        .wait(&format!("request {id} moved from cluster c0 to c1"));
+    let v = fleet.result(&id);
+    assert_eq!(status(&v), "succeeded", "{v}");
+    assert_eq!(v["cluster"], "c1", "{v}");
+    assert_eq!(v["moved_from"], "c0", "{v}");
+
+    // c0 comes back with its record and applies its copy late: the upstream
+    // undoes it there, and the VM counts once, in c1.
+    let back = fleet.start_cluster(0);
+    drop(std::mem::replace(&mut fleet.clusters[0], back));
+    let undo = fleet
+        .upstream
+        .wait(&format!("applied moved request {id} after all: undone by "));
+    let undo_id = undo.rsplit(' ').next().unwrap().to_owned();
+    let v = fleet.result(&undo_id);
+    assert_eq!(status(&v), "succeeded", "{v}");
+    let c0_ns: Vec<String> = fleet.clusters[0]
+        .prefixes
+        .iter()
+        .flat_map(|p| netns_with_prefix(p))
+        .collect();
+    assert!(c0_ns.is_empty(), "{c0_ns:?}");
+    let c1_ns: Vec<String> = fleet.clusters[1]
+        .prefixes
+        .iter()
+        .flat_map(|p| netns_with_prefix(p))
+        .collect();
+    assert_eq!(c1_ns.len(), 1, "{c1_ns:?}");
+    let (_, acme) = fleet.get("/v1/customers/acme");
+    assert_eq!(acme["used"]["vms"], 1, "{acme}");
 }
 
 #[test]

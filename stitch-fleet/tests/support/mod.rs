@@ -21,10 +21,12 @@ pub const WAIT: Duration = Duration::from_secs(40);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A unique short tag for names (namespaces, dirs): `[a-z0-9]`, 5 chars.
+/// A unique short tag for names (namespaces, veths): `[a-z0-9]`, 7 chars,
+/// unique within this test process (and across processes unless their
+/// pids agree modulo 4096).
 pub fn tag() -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{:03x}{:x}", std::process::id() % 4096, n % 16)
+    format!("{:03x}{:04x}", std::process::id() % 4096, n % 0x1_0000)
 }
 
 /// A directory removed on drop.
