@@ -44,6 +44,17 @@ pub struct AgentConfig {
     pub health_interval: Duration,
     /// How long a VM may take to print its ready line.
     pub ready_timeout: Duration,
+    /// How VMs are defined.
+    pub driver: DriverKind,
+}
+
+/// How an agent defines VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// A process in its own network namespace (the default).
+    Process,
+    /// Nothing runs; a VM only takes a slot (simulation).
+    Null,
 }
 
 /// Errors that stop the agent.
@@ -218,7 +229,7 @@ impl Agent {
     fn health_check(&mut self) {
         for slot in self.vms.values_mut() {
             if let Slot::Running(vm) = slot {
-                if let Ok(Some(status)) = vm.child.try_wait() {
+                if let Some(Ok(Some(status))) = vm.child.as_mut().map(|c| c.try_wait()) {
                     log::line(WHO, &format!("VM in {} exited: {status}", vm.netns));
                     let Slot::Running(vm) = std::mem::replace(slot, Slot::Starting) else {
                         continue;
@@ -314,6 +325,13 @@ impl Agent {
                     refuse(format!("VM '{name}' already exists on this agent"))
                 } else if self.vms.len() >= self.cfg.vm_slots as usize {
                     refuse("no free VM slot on this agent".to_owned())
+                } else if self.cfg.driver == DriverKind::Null {
+                    self.next_n += 1;
+                    self.vms
+                        .insert(key, Slot::Running(Vm::null(self.next_n)));
+                    Some(Outcome::Succeeded {
+                        detail: "VM defined (null driver)".to_owned(),
+                    })
                 } else {
                     self.next_n += 1;
                     let netns = format!("{}-{}", self.cfg.netns_prefix, self.next_n);

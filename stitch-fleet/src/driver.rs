@@ -48,8 +48,20 @@ pub struct Vm {
     pub netns: String,
     /// Host end of its veth pair.
     pub veth: String,
-    /// Its process.
-    pub child: Child,
+    /// Its process (`None`: a VM of the null driver, which only counts).
+    pub child: Option<Child>,
+}
+
+impl Vm {
+    /// A VM of the null driver: nothing runs, it only takes a slot (the
+    /// simulation's thousands of agents).
+    pub fn null(n: u32) -> Vm {
+        Vm {
+            netns: format!("null-{n}"),
+            veth: format!("null{n}"),
+            child: None,
+        }
+    }
 }
 
 /// Runs `ip args...`.
@@ -149,7 +161,7 @@ async fn start(
     Ok(Vm {
         netns: netns.to_owned(),
         veth: veth.to_owned(),
-        child,
+        child: Some(child),
     })
 }
 
@@ -174,9 +186,12 @@ async fn kill_netns_pids(netns: &str) {
 /// # Errors
 ///
 /// [`DriverError::Ip`] when the namespace cannot be removed.
-pub async fn remove(mut vm: Vm) -> Result<(), DriverError> {
-    let _ = vm.child.start_kill();
-    let _ = vm.child.wait().await;
+pub async fn remove(vm: Vm) -> Result<(), DriverError> {
+    let Some(mut child) = vm.child else {
+        return Ok(());
+    };
+    let _ = child.start_kill();
+    let _ = child.wait().await;
     kill_netns_pids(&vm.netns).await;
     ip(&["netns", "del", &vm.netns]).await
 }

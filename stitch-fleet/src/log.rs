@@ -3,7 +3,16 @@
 //! Tests synchronise on these lines (readiness, link events, counters), so
 //! their wording is part of the interface: see `docs/fleet.md`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Silences every log line of this process (the simulation runs thousands
+/// of components in one process).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
 
 /// Milliseconds since the Unix epoch (for log stamps only; logic gets time as
 /// an argument).
@@ -16,5 +25,8 @@ pub fn unix_ms() -> u128 {
 
 /// Writes one log line.
 pub fn line(component: &str, msg: &str) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     eprintln!("{} {component} {msg}", unix_ms());
 }

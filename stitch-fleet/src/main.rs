@@ -155,6 +155,26 @@ enum Cmd {
         #[arg(long, default_value_t = 30_000)]
         ready_timeout_ms: u64,
     },
+    /// Simulate a fleet in this process against two private prosody
+    /// servers (agents as tasks with a null VM driver) and report login time,
+    /// idle stanzas, provisioning latency and stanza rates.
+    Sim {
+        /// Clusters.
+        #[arg(long, default_value_t = 5)]
+        clusters: usize,
+        /// Agents per cluster.
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// VM slots per agent.
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
+        /// define_vm requests to submit.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Idle window over which stanzas are counted (ms).
+        #[arg(long, default_value_t = 3000)]
+        idle_ms: u64,
+    },
     /// Submit a provisioning request.
     Request {
         /// Customer.
@@ -405,8 +425,48 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 stitchd_socket,
                 health_interval: Duration::from_millis(health_interval_ms.max(10)),
                 ready_timeout: Duration::from_millis(ready_timeout_ms),
+                driver: agent::DriverKind::Process,
             };
             runtime()?.block_on(agent::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sim {
+            clusters,
+            agents,
+            slots,
+            requests,
+            idle_ms,
+        } => {
+            let dir = std::env::temp_dir().join(format!("stitch-fleet-sim-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            let res = stitch_fleet::sim::run(&stitch_fleet::sim::SimConfig {
+                clusters,
+                agents,
+                slots,
+                requests,
+                idle: Duration::from_millis(idle_ms),
+                dir: dir.clone(),
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+            let report = res?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} clusters, {} agents, {} XMPP sessions: whole capacity upstream after {:.1} s",
+                    report.clusters, report.agents, report.sessions, report.converge_s
+                );
+                println!("idle: {} fleet messages in {:.1} s", report.idle_messages, report.idle_s);
+                println!(
+                    "{} define_vm ({} succeeded) in {:.2} s: latency p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+                    report.requests, report.succeeded, report.provision_s, report.latency_ms_p50,
+                    report.latency_ms_p90, report.latency_ms_p99, report.latency_ms_max
+                );
+                println!(
+                    "{:.1} fleet messages per request, {:.0} messages/s",
+                    report.messages_per_request, report.messages_per_s
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Request {

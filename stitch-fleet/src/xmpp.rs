@@ -12,6 +12,7 @@
 //! (re)connection so the owner re-sends what is unanswered. It does not
 //! guarantee delivery: the owner's request ids and re-sends do.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,15 @@ use tokio_xmpp::Stanza;
 
 use crate::log;
 use crate::proto::{DecodeError, FleetMessage, ELEMENT, NS};
+
+static SENT: AtomicU64 = AtomicU64::new(0);
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Fleet messages sent and received by every link of this process so far
+/// (the simulation's stanza counter).
+pub fn message_counts() -> (u64, u64) {
+    (SENT.load(Ordering::Relaxed), RECEIVED.load(Ordering::Relaxed))
+}
 
 /// How to reach the XMPP server(s) and as whom.
 #[derive(Debug, Clone)]
@@ -277,6 +287,7 @@ async fn run(
                     }
                     StreamEventOuter::Stanza(Stanza::Message(msg)) => {
                         if let Some(event) = incoming(&label, msg) {
+                            RECEIVED.fetch_add(1, Ordering::Relaxed);
                             if ev_tx.send(event).is_err() { return; }
                         }
                     }
@@ -302,7 +313,10 @@ async fn run(
             out = out_rx.recv() => {
                 let stanza = match out {
                     None => return,
-                    Some(Out::Message(to, msg)) => Stanza::Message(outgoing(&to, &msg)),
+                    Some(Out::Message(to, msg)) => {
+                        SENT.fetch_add(1, Ordering::Relaxed);
+                        Stanza::Message(outgoing(&to, &msg))
+                    }
                     Some(Out::Presence(to, type_)) => {
                         let mut p = Presence::new(type_);
                         p.to = Some(Jid::from(to));

@@ -9,7 +9,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,11 +56,6 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
-}
-
 /// Fails (never skips) with what to install when a tool is missing.
 pub fn require(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -73,125 +67,31 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
-/// A private prosody.
+/// A private prosody in its own temp dir (removed after it stops).
 pub struct Prosody {
-    dir: TempDir,
-    pub port: u16,
-    child: Option<Child>,
-}
-
-/// Prosody's file-name encoding of hosts and user names.
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02x}")
-            }
-        })
-        .collect()
+    inner: stitch_fleet::prosody::Prosody,
+    _dir: TempDir,
 }
 
 impl Prosody {
     /// Starts prosody serving `hosts`, with `accounts` as (user, host, password).
     pub fn start(hosts: &[&str], accounts: &[(&str, &str, &str)]) -> Prosody {
-        require("prosody", "prosody");
         let dir = TempDir::new("prosody");
-        let port = free_port();
-        let d = dir.path().display().to_string();
-        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        std::fs::create_dir_all(dir.path().join("certs")).expect("certs dir");
-        let mut cfg = format!(
-            r#"pidfile = "{d}/prosody.pid"
-data_path = "{d}/data"
-certificates = "{d}/certs"
-run_as_root = true
-log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{d}/prosody.log" }} }}
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "posix" }}
-modules_disabled = {{ "s2s"; "offline"; "tls"; "admin_shell"; "http"; "c2s_direct_tls" }}
-c2s_ports = {{ {port} }}
-c2s_interfaces = {{ "127.0.0.1" }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ }}
-component_ports = {{ }}
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
-authentication = "internal_plain"
-storage = "internal"
-"#
-        );
-        for h in hosts {
-            cfg.push_str(&format!("VirtualHost \"{h}\"\n"));
-        }
-        std::fs::write(dir.path().join("prosody.cfg.lua"), cfg).expect("write config");
-        for (user, host, pw) in accounts {
-            let acc = dir.path().join("data").join(encode(host)).join("accounts");
-            std::fs::create_dir_all(&acc).expect("accounts dir");
-            std::fs::write(
-                acc.join(format!("{}.dat", encode(user))),
-                format!("return {{\n\t[\"password\"] = \"{pw}\";\n}};\n"),
-            )
-            .expect("write account");
-        }
-        let mut p = Prosody {
-            dir,
-            port,
-            child: None,
-        };
-        p.restart();
-        p
+        let inner = stitch_fleet::prosody::Prosody::start(dir.path(), hosts, accounts)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Prosody { inner, _dir: dir }
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.inner.addr()
     }
 
-    /// (Re)starts it and waits until its port accepts.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "prosody already running");
-        let log = std::fs::File::create(self.dir.path().join("stdout.log")).expect("log");
-        let child = Command::new("prosody")
-            .args(["--config"])
-            .arg(self.dir.path().join("prosody.cfg.lua"))
-            .arg("-F")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("start prosody");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("prosody exited ({st}): {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prosody never listened: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.restart().unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Kills it (SIGKILL, by pid) — an XMPP server failure.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
-            + &std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Prosody {
-    fn drop(&mut self) {
-        self.kill();
+        self.inner.kill();
     }
 }
 
