@@ -67,8 +67,43 @@ pub fn call(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| HttpError::Malformed(addr.to_owned()))?;
-    Ok(HttpReply {
-        status,
-        body: rest.to_owned(),
-    })
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest).ok_or_else(|| HttpError::Malformed(addr.to_owned()))?
+    } else {
+        rest.to_owned()
+    };
+    Ok(HttpReply { status, body })
+}
+
+/// Decodes a chunked body (`<hex size>\r\n<data>\r\n ... 0\r\n\r\n`).
+fn dechunk(mut s: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        s = rest.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn chunked_bodies_are_decoded_and_broken_ones_refused() {
+        assert_eq!(
+            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_deref(),
+            Some("abcde")
+        );
+        assert_eq!(dechunk("5\r\nabc\r\n0\r\n\r\n"), None);
+        assert_eq!(dechunk("zz\r\nabc\r\n"), None);
+    }
 }

@@ -456,7 +456,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     "{} clusters, {} agents, {} XMPP sessions: whole capacity upstream after {:.1} s",
                     report.clusters, report.agents, report.sessions, report.converge_s
                 );
-                println!("idle: {} fleet messages in {:.1} s", report.idle_messages, report.idle_s);
+                println!(
+                    "idle: {} fleet messages in {:.1} s",
+                    report.idle_messages, report.idle_s
+                );
                 println!(
                     "{} define_vm ({} succeeded) in {:.2} s: latency p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
                     report.requests, report.succeeded, report.provision_s, report.latency_ms_p50,

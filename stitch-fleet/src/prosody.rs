@@ -157,11 +157,17 @@ storage = "internal"
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
-                return Err(ProsodyError::Start(format!("exited ({st}): {}", self.log())));
+                return Err(ProsodyError::Start(format!(
+                    "exited ({st}): {}",
+                    self.log()
+                )));
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(ProsodyError::Start(format!("never listened: {}", self.log())));
+                return Err(ProsodyError::Start(format!(
+                    "never listened: {}",
+                    self.log()
+                )));
             }
             // Readiness poll of a local port: prosody has no other signal.
             std::thread::sleep(Duration::from_millis(20));

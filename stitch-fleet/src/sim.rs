@@ -200,7 +200,9 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     let retransmit = Duration::from_secs(10);
     rt.spawn(upstream::run(UpstreamConfig {
         db: cfg.dir.join("upstream.db"),
-        listen: rest_addr.parse().map_err(|e| SimError::Failed(format!("{e}")))?,
+        listen: rest_addr
+            .parse()
+            .map_err(|e| SimError::Failed(format!("{e}")))?,
         link: link(&format!("upstream@{UP}"), &up_xmpp.addr(), "up-link")?,
         retransmit,
         relocate_after: Duration::from_secs(3600),
@@ -272,9 +274,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
         || {
             let cs: Vec<ClusterView> = rest(&rest_addr, "GET", "/v1/clusters", None)?;
             Ok(cs.iter().all(|c| {
-                c.state.is_some_and(|s| {
-                    s.vm_slots == full && s.health == crate::proto::Health::Ok
-                })
+                c.state
+                    .is_some_and(|s| s.vm_slots == full && s.health == crate::proto::Health::Ok)
             }))
         },
     )?;
@@ -288,8 +289,9 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     let (sent0, _) = xmpp::message_counts();
     let t0 = Instant::now();
     for k in 0..cfg.requests {
-        let body =
-            format!(r#"{{"customer":"sim","action":{{"op":"define_vm","name":"vm-{k}","template":"null"}}}}"#);
+        let body = format!(
+            r#"{{"customer":"sim","action":{{"op":"define_vm","name":"vm-{k}","template":"null"}}}}"#
+        );
         rest::<RequestView>(&rest_addr, "POST", "/v1/requests", Some(body))?;
     }
     let mut views: Vec<RequestView> = Vec::new();

@@ -403,7 +403,10 @@ fn rest_loop(server: &tiny_http::Server, store: &Shared, notify: &mpsc::Unbounde
             }
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
-        let mut resp = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
+        let mut resp = tiny_http::Response::from_string(reply.body)
+            .with_status_code(reply.status)
+            // Always a Content-Length: clients need no chunked decoding.
+            .with_chunked_threshold(usize::MAX);
         if let Ok(h) = header {
             resp = resp.with_header(h);
         }

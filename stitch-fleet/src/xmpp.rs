@@ -36,7 +36,10 @@ static RECEIVED: AtomicU64 = AtomicU64::new(0);
 /// Fleet messages sent and received by every link of this process so far
 /// (the simulation's stanza counter).
 pub fn message_counts() -> (u64, u64) {
-    (SENT.load(Ordering::Relaxed), RECEIVED.load(Ordering::Relaxed))
+    (
+        SENT.load(Ordering::Relaxed),
+        RECEIVED.load(Ordering::Relaxed),
+    )
 }
 
 /// How to reach the XMPP server(s) and as whom.

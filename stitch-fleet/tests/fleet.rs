@@ -1003,3 +1003,25 @@ impl Drop for Fleet {
         }
     }
 }
+
+#[test]
+fn the_simulation_provisions_every_request_and_an_idle_fleet_sends_nothing() {
+    let dir = TempDir::new("sim");
+    let report = stitch_fleet::sim::run(&stitch_fleet::sim::SimConfig {
+        clusters: 2,
+        agents: 3,
+        slots: 4,
+        requests: 12,
+        idle: std::time::Duration::from_millis(500),
+        dir: dir.path().to_owned(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.sessions, 1 + 2 * 2 + 6);
+    assert_eq!(report.succeeded, 12, "{report:?}");
+    assert_eq!(report.idle_messages, 0, "{report:?}");
+    // Request and result on each hop, one agent state, one cluster state.
+    assert!(
+        (6.0..7.0).contains(&report.messages_per_request),
+        "{report:?}"
+    );
+}
