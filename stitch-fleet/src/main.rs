@@ -53,6 +53,10 @@ struct XmppArgs {
     /// Wait after a link failure before reconnecting (ms).
     #[arg(long, default_value_t = 5000)]
     reconnect_wait_ms: u64,
+    /// Add up to this much to the wait, a fixed share per account, so many
+    /// components that lost the same server do not reconnect at once (ms).
+    #[arg(long, default_value_t = 0)]
+    reconnect_jitter_ms: u64,
 }
 
 impl XmppArgs {
@@ -65,6 +69,7 @@ impl XmppArgs {
             password: self.password.clone(),
             servers: self.servers.clone(),
             reconnect_wait: Duration::from_millis(self.reconnect_wait_ms),
+            reconnect_jitter: Duration::from_millis(self.reconnect_jitter_ms),
             label: label.to_owned(),
         })
     }
@@ -128,6 +133,9 @@ enum Cmd {
         /// Wait after a link failure before reconnecting (ms), both links.
         #[arg(long, default_value_t = 5000)]
         reconnect_wait_ms: u64,
+        /// Add up to this much to the wait, a fixed share per account (ms).
+        #[arg(long, default_value_t = 0)]
+        reconnect_jitter_ms: u64,
         /// Re-send requests not yet answered by an agent this often (ms).
         #[arg(long, default_value_t = 10_000)]
         retransmit_ms: u64,
@@ -371,9 +379,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             quota_policies,
             state_file,
             reconnect_wait_ms,
+            reconnect_jitter_ms,
             retransmit_ms,
         } => {
             let wait = Duration::from_millis(reconnect_wait_ms);
+            let jitter = Duration::from_millis(reconnect_jitter_ms);
             let parse = |s: &str, what: &str| {
                 s.parse::<BareJid>()
                     .with_context(|| format!("{what} '{s}' is not a JID"))
@@ -384,6 +394,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     password: up_password,
                     servers: up_servers,
                     reconnect_wait: wait,
+                    reconnect_jitter: jitter,
                     label: "up-link".to_owned(),
                 },
                 down: LinkConfig {
@@ -391,6 +402,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     password: down_password,
                     servers: down_servers,
                     reconnect_wait: wait,
+                    reconnect_jitter: jitter,
                     label: "down-link".to_owned(),
                 },
                 upstream: parse(&upstream, "--upstream")?,

@@ -501,6 +501,17 @@ impl FleetMessage {
         }
     }
 
+    /// The message's `type` as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FleetMessage::Request { .. } => "request",
+            FleetMessage::Result { .. } => "result",
+            FleetMessage::State { .. } => "state",
+            FleetMessage::StateQuery {} => "state_query",
+            FleetMessage::Error { .. } => "error",
+        }
+    }
+
     /// The request id the message is about, if any.
     pub fn request_id(&self) -> Option<&RequestId> {
         match self {
@@ -534,6 +545,23 @@ mod tests {
     fn request_round_trips_through_json() {
         let msg = vm_request();
         assert_eq!(FleetMessage::from_json(&msg.to_json()), Ok(msg));
+    }
+
+    #[test]
+    fn kind_is_the_wire_type() {
+        let msgs = [
+            vm_request(),
+            FleetMessage::StateQuery {},
+            FleetMessage::Error {
+                id: None,
+                reason: "x".to_owned(),
+            },
+        ];
+        for m in msgs {
+            assert!(m
+                .to_json()
+                .starts_with(&format!("{{\"type\":\"{}\"", m.kind())));
+        }
     }
 
     #[test]

@@ -141,6 +141,7 @@ fn link(jid: &str, server: &str, label: &str) -> Result<LinkConfig, SimError> {
         password: pw(jid.split('@').next().unwrap_or(jid)),
         servers: vec![server.to_owned()],
         reconnect_wait: Duration::from_secs(1),
+        reconnect_jitter: Duration::from_secs(1),
         label: label.to_owned(),
     })
 }

@@ -332,13 +332,7 @@ fn on_message(
             }
         }
         other @ (FleetMessage::Request { .. } | FleetMessage::StateQuery {}) => {
-            let reason = format!(
-                "the upstream manager takes no '{}' messages",
-                serde_json::to_value(&other)
-                    .ok()
-                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
-                    .unwrap_or_default()
-            );
+            let reason = format!("the upstream manager takes no '{}' messages", other.kind());
             link.reply(
                 reply_to,
                 FleetMessage::Error {

@@ -54,6 +54,9 @@ pub struct LinkConfig {
     pub servers: Vec<String>,
     /// How long to wait after a link failure before connecting again.
     pub reconnect_wait: Duration,
+    /// Up to this much more, fixed per account (a hash of the JID), so that a
+    /// thousand agents that lost the same server do not all log in at once.
+    pub reconnect_jitter: Duration,
     /// Name used in log lines (`up-link`, `down-link`).
     pub label: String,
 }
@@ -219,6 +222,21 @@ impl ServerConnector for WaitingConnector {
     }
 }
 
+/// A fixed share of `max` for `jid` (FNV-1a of the JID): deterministic, so
+/// tests and logs can tell it, and spread over accounts.
+pub fn jitter(jid: &BareJid, max: Duration) -> Duration {
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in jid.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Duration::from_millis(h % (max_ms + 1))
+}
+
 /// Starts the link task. Returns the sending handle and the event receiver.
 ///
 /// # Errors
@@ -237,7 +255,7 @@ pub fn spawn(
     let connector = WaitingConnector {
         servers: Arc::new(cfg.servers.clone()),
         state: state.clone(),
-        wait: cfg.reconnect_wait,
+        wait: cfg.reconnect_wait + jitter(&cfg.jid, cfg.reconnect_jitter),
         label: Arc::from(cfg.label.as_str()),
     };
     let timeouts = Timeouts {
@@ -364,4 +382,20 @@ fn incoming(label: &str, msg: Message) -> Option<LinkEvent> {
         reply_to,
         msg: Box::new(msg),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_fixed_per_account_bounded_and_spread() {
+        let max = Duration::from_millis(1000);
+        let a: BareJid = "agent0@c0.fleet.test".parse().unwrap();
+        let b: BareJid = "agent1@c0.fleet.test".parse().unwrap();
+        assert_eq!(jitter(&a, max), jitter(&a, max));
+        assert!(jitter(&a, max) <= max);
+        assert_ne!(jitter(&a, max), jitter(&b, max));
+        assert_eq!(jitter(&a, Duration::ZERO), Duration::ZERO);
+    }
 }

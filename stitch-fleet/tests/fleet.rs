@@ -94,7 +94,10 @@ fn cluster_domain(i: usize) -> String {
 impl Fleet {
     fn start(opts: Opts) -> Fleet {
         let dir = TempDir::new("fleet");
-        let mut up_accounts = vec![("upstream".to_owned(), UP_DOMAIN.to_owned())];
+        let mut up_accounts = vec![
+            ("upstream".to_owned(), UP_DOMAIN.to_owned()),
+            ("mallory".to_owned(), UP_DOMAIN.to_owned()),
+        ];
         let mut down_accounts = Vec::new();
         let mut down_hosts = Vec::new();
         for i in 0..opts.clusters {
@@ -973,6 +976,28 @@ fn bad_xmpp_input_is_refused_with_a_reason_and_nothing_applied() {
     );
     assert!(
         replies[0].contains("is not an agent of this cluster"),
+        "{replies:?}"
+    );
+    let replies = xmpp_exchange(
+        &fleet.up_xmpp.addr(),
+        &format!("mallory@{UP_DOMAIN}"),
+        &pw("mallory"),
+        &format!("upstream@{UP_DOMAIN}"),
+        &[json!({"type": "result", "id": "r1", "outcome": {"status": "succeeded", "detail": "x"}}).to_string()],
+    );
+    assert!(
+        replies[0].contains("is not a registered cluster"),
+        "{replies:?}"
+    );
+    let replies = xmpp_exchange(
+        &fleet.up_xmpp.addr(),
+        &format!("mallory@{UP_DOMAIN}"),
+        &pw("mallory"),
+        &format!("ds-c0@{UP_DOMAIN}"),
+        &[valid.clone()],
+    );
+    assert!(
+        replies[0].contains("is not this cluster's upstream manager"),
         "{replies:?}"
     );
 
