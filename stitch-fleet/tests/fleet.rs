@@ -994,7 +994,7 @@ fn bad_xmpp_input_is_refused_with_a_reason_and_nothing_applied() {
         &format!("mallory@{UP_DOMAIN}"),
         &pw("mallory"),
         &format!("ds-c0@{UP_DOMAIN}"),
-        &[valid.clone()],
+        std::slice::from_ref(&valid),
     );
     assert!(
         replies[0].contains("is not this cluster's upstream manager"),
