@@ -1050,3 +1050,36 @@ fn the_simulation_provisions_every_request_and_an_idle_fleet_sends_nothing() {
         "{report:?}"
     );
 }
+
+#[test]
+fn the_openapi_description_names_every_route_and_field_the_server_has() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"))
+        .expect("openapi.yaml");
+    for path in [
+        "/v1/health:",
+        "/v1/customers:",
+        "/v1/customers/{name}:",
+        "/v1/customers/{name}/quota:",
+        "/v1/clusters:",
+        "/v1/clusters/{name}:",
+        "/v1/templates:",
+        "/v1/requests:",
+        "/v1/requests/{id}:",
+    ] {
+        assert!(spec.contains(&format!("  {path}\n")), "{path} missing");
+    }
+    for field in [
+        "relocatable:",
+        "moved_from:",
+        "ready_line:",
+        "define_vm",
+        "remove_vm",
+        "define_policy",
+        "remove_policy",
+        "define_service",
+        "mac_static",
+        "port_security",
+    ] {
+        assert!(spec.contains(field), "{field} missing");
+    }
+}
