@@ -282,6 +282,22 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     )?;
     let converge_s = t_start.elapsed().as_secs_f64();
 
+    // Settle: the answers to the managers' state queries (sent when they
+    // see an agent's presence) may still be on their way; wait until no
+    // message has been sent for two samples in a row.
+    let mut last = xmpp::message_counts().0;
+    let mut quiet = 0;
+    wait_until(
+        "the fleet to settle",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let now = xmpp::message_counts().0;
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+            Ok(quiet >= 2)
+        },
+    )?;
     // Idle: a measurement window (nothing should be sent).
     let (idle0, _) = xmpp::message_counts();
     std::thread::sleep(cfg.idle);

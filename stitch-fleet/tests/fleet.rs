@@ -756,6 +756,9 @@ fn an_idle_agent_sends_no_state_and_a_change_sends_it_once() {
         let (agent_ix, _) = agent.wait_from(0, &format!("result {id}: Refused"));
         (ds_ix, agent_ix)
     };
+    // The manager has seen agent0's presence (and asked its state) before
+    // the first marker, so no answer to that question falls in the window.
+    ds.wait(&format!("agent agent0@{} online", cluster_domain(0)));
     let (ds_a, agent_a) = marker(1);
     // Idle: 100 health checks of agent0 (2 s), synchronised on its own log.
     let mut ix = agent_a;
