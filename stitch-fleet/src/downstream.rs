@@ -43,6 +43,8 @@ pub struct DownstreamConfig {
     pub quota_vms: u32,
     /// Policies the upstream may hold in this cluster.
     pub quota_policies: u32,
+    /// Operations the upstream may not ask for here (`define_policy`, ...).
+    pub denied_ops: Vec<String>,
     /// Where the record is kept.
     pub state_file: PathBuf,
     /// How often requests not yet answered by an agent are re-sent to it.
@@ -332,8 +334,12 @@ impl Downstream {
         }
         // Write-ahead: the decision is on disk before anything is sent, so a
         // manager killed right after sending re-sends rather than forgets.
-        let placed = self.place(&customer, &action);
         let op = action.op();
+        let placed = if self.cfg.denied_ops.iter().any(|d| d == op) {
+            Err(format!("this cluster does not permit {op}"))
+        } else {
+            self.place(&customer, &action)
+        };
         let (entry, to, msg) = match placed {
             Err(reason) => {
                 let outcome = Outcome::refused(WHO, reason);

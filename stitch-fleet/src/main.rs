@@ -127,6 +127,9 @@ enum Cmd {
         /// Policies the upstream may hold in this cluster.
         #[arg(long, default_value_t = 64)]
         quota_policies: u32,
+        /// An operation the upstream may not ask for in this cluster; repeat.
+        #[arg(long = "deny-op", value_parser = ["define_vm", "remove_vm", "define_policy", "remove_policy", "define_service"])]
+        denied_ops: Vec<String>,
         /// Record of requests and placements (JSON, rewritten atomically).
         #[arg(long)]
         state_file: PathBuf,
@@ -377,6 +380,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             agents,
             quota_vms,
             quota_policies,
+            denied_ops,
             state_file,
             reconnect_wait_ms,
             reconnect_jitter_ms,
@@ -412,6 +416,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     .collect::<Result<_>>()?,
                 quota_vms,
                 quota_policies,
+                denied_ops,
                 state_file,
                 retransmit: Duration::from_millis(retransmit_ms.max(100)),
             };

@@ -263,6 +263,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
             agents,
             quota_vms: u32::try_from(quota).unwrap_or(u32::MAX),
             quota_policies: 0,
+            denied_ops: Vec::new(),
             state_file: cfg.dir.join(format!("ds-c{i}.json")),
             retransmit,
         }));

@@ -34,6 +34,8 @@ struct Opts {
     stitchd: bool,
     /// Upstream's --relocate-after-ms.
     relocate_ms: u64,
+    /// Downstream --deny-op values.
+    deny_ops: Vec<&'static str>,
     /// A second server for the agents' domains (same accounts), listed after
     /// the first: the next server of the XMPP cluster.
     spare: bool,
@@ -52,6 +54,7 @@ impl Default for Opts {
             stitchd: false,
             spare: false,
             relocate_ms: 30_000,
+            deny_ops: Vec::new(),
         }
     }
 }
@@ -258,6 +261,10 @@ impl Fleet {
             args.push("--down-server".into());
             args.push(spare.addr());
         }
+        for op in &self.opts.deny_ops {
+            args.push("--deny-op".into());
+            args.push((*op).to_owned());
+        }
         for a in 0..self.opts.agents {
             args.push("--agent".into());
             args.push(format!("agent{a}@{dom}"));
@@ -458,6 +465,7 @@ fn two_clusters_show_as_two_nodes_with_summed_capacity_and_provision_a_vm_and_a_
 fn quotas_are_enforced_upstream_and_downstream_with_the_reason_reaching_the_user() {
     let mut fleet = Fleet::start(Opts {
         quota_vms: 1,
+        deny_ops: vec!["define_policy"],
         ..Opts::default()
     });
     fleet.customer("acme", 1);
@@ -501,6 +509,22 @@ fn quotas_are_enforced_upstream_and_downstream_with_the_reason_reaching_the_user
         "{v}"
     );
     assert_eq!(fleet.vm_namespaces().len(), 1);
+
+    // The cluster's own permissions: it takes no policies from the upstream.
+    let (id, st, _) = fleet.submit(
+        "acme",
+        None,
+        json!({"op": "define_policy", "name": "pin", "vm": "a",
+               "policy": {"kind": "mac_static", "mac": "02:00:00:00:00:01", "port": 1}}),
+    );
+    assert_eq!(st, 202);
+    let v = fleet.result(&id);
+    assert_eq!(status(&v), "refused", "{v}");
+    assert_eq!(v["outcome"]["by"], "downstream");
+    assert_eq!(
+        v["outcome"]["reason"],
+        "this cluster does not permit define_policy"
+    );
 
     // The upstream keeps everything across a restart (SQLite).
     let before = fleet.get("/v1/requests").1;
