@@ -57,6 +57,11 @@ struct XmppArgs {
     /// components that lost the same server do not reconnect at once (ms).
     #[arg(long, default_value_t = 0)]
     reconnect_jitter_ms: u64,
+    /// Require STARTTLS, checking the server's certificate for the JID's
+    /// domain against the system CA store (SSL_CERT_FILE); needs a build with
+    /// the 'tls' feature.
+    #[arg(long)]
+    tls: bool,
 }
 
 impl XmppArgs {
@@ -70,6 +75,7 @@ impl XmppArgs {
             servers: self.servers.clone(),
             reconnect_wait: Duration::from_millis(self.reconnect_wait_ms),
             reconnect_jitter: Duration::from_millis(self.reconnect_jitter_ms),
+            tls: self.tls,
             label: label.to_owned(),
         })
     }
@@ -139,6 +145,9 @@ enum Cmd {
         /// Add up to this much to the wait, a fixed share per account (ms).
         #[arg(long, default_value_t = 0)]
         reconnect_jitter_ms: u64,
+        /// Require STARTTLS on both links (needs the 'tls' feature).
+        #[arg(long)]
+        tls: bool,
         /// Re-send requests not yet answered by an agent this often (ms).
         #[arg(long, default_value_t = 10_000)]
         retransmit_ms: u64,
@@ -384,6 +393,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             state_file,
             reconnect_wait_ms,
             reconnect_jitter_ms,
+            tls,
             retransmit_ms,
         } => {
             let wait = Duration::from_millis(reconnect_wait_ms);
@@ -399,6 +409,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     servers: up_servers,
                     reconnect_wait: wait,
                     reconnect_jitter: jitter,
+                    tls,
                     label: "up-link".to_owned(),
                 },
                 down: LinkConfig {
@@ -407,6 +418,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     servers: down_servers,
                     reconnect_wait: wait,
                     reconnect_jitter: jitter,
+                    tls,
                     label: "down-link".to_owned(),
                 },
                 upstream: parse(&upstream, "--upstream")?,

@@ -58,7 +58,8 @@ fn free_port() -> Result<u16, std::io::Error> {
 
 impl Prosody {
     /// Writes a config for `hosts` with `accounts` (user, host, password)
-    /// into `dir` and starts prosody; returns once its port accepts.
+    /// into `dir` and starts prosody; returns once its port accepts. With
+    /// `tls` (certificate, key), clients must use STARTTLS.
     ///
     /// # Errors
     ///
@@ -67,6 +68,7 @@ impl Prosody {
         dir: &Path,
         hosts: &[&str],
         accounts: &[(&str, &str, &str)],
+        tls: Option<(&Path, &Path)>,
     ) -> Result<Prosody, ProsodyError> {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join("prosody").is_file()))
@@ -82,25 +84,38 @@ impl Prosody {
         std::fs::create_dir_all(dir.join("data")).map_err(files)?;
         std::fs::create_dir_all(dir.join("certs")).map_err(files)?;
         let d = dir.display();
+        // mod_tls offers STARTTLS; without a certificate it stays off.
+        let (enable, disable, require) = if tls.is_some() {
+            ("\"tls\"; ", "", "true")
+        } else {
+            ("", "\"tls\"; ", "false")
+        };
         let mut cfg = format!(
             r#"pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
 certificates = "{d}/certs"
 run_as_root = true
 log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{d}/prosody.log" }} }}
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "posix" }}
-modules_disabled = {{ "s2s"; "offline"; "tls"; "admin_shell"; "http"; "c2s_direct_tls" }}
+modules_enabled = {{ {enable}"roster"; "saslauth"; "disco"; "ping"; "posix" }}
+modules_disabled = {{ "s2s"; "offline"; {disable}"admin_shell"; "http"; "c2s_direct_tls" }}
 c2s_ports = {{ {port} }}
 c2s_interfaces = {{ "127.0.0.1" }}
 c2s_direct_tls_ports = {{ }}
 s2s_ports = {{ }}
 component_ports = {{ }}
-c2s_require_encryption = false
+c2s_require_encryption = {require}
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
 "#
         );
+        if let Some((cert, key)) = tls {
+            cfg.push_str(&format!(
+                "ssl = {{ certificate = \"{}\"; key = \"{}\"; }}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         for h in hosts {
             cfg.push_str(&format!("VirtualHost \"{h}\"\n"));
         }

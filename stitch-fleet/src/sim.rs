@@ -142,6 +142,7 @@ fn link(jid: &str, server: &str, label: &str) -> Result<LinkConfig, SimError> {
         servers: vec![server.to_owned()],
         reconnect_wait: Duration::from_secs(1),
         reconnect_jitter: Duration::from_secs(1),
+        tls: false,
         label: label.to_owned(),
     })
 }
@@ -186,9 +187,9 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     }
     std::fs::create_dir_all(cfg.dir.join("up"))?;
     std::fs::create_dir_all(cfg.dir.join("down"))?;
-    let up_xmpp = Prosody::start(&cfg.dir.join("up"), &[UP], &borrow(&up_acc))?;
+    let up_xmpp = Prosody::start(&cfg.dir.join("up"), &[UP], &borrow(&up_acc), None)?;
     let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let down_xmpp = Prosody::start(&cfg.dir.join("down"), &host_refs, &borrow(&down_acc))?;
+    let down_xmpp = Prosody::start(&cfg.dir.join("down"), &host_refs, &borrow(&down_acc), None)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

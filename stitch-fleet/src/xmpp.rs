@@ -59,6 +59,9 @@ pub struct LinkConfig {
     pub reconnect_jitter: Duration,
     /// Name used in log lines (`up-link`, `down-link`).
     pub label: String,
+    /// Require STARTTLS (the server's certificate is checked against the
+    /// system's CA store for the JID's domain). Needs the `tls` feature.
+    pub tls: bool,
 }
 
 /// Something that happened on the link.
@@ -142,6 +145,9 @@ pub enum LinkError {
     /// The JID has no local part.
     #[error("'{0}' is not an account JID (user@domain)")]
     NotAnAccount(String),
+    /// TLS asked for, but this build has no TLS.
+    #[error("TLS requested for {0}, but stitch-fleet was built without the 'tls' feature")]
+    NoTls(String),
 }
 
 #[derive(Debug, Default)]
@@ -155,23 +161,39 @@ struct ConnState {
 }
 
 /// A [`ServerConnector`] that waits `wait` before the first attempt after a
-/// failure and rotates through the server list.
-#[derive(Debug, Clone)]
-struct WaitingConnector {
+/// failure and rotates through the server list; `C` does the connecting
+/// (plain TCP or STARTTLS).
+#[derive(Debug)]
+struct WaitingConnector<C> {
     servers: Arc<Vec<String>>,
     state: Arc<Mutex<ConnState>>,
     wait: Duration,
     label: Arc<str>,
+    connector: std::marker::PhantomData<fn() -> C>,
 }
 
-impl WaitingConnector {
+impl<C> Clone for WaitingConnector<C> {
+    fn clone(&self) -> Self {
+        WaitingConnector {
+            servers: self.servers.clone(),
+            state: self.state.clone(),
+            wait: self.wait,
+            label: self.label.clone(),
+            connector: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C> WaitingConnector<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl ServerConnector for WaitingConnector {
-    type Stream = <TcpServerConnector as ServerConnector>::Stream;
+impl<C: ServerConnector + From<DnsConfig> + std::fmt::Debug> ServerConnector
+    for WaitingConnector<C>
+{
+    type Stream = C::Stream;
 
     async fn connect(
         &self,
@@ -210,7 +232,7 @@ impl ServerConnector for WaitingConnector {
             &self.label,
             &format!("connecting to {server} (attempt {attempt})"),
         );
-        let result = TcpServerConnector(DnsConfig::addr(&server))
+        let result = C::from(DnsConfig::addr(&server))
             .connect(jid, ns, timeouts)
             .await;
         if let Err(e) = &result {
@@ -252,23 +274,42 @@ pub fn spawn(
         return Err(LinkError::NotAnAccount(cfg.jid.to_string()));
     }
     let state = Arc::new(Mutex::new(ConnState::default()));
-    let connector = WaitingConnector {
-        servers: Arc::new(cfg.servers.clone()),
-        state: state.clone(),
-        wait: cfg.reconnect_wait + jitter(&cfg.jid, cfg.reconnect_jitter),
-        label: Arc::from(cfg.label.as_str()),
-    };
     let timeouts = Timeouts {
         read_timeout: Duration::from_secs(30),
         response_timeout: Duration::from_secs(10),
     };
-    let stream = StanzaStream::new_c2s(
-        connector,
-        Jid::from(cfg.jid.clone()),
-        cfg.password.clone(),
-        timeouts,
-        64,
-    );
+    fn stream<C: ServerConnector + From<DnsConfig> + std::fmt::Debug>(
+        cfg: &LinkConfig,
+        state: &Arc<Mutex<ConnState>>,
+        timeouts: Timeouts,
+    ) -> StanzaStream {
+        let connector = WaitingConnector::<C> {
+            servers: Arc::new(cfg.servers.clone()),
+            state: state.clone(),
+            wait: cfg.reconnect_wait + jitter(&cfg.jid, cfg.reconnect_jitter),
+            label: Arc::from(cfg.label.as_str()),
+            connector: std::marker::PhantomData,
+        };
+        StanzaStream::new_c2s(
+            connector,
+            Jid::from(cfg.jid.clone()),
+            cfg.password.clone(),
+            timeouts,
+            64,
+        )
+    }
+    let stream = if cfg.tls {
+        #[cfg(feature = "tls")]
+        {
+            stream::<tokio_xmpp::connect::StartTlsServerConnector>(&cfg, &state, timeouts)
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            return Err(LinkError::NoTls(cfg.label));
+        }
+    } else {
+        stream::<TcpServerConnector>(&cfg, &state, timeouts)
+    };
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     tokio::spawn(run(stream, cfg.label, state, out_rx, ev_tx));

@@ -36,6 +36,8 @@ struct Opts {
     relocate_ms: u64,
     /// Downstream --deny-op values.
     deny_ops: Vec<&'static str>,
+    /// Both XMPP servers require STARTTLS (certificates from a test CA).
+    tls: bool,
     /// A second server for the agents' domains (same accounts), listed after
     /// the first: the next server of the XMPP cluster.
     spare: bool,
@@ -55,6 +57,7 @@ impl Default for Opts {
             spare: false,
             relocate_ms: 30_000,
             deny_ops: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -88,6 +91,8 @@ struct Fleet {
     rest: String,
     clusters: Vec<Cluster>,
     opts: Opts,
+    /// Environment of every fleet process (SSL_CERT_FILE with TLS).
+    env: Vec<(String, String)>,
 }
 
 fn cluster_domain(i: usize) -> String {
@@ -119,12 +124,22 @@ impl Fleet {
         };
         let up_acc = acc(&up_accounts);
         let down_acc = acc(&down_accounts);
+        let mut env = Vec::new();
+        let certs = opts.tls.then(|| {
+            let mut names = vec![UP_DOMAIN];
+            names.extend(down_hosts.iter().map(String::as_str));
+            let (ca, cert, key) = make_certs(dir.path(), &names);
+            env.push(("SSL_CERT_FILE".to_owned(), ca.display().to_string()));
+            (cert, key)
+        });
+        let tls = certs.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
         let up_xmpp = Prosody::start(
             &[UP_DOMAIN],
             &up_acc
                 .iter()
                 .map(|(u, h, p)| (u.as_str(), h.as_str(), p.as_str()))
                 .collect::<Vec<_>>(),
+            tls,
         );
         let down_xmpp = Prosody::start(
             &down_hosts.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -132,6 +147,7 @@ impl Fleet {
                 .iter()
                 .map(|(u, h, p)| (u.as_str(), h.as_str(), p.as_str()))
                 .collect::<Vec<_>>(),
+            tls,
         );
         let down_spare = opts.spare.then(|| {
             Prosody::start(
@@ -140,9 +156,10 @@ impl Fleet {
                     .iter()
                     .map(|(u, h, p)| (u.as_str(), h.as_str(), p.as_str()))
                     .collect::<Vec<_>>(),
+                tls,
             )
         });
-        let upstream = start_upstream(&dir, &up_xmpp, &opts);
+        let upstream = start_upstream(&dir, &up_xmpp, &opts, &env);
         let line = upstream.wait("rest listening on ");
         let rest = line.rsplit(' ').next().unwrap().to_owned();
         upstream.wait("up-link link up");
@@ -155,6 +172,7 @@ impl Fleet {
             rest,
             clusters: Vec::new(),
             opts,
+            env,
         };
         for i in 0..fleet.opts.clusters {
             let (st, body) = fleet.post(
@@ -225,7 +243,10 @@ impl Fleet {
                 args.push("--stitchd-socket".into());
                 args.push(sock.display().to_string());
             }
-            agents.push(Proc::spawn(&format!("c{i}-agent{a}"), &args));
+            if self.opts.tls {
+                args.push("--tls".into());
+            }
+            agents.push(Proc::spawn_env(&format!("c{i}-agent{a}"), &args, &self.env));
             prefixes.push(prefix);
         }
         let mut args = vec![
@@ -269,7 +290,10 @@ impl Fleet {
             args.push("--agent".into());
             args.push(format!("agent{a}@{dom}"));
         }
-        let downstream = Proc::spawn(&format!("c{i}-downstream"), &args);
+        if self.opts.tls {
+            args.push("--tls".into());
+        }
+        let downstream = Proc::spawn_env(&format!("c{i}-downstream"), &args, &self.env);
         Cluster {
             downstream,
             agents,
@@ -333,29 +357,30 @@ impl Fleet {
     }
 }
 
-fn start_upstream(dir: &TempDir, xmpp: &Prosody, opts: &Opts) -> Proc {
-    Proc::spawn(
-        "upstream",
-        &[
-            "upstream".to_owned(),
-            "--db".into(),
-            dir.path().join("upstream.db").display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--jid".into(),
-            format!("upstream@{UP_DOMAIN}"),
-            "--password".into(),
-            pw("upstream"),
-            "--server".into(),
-            xmpp.addr(),
-            "--reconnect-wait-ms".into(),
-            opts.wait_ms.to_string(),
-            "--retransmit-ms".into(),
-            opts.retransmit_ms.to_string(),
-            "--relocate-after-ms".into(),
-            opts.relocate_ms.to_string(),
-        ],
-    )
+fn start_upstream(dir: &TempDir, xmpp: &Prosody, opts: &Opts, env: &[(String, String)]) -> Proc {
+    let mut args = vec![
+        "upstream".to_owned(),
+        "--db".into(),
+        dir.path().join("upstream.db").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--jid".into(),
+        format!("upstream@{UP_DOMAIN}"),
+        "--password".into(),
+        pw("upstream"),
+        "--server".into(),
+        xmpp.addr(),
+        "--reconnect-wait-ms".into(),
+        opts.wait_ms.to_string(),
+        "--retransmit-ms".into(),
+        opts.retransmit_ms.to_string(),
+        "--relocate-after-ms".into(),
+        opts.relocate_ms.to_string(),
+    ];
+    if opts.tls {
+        args.push("--tls".into());
+    }
+    Proc::spawn_env("upstream", &args, env)
 }
 
 fn define_vm(name: &str, template: &str) -> Value {
@@ -529,7 +554,7 @@ fn quotas_are_enforced_upstream_and_downstream_with_the_reason_reaching_the_user
     // The upstream keeps everything across a restart (SQLite).
     let before = fleet.get("/v1/requests").1;
     fleet.upstream.kill();
-    fleet.upstream = start_upstream(&fleet.dir, &fleet.up_xmpp, &fleet.opts);
+    fleet.upstream = start_upstream(&fleet.dir, &fleet.up_xmpp, &fleet.opts, &fleet.env);
     let line = fleet.upstream.wait("rest listening on ");
     fleet.rest = line.rsplit(' ').next().unwrap().to_owned();
     let after = fleet.get("/v1/requests").1;
@@ -1109,4 +1134,44 @@ fn the_openapi_description_names_every_route_and_field_the_server_has() {
     ] {
         assert!(spec.contains(field), "{field} missing");
     }
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn with_tls_every_link_uses_starttls_and_provisioning_works() {
+    // The servers require encryption, so a session without STARTTLS would
+    // not get in; the certificates come from a CA only the fleet trusts.
+    let fleet = Fleet::start(Opts {
+        tls: true,
+        ..Opts::default()
+    });
+    fleet.customer("acme", 4);
+    let (id, _, _) = fleet.submit("acme", None, define_vm("secure", "sleeper"));
+    let v = fleet.result(&id);
+    assert_eq!(status(&v), "succeeded", "{v}");
+}
+
+#[cfg(not(feature = "tls"))]
+#[test]
+fn asking_for_tls_from_a_build_without_it_is_refused_with_the_reason() {
+    let out = std::process::Command::new(bin())
+        .args([
+            "agent",
+            "--jid",
+            "a@b.test",
+            "--password",
+            "x",
+            "--server",
+            "127.0.0.1:1",
+            "--manager",
+            "m@b.test",
+            "--vm-slots",
+            "1",
+            "--tls",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without the 'tls' feature"), "{err}");
 }

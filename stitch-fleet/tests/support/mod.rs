@@ -74,10 +74,15 @@ pub struct Prosody {
 }
 
 impl Prosody {
-    /// Starts prosody serving `hosts`, with `accounts` as (user, host, password).
-    pub fn start(hosts: &[&str], accounts: &[(&str, &str, &str)]) -> Prosody {
+    /// Starts prosody serving `hosts`, with `accounts` as (user, host,
+    /// password); with `tls` (certificate, key) it requires STARTTLS.
+    pub fn start(
+        hosts: &[&str],
+        accounts: &[(&str, &str, &str)],
+        tls: Option<(&Path, &Path)>,
+    ) -> Prosody {
         let dir = TempDir::new("prosody");
-        let inner = stitch_fleet::prosody::Prosody::start(dir.path(), hosts, accounts)
+        let inner = stitch_fleet::prosody::Prosody::start(dir.path(), hosts, accounts, tls)
             .unwrap_or_else(|e| panic!("{e}"));
         Prosody { inner, _dir: dir }
     }
@@ -114,8 +119,13 @@ pub fn bin() -> &'static str {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[String]) -> Proc {
+        Proc::spawn_env(name, args, &[])
+    }
+
+    pub fn spawn_env(name: &str, args: &[String], env: &[(String, String)]) -> Proc {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -302,4 +312,84 @@ pub fn rest(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, s
     let v = serde_json::from_str(&r.body)
         .unwrap_or_else(|e| panic!("{method} {path}: body not JSON ({e}): {}", r.body));
     (r.status, v)
+}
+
+/// A test CA and a server certificate (signed by it) for `hosts`, made with
+/// the openssl command: (CA file, certificate, key).
+pub fn make_certs(dir: &Path, hosts: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    require("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stitch-fleet test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=fleet.test",
+    ]);
+    let sans: Vec<String> = hosts.iter().map(|h| format!("DNS:{h}")).collect();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            sans.join(",")
+        ),
+    )
+    .expect("write ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
