@@ -155,6 +155,23 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[ix.min(sorted.len() - 1)]
 }
 
+/// Waits until no fleet message has been sent for two samples in a row.
+fn settle() -> Result<(), SimError> {
+    let mut last = xmpp::message_counts().0;
+    let mut quiet = 0;
+    wait_until(
+        "the fleet to settle",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let now = xmpp::message_counts().0;
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+            Ok(quiet >= 2)
+        },
+    )
+}
+
 /// Runs the simulation.
 ///
 /// # Errors
@@ -285,21 +302,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     let converge_s = t_start.elapsed().as_secs_f64();
 
     // Settle: the answers to the managers' state queries (sent when they
-    // see an agent's presence) may still be on their way; wait until no
-    // message has been sent for two samples in a row.
-    let mut last = xmpp::message_counts().0;
-    let mut quiet = 0;
-    wait_until(
-        "the fleet to settle",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let now = xmpp::message_counts().0;
-            quiet = if now == last { quiet + 1 } else { 0 };
-            last = now;
-            Ok(quiet >= 2)
-        },
-    )?;
+    // see an agent's presence) may still be on their way.
+    settle()?;
     // Idle: a measurement window (nothing should be sent).
     let (idle0, _) = xmpp::message_counts();
     std::thread::sleep(cfg.idle);
@@ -324,6 +328,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
         },
     )?;
     let provision_s = t0.elapsed().as_secs_f64();
+    // The last state messages may follow the last result.
+    settle()?;
     let (sent1, _) = xmpp::message_counts();
     let mut lat: Vec<i64> = views.iter().map(|v| v.updated_ms - v.created_ms).collect();
     lat.sort_unstable();

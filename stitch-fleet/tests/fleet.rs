@@ -1149,6 +1149,30 @@ fn with_tls_every_link_uses_starttls_and_provisioning_works() {
     let (id, _, _) = fleet.submit("acme", None, define_vm("secure", "sleeper"));
     let v = fleet.result(&id);
     assert_eq!(status(&v), "succeeded", "{v}");
+    // The same server refuses a session without TLS.
+    let dom = cluster_domain(0);
+    let plain = Proc::spawn_env(
+        "plain",
+        &[
+            "agent".to_owned(),
+            "--jid".into(),
+            format!("mallory@{dom}"),
+            "--password".into(),
+            pw("mallory"),
+            "--server".into(),
+            fleet.down_xmpp.addr(),
+            "--manager".into(),
+            format!("manager@{dom}"),
+            "--vm-slots".into(),
+            "1".into(),
+            "--netns-prefix".into(),
+            format!("p{}", tag()),
+        ],
+        &fleet.env,
+    );
+    // A second attempt means the first session never came up.
+    plain.wait("(attempt 2)");
+    assert_eq!(plain.count("link up", None), 0, "{}", plain.log());
 }
 
 #[cfg(not(feature = "tls"))]
