@@ -945,31 +945,39 @@ fn xmpp_exchange(
             .send_stanza(Stanza::Presence(Presence::available()))
             .await
             .unwrap();
-        for p in payloads {
-            let el = Element::builder("fleet", stitch_fleet::proto::NS)
-                .append(p.clone())
-                .build();
-            let msg = Message::new_with_type(MessageType::Normal, Some(Jid::new(to).unwrap()))
-                .with_payloads(vec![el]);
-            client.send_stanza(Stanza::Message(msg)).await.unwrap();
-        }
-        let mut replies = Vec::new();
+        // Messages are not acknowledged by XMPP: send, and send again
+        // (refusals are idempotent) until every payload has its own reply.
+        let mut replies: Vec<String> = Vec::new();
         while replies.len() < payloads.len() {
-            match tokio::time::timeout_at(deadline, client.next()).await {
-                Ok(Some(Event::Stanza(Stanza::Message(m)))) => {
-                    if let Some(p) = m.payloads.iter().find(|p| p.name() == "fleet") {
-                        let text = p.text();
-                        if text.contains("\"type\":\"error\"") {
-                            replies.push(text);
-                        }
-                    }
-                }
-                Ok(Some(_)) => {}
-                other => panic!(
-                    "no reply ({} of {}): {other:?}",
+            for p in payloads {
+                let el = Element::builder("fleet", stitch_fleet::proto::NS)
+                    .append(p.clone())
+                    .build();
+                let msg = Message::new_with_type(MessageType::Normal, Some(Jid::new(to).unwrap()))
+                    .with_payloads(vec![el]);
+                client.send_stanza(Stanza::Message(msg)).await.unwrap();
+            }
+            let round = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while replies.len() < payloads.len() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no reply ({} of {}): {replies:?}",
                     replies.len(),
                     payloads.len()
-                ),
+                );
+                match tokio::time::timeout_at(round.min(deadline), client.next()).await {
+                    Ok(Some(Event::Stanza(Stanza::Message(m)))) => {
+                        if let Some(p) = m.payloads.iter().find(|p| p.name() == "fleet") {
+                            let text = p.text();
+                            if text.contains("\"type\":\"error\"") && !replies.contains(&text) {
+                                replies.push(text);
+                            }
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("test client's stream ended"),
+                    Err(_) => break,
+                }
             }
         }
         let _ = client.send_end().await;
