@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the fleet (stitch-fleet, seed 002) needs from Debian 12, idempotently:
 # prosody (the XMPP server the tests and the demo start privately; the Debian
-# service is not used) and the SQLite library rusqlite links against. Run as root.
+# service is not used; lua-sec for its TLS), the SQLite library rusqlite links
+# against, and openssl (the TLS test makes its certificates with it). Run as root.
 set -euo pipefail
 
-PKGS=(prosody libsqlite3-dev pkg-config iproute2)
+PKGS=(prosody lua-sec libsqlite3-dev pkg-config iproute2 openssl)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup-fleet.sh: run as root (it installs Debian packages)" >&2
