@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
-      procps kmod ca-certificates)
+      procps kmod ca-certificates python3)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (it installs Debian packages and reserves hugepages)" >&2

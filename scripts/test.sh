@@ -10,3 +10,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace
+# The flow table's reclamation protocol, model-checked (every interleaving loom explores).
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p switch-core --release --lib flow::qsbr::loom_tests

@@ -13,6 +13,7 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod stitch_params;
+pub mod top;
 
 pub use client::{Client, ClientError};
 pub use protocol::{Mac, Method, RpcError, METHODS};

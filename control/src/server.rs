@@ -8,7 +8,10 @@
 //! * The socket is mode 0600 and a directory it creates is 0700: the control
 //!   socket can reconfigure the switch, so only its owner may connect.
 //! * One thread per client, so a slow or idle client never delays another;
-//!   at most [`MAX_CONNECTIONS`] at once, so clients can't exhaust threads.
+//!   at most [`MAX_CONNECTIONS`] at once, so clients can't exhaust threads. A
+//!   client idle for [`IDLE_TIMEOUT`] is disconnected, and when all slots are
+//!   taken the longest-idle client (idle at least [`EVICT_AFTER`]) makes room
+//!   for a new one: idle clients can never lock an operator out.
 //! * A client can make the server buffer at most [`MAX_LINE_LEN`] bytes of
 //!   request; longer lines are skipped without being stored.
 //! * The socket file is removed on shutdown or drop, unless another server
@@ -40,6 +43,14 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// `accept` by connecting to ourselves) keeps shutdown working even if the
 /// socket file was deleted or replaced behind our back.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// A client that sends no request for this long is disconnected (an event
+/// subscriber only receives, and is exempt).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// With every slot taken, a client idle at least this long is disconnected to
+/// make room for a new one.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// A client that stops reading its responses can stall only its own thread,
 /// and only this long per response.
@@ -243,8 +254,25 @@ impl ControlServer {
     }
 }
 
+/// One live client: its stream (to end it) and when it last sent a request
+/// (milliseconds since the server started; `u64::MAX` for an event subscriber).
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    last: Arc<AtomicU64>,
+}
+
 /// Live client connections, kept so shutdown can end them.
-type Connections = Arc<Mutex<HashMap<u64, UnixStream>>>;
+type Connections = Arc<Mutex<HashMap<u64, Conn>>>;
+
+/// Milliseconds since the process's first call (a monotonic clock for idleness).
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 /// A running server. Shutting it down (or dropping it) stops accepting,
 /// ends every client connection after its in-flight request, and removes the
@@ -279,8 +307,8 @@ impl ServerHandle {
         // Read-side shutdown wakes a client thread blocked in read (it sees
         // EOF) without cutting off a response it is writing.
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        for (_, stream) in conns.drain() {
-            let _ = stream.shutdown(std::net::Shutdown::Read);
+        for (_, c) in conns.drain() {
+            let _ = c.stream.shutdown(std::net::Shutdown::Read);
         }
         drop(conns);
         self.file = None;
@@ -318,10 +346,27 @@ fn start_connection(id: u64, stream: UnixStream, conns: &Connections, handler: &
     let prepared = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .and_then(|()| stream.set_read_timeout(Some(IDLE_TIMEOUT)))
         .and_then(|()| stream.try_clone());
     let Ok(registered) = prepared else { return };
+    let last = Arc::new(AtomicU64::new(now_ms()));
     {
         let mut map = conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_CONNECTIONS {
+            // Make room by ending the longest-idle client, if one has been idle a while.
+            let cutoff = now_ms().saturating_sub(EVICT_AFTER.as_millis() as u64);
+            let idlest = map
+                .iter()
+                .map(|(k, c)| (*k, c.last.load(Ordering::Relaxed)))
+                .filter(|&(_, t)| t <= cutoff)
+                .min_by_key(|&(_, t)| t)
+                .map(|(k, _)| k);
+            if let Some(k) = idlest {
+                if let Some(c) = map.remove(&k) {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
         if map.len() >= MAX_CONNECTIONS {
             drop(map);
             let msg = format!("too many control connections (at most {MAX_CONNECTIONS})");
@@ -332,14 +377,20 @@ fn start_connection(id: u64, stream: UnixStream, conns: &Connections, handler: &
             );
             return;
         }
-        map.insert(id, registered);
+        map.insert(
+            id,
+            Conn {
+                stream: registered,
+                last: Arc::clone(&last),
+            },
+        );
     }
     let conns_for_thread = Arc::clone(conns);
     let handler = Arc::clone(handler);
     let spawned = thread::Builder::new()
         .name(format!("stitchd-ctl-{id}"))
         .spawn(move || {
-            let _ = serve_connection(stream, handler.as_ref());
+            let _ = serve_connection(stream, handler.as_ref(), &last);
             conns_for_thread
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -354,13 +405,15 @@ fn start_connection(id: u64, stream: UnixStream, conns: &Connections, handler: &
 }
 
 /// Reads request lines until EOF or an I/O error, answering each.
-fn serve_connection(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
+fn serve_connection(stream: UnixStream, handler: &dyn Handler, last: &AtomicU64) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
-        let reply = match read_bounded_line(&mut reader, &mut line, MAX_LINE_LEN)? {
+        let read = read_bounded_line(&mut reader, &mut line, MAX_LINE_LEN)?;
+        last.store(now_ms(), Ordering::Relaxed);
+        let reply = match read {
             LineRead::Eof => return Ok(()),
             LineRead::TooLong => Some(
                 Response::new(
@@ -374,6 +427,8 @@ fn serve_connection(stream: UnixStream, handler: &dyn Handler) -> io::Result<()>
             LineRead::Line => {
                 let (reply, subscribed) = dispatch(&line, handler);
                 if subscribed {
+                    // Only receives from now on: never idle, never evicted.
+                    last.store(u64::MAX, Ordering::Relaxed);
                     if let Some(reply) = reply {
                         writer.write_all(reply.as_bytes())?;
                     }

@@ -383,3 +383,30 @@ fn events_subscribe_turns_the_connection_into_an_event_stream() {
         assert_eq!(ev["params"]["n"], i);
     }
 }
+
+#[test]
+fn idle_clients_cannot_lock_an_operator_out() {
+    use stitch_control::server::{EVICT_AFTER, MAX_CONNECTIONS};
+    let srv = TestServer::start("idle-clients");
+    // Every slot taken by a client that asked once and then went quiet.
+    let mut idle: Vec<Raw> = (0..MAX_CONNECTIONS as u64)
+        .map(|i| {
+            let mut r = Raw::connect(&srv.socket);
+            r.assert_version_works(i);
+            r
+        })
+        .collect();
+    // Idleness is what is under test: let them all be idle past the eviction age.
+    thread::sleep(EVICT_AFTER + Duration::from_millis(300));
+    let mut operator = Raw::connect(&srv.socket);
+    operator.assert_version_works(1000);
+    // The longest-idle client (the first) made room: its connection was ended.
+    let mut rest = String::new();
+    let n = idle[0]
+        .reader
+        .read_line(&mut rest)
+        .expect("read after eviction");
+    assert_eq!(n, 0, "evicted client sees EOF, got {rest:?}");
+    // The others are still served.
+    idle[1].assert_version_works(1001);
+}

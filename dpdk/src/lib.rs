@@ -16,6 +16,6 @@ mod port;
 
 pub use eal::{tsc, tsc_hz, Eal, Lcore};
 pub use error::DpdkError;
-pub use mbuf::{Mbuf, RxBurst, TxBuffer, TxResult, MAX_BURST};
+pub use mbuf::{prefetch, Mbuf, RxBurst, TxBuffer, TxResult, MAX_BURST};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, Port, PortConfig, PortInfo, PortStats, QueueStats};

@@ -49,6 +49,14 @@ impl Mbuf {
         }
     }
 
+    /// Asks the CPU to bring the first cache line of the packet data in (as DPDK's
+    /// l2fwd does for a whole burst before handling any packet of it), so the misses of a
+    /// burst overlap. A hint: it never faults and changes nothing.
+    #[inline]
+    pub fn prefetch_data(&self) {
+        prefetch(self.data().as_ptr());
+    }
+
     /// The first segment's bytes for writing, only when this is the sole reference (a
     /// flooded mbuf is shared by several TX queues and must not change under them).
     #[inline]
@@ -315,4 +323,21 @@ impl Drop for TxBuffer {
             drop(s.take());
         }
     }
+}
+
+/// Prefetches the cache line at `p` into all cache levels. A hint: never faults, whatever
+/// the address, and has no effect on program state.
+#[inline]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "sse")]
+        fn pf(p: *const i8) {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+        }
+        // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults.
+        unsafe { pf(p.cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

@@ -9,8 +9,7 @@
 //! - `stitch-bench` (src/bin/stitch-bench.rs): the runner: testpmd io / macswap, stitchd
 //!   L2 and stitch translation (and OVS-DPDK when installed) over memif pairs to
 //!   `stitch-gen`, tables and plots into perf/RESULTS.md ([`plot`]).
-//! - `stitch-mkpcap`: pcaps for the `net_pcap` replay benchmarks (bench-l2.sh,
-//!   bench-stitch.sh).
+//! - `stitch-mkpcap`: pcaps for the `net_pcap` replay benchmarks (`bench-fastpath.sh`).
 //!
 //! The packet code is plain Rust, tested with `cargo test` without an EAL; the DPDK parts
 //! use the safe `dpdk` crate only (no `unsafe` here).

@@ -52,7 +52,7 @@ pub struct StitchedTraffic {
     /// A1's MAC (the shell on leg A: destination of the frames).
     pub mac_a1: [u8; 6],
     /// TCP sequence and acknowledgment numbers the client uses (any value is translated;
-    /// the defaults match `perf/bench-stitch.sh`'s `r1` and `s1`-side numbers).
+    /// the defaults match `perf/bench-fastpath.sh`'s `r1` and `s1`-side numbers).
     pub seq: u32,
     pub ack: u32,
     /// Add a TCP timestamp option (stitches with `ts` shifts rewrite it).

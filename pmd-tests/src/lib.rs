@@ -311,6 +311,23 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// The namespace's kernel TCP counter `name` (as `nstat -az` prints it: absolute,
+    /// history left alone), e.g. `TcpExtPAWSEstab`, `TcpRetransSegs`, `TcpExtTCPTimeouts`.
+    pub fn nstat(&self, name: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nstat", "-asz", name])
+            .output()
+            .expect("run nstat (iproute2)");
+        assert!(out.status.success(), "nstat failed in {}", self.name);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+            })
+            .unwrap_or(0)
+    }
+
     /// Creates a namespace with loopback up.
     pub fn new(name: &str) -> Netns {
         require_cmd("ip", "iproute2");

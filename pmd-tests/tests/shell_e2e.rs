@@ -460,6 +460,31 @@ fn a_shell_with_two_egress_interfaces_does_not_probe() {
 }
 
 #[test]
+fn a_broadcast_probe_goes_out_of_the_one_egress_interface_without_a_default_route() {
+    let _g = serial();
+    let w = world(1);
+    // The shell's namespace has only its connected route: no default route to send a
+    // 255.255.255.255 probe by.
+    let routes = String::from_utf8_lossy(&w.a.ip(&["route", "show", "default"]).stdout).to_string();
+    assert!(
+        routes.trim().is_empty(),
+        "namespace A has a default route: {routes}"
+    );
+    // No switch address configured: the shell discovers by broadcast.
+    let cfg =
+        shell_config("immediate", 0, "4E", 1).replace("address = \"198.18.0.254:4790\"\n", "");
+    assert!(!cfg.contains("198.18.0.254"), "{cfg}");
+    let shell = start_shell(&w, cfg);
+    let st = shell.status();
+    assert_eq!(st.stitching, "available", "{st:?}");
+    let probes = w.sd.ok("stats.get", None)["agent"]["counters"]["probes_answered"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(probes >= 1, "the switch answered no probe");
+    shell.shutdown();
+}
+
+#[test]
 fn a_switch_that_stops_answering_leaves_the_connection_with_the_shell_and_loses_nothing() {
     let _g = serial();
     let w = world(1);

@@ -40,6 +40,9 @@ struct Seg<'a> {
     payload: &'a [u8],
 }
 
+/// Offset of the TCP checksum in an untagged IPv4 frame without IP options.
+const TCP_CSUM_V4: usize = 14 + 20 + 16;
+
 fn v4(a: [u8; 4]) -> [u8; 16] {
     let mut o = [0u8; 16];
     o[..4].copy_from_slice(&a);
@@ -257,7 +260,11 @@ fn stitched_segments_match_independently_built_golden_frames() {
     let x_bu = udp(A_MAC, C_MAC, A4, C4, 7001, 5353, b"udp from b");
 
     let in0 = [tcp(&c1), tcp(&c2), tcp(&c6), cu];
-    let in1 = [tcp(&b1), tcp(&b6), bu, tcp(&brst)];
+    // A RST whose TCP checksum is wrong (the receiver would drop it): translated and
+    // forwarded, but it must not end the stitch; the valid RST after it does.
+    let mut bad_rst = tcp(&brst);
+    bad_rst[TCP_CSUM_V4] ^= 0x5a;
+    let in1 = [tcp(&b1), tcp(&b6), bu, bad_rst, tcp(&brst)];
     pcap::write(&dir.join("in0.pcap"), &in0);
     pcap::write(&dir.join("in1.pcap"), &in1);
 
@@ -305,8 +312,8 @@ fn stitched_segments_match_independently_built_golden_frames() {
         &["-l".into(), "0-1".into()],
         &["--config".into(), cfg_path.display().to_string()],
     );
-    sd.wait_until(20, "8 frames translated", |s| {
-        s.worker_sum("stitched") >= 8 && s.worker_sum("tx_packets") >= 8
+    sd.wait_until(20, "9 frames translated", |s| {
+        s.worker_sum("stitched") >= 9 && s.worker_sum("tx_packets") >= 9
     });
     // The RST (last on port 1) removes its stitch at once.
     sd.wait_until(10, "stitch 1 removed after RST", |s| {
@@ -314,6 +321,11 @@ fn stitched_segments_match_independently_built_golden_frames() {
             .as_array()
             .is_some_and(|a| a.len() == 2)
     });
+    assert_eq!(
+        sd.worker_sum("ignored_ends"),
+        1,
+        "the RST with a wrong checksum was not counted as ignored"
+    );
     sd.ok("shutdown", None);
     assert!(
         sd.wait_exit(20),
@@ -321,7 +333,7 @@ fn stitched_segments_match_independently_built_golden_frames() {
         sd.log_text()
     );
 
-    let want0 = [tcp(&x_b1), tcp(&x_b6), x_bu, tcp(&x_brst)];
+    let want0 = [tcp(&x_b1), tcp(&x_b6), x_bu, tcp(&x_brst), tcp(&x_brst)];
     let want1 = [tcp(&x_c1), tcp(&x_c2), tcp(&x_c6), x_cu];
     for (port, want) in [(0, &want0[..]), (1, &want1[..])] {
         let got = pcap::read(&dir.join(format!("out{port}.pcap")));
@@ -333,6 +345,16 @@ fn stitched_segments_match_independently_built_golden_frames() {
             want.len()
         );
         for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            // The corrupted RST: the same bytes but for its (still wrong) checksum.
+            let (mut g, mut w) = (g.clone(), w.clone());
+            if port == 0 && k == 3 {
+                assert_ne!(
+                    g[TCP_CSUM_V4..TCP_CSUM_V4 + 2],
+                    w[TCP_CSUM_V4..TCP_CSUM_V4 + 2]
+                );
+                g[TCP_CSUM_V4..TCP_CSUM_V4 + 2].fill(0);
+                w[TCP_CSUM_V4..TCP_CSUM_V4 + 2].fill(0);
+            }
             if g != w {
                 let diff: Vec<usize> = g
                     .iter()

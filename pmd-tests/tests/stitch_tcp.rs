@@ -242,6 +242,11 @@ fn shell_scenario(
 fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears_down() {
     let _g = serial();
     let n = net(&[]);
+    const COUNTERS: [&str; 3] = ["TcpExtPAWSEstab", "TcpRetransSegs", "TcpExtTCPTimeouts"];
+    let before: Vec<[u64; 3]> = [&n.c, &n.b]
+        .iter()
+        .map(|ns| COUNTERS.map(|c| ns.nstat(c)))
+        .collect();
     // C sends less, so C's FIN comes first: a client-initiated close.
     let r = shell_scenario(
         &n,
@@ -261,6 +266,19 @@ fn handoff_mid_transfer_moves_200_mib_each_way_byte_exact_and_client_close_tears
         .map(|w| w["stitched"].as_u64().unwrap())
         .sum();
     assert!(stitched > 10_000, "too few packets translated: {st}");
+    // The hand-off released the held segments with timestamps the receivers accept:
+    // neither end dropped a segment as older than what it last saw (PAWS).
+    for (ns, then) in [&n.c, &n.b].iter().zip(&before) {
+        let now = COUNTERS.map(|c| ns.nstat(c));
+        eprintln!(
+            "{}: PAWSEstab +{}, RetransSegs +{}, TCPTimeouts +{}",
+            ns.name,
+            now[0] - then[0],
+            now[1] - then[1],
+            now[2] - then[2]
+        );
+        assert_eq!(now[0], then[0], "{}: segments dropped by PAWS", ns.name);
+    }
 }
 
 #[test]
@@ -424,4 +442,23 @@ fn full_flow_table_refuses_a_stitch_with_a_reason_and_changes_nothing() {
     assert_eq!(list["stitches"].as_array().unwrap().len(), 1);
     assert_eq!(list["stitches"][0]["id"], first["id"]);
     assert_eq!(sd.ok("stats.get", None)["stitch"]["table_full"], 1);
+
+    // A bulk install that runs out of room part way is all or nothing.
+    sd.ok("stitch.delete", Some(json!({"id": first["id"]})));
+    let install = json!({
+        "leg_a": {"client": "198.18.0.1:20000", "shell": "198.18.0.2:7000"},
+        "leg_b": {"shell": "198.18.0.2:20000", "core": "198.18.0.3:8000"},
+        "macs": {"c": "02:00:00:00:0c:01", "a1": "02:00:00:00:0a:01", "a2": "02:00:00:00:0a:01", "b": "02:00:00:00:0b:01"},
+        "ports": {"c": 0, "b": 1},
+        "s1": 1, "r1": 1, "s2": 1, "r2": 1,
+        "count": 2
+    });
+    let e = sd
+        .call("stitch.install", Some(install))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing changed"), "{e}");
+    let list = sd.ok("stitch.list", None);
+    assert_eq!(list["stitches"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(sd.ok("stats.get", None)["stitch"]["flow_entries"], 0);
 }

@@ -79,12 +79,16 @@ pub fn probe_target(configured: Option<SocketAddr>, ipv6: bool, ifindex: u32) ->
 ///
 /// # Errors
 /// A text reason: no reply, an unexpected answer, a socket error.
+///
+/// `egress`, the shell's one egress interface when known: the probe is sent out of it
+/// (`SO_BINDTODEVICE`), so a broadcast probe needs no default route.
 pub fn probe(
     keys: &AgentKeys,
     target: SocketAddr,
     counts: (u8, u8),
     want: CapFlags,
     timeout: Duration,
+    egress: Option<&str>,
 ) -> Result<Capabilities, String> {
     let bind: SocketAddr = if target.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -92,6 +96,10 @@ pub fn probe(
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(bind).map_err(|e| format!("probe socket: {e}"))?;
+    if let Some(dev) = egress {
+        tcp_repair::bind_to_device(&sock, dev)
+            .map_err(|e| format!("probe socket: SO_BINDTODEVICE {dev}: {e}"))?;
+    }
     match target.ip() {
         IpAddr::V4(ip) => {
             sock.set_ttl(1).map_err(|e| format!("IP_TTL: {e}"))?;

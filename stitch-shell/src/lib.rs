@@ -31,7 +31,7 @@ pub mod status;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -349,6 +349,7 @@ fn discover(s: &Shared) {
     let listens: Vec<SocketAddr> = s.maps.iter().map(|m| m.listen).collect();
     let cores: Vec<SocketAddr> = s.maps.iter().map(|m| m.cfg.core).collect();
     let mut ifindex = 0;
+    let mut egress: Option<String> = None;
     let mut counts = (1u8, 1u8);
     if s.cfg.check_interfaces {
         let view = match HostView::read(&s.cfg.sysfs_net, &s.cfg.proc_net) {
@@ -365,6 +366,7 @@ fn discover(s: &Shared) {
         );
         if let Some(name) = c.egress.first() {
             ifindex = view.ifindex(name).unwrap_or(0);
+            egress = Some(name.clone());
         }
         let refusal = c.refusal();
         *lock(&s.ifaces) = Some(c);
@@ -381,7 +383,22 @@ fn discover(s: &Shared) {
         });
     let all_v6 = s.maps.iter().all(|m| m.cfg.core.is_ipv6());
     let target = discovery::probe_target(s.cfg.switch, all_v6, ifindex);
-    let caps = match discovery::probe(&s.keys, target, counts, want, s.cfg.probe_timeout) {
+    // Only a broadcast or link-scope probe is pinned to the egress interface; a
+    // configured unicast address follows the routing table as before.
+    let pin = match target.ip() {
+        IpAddr::V4(ip) => ip.is_broadcast(),
+        IpAddr::V6(ip) => ip.is_multicast(),
+    };
+    // (Discovery gets here only with exactly one egress interface.)
+    let egress = egress.filter(|_| pin);
+    let caps = match discovery::probe(
+        &s.keys,
+        target,
+        counts,
+        want,
+        s.cfg.probe_timeout,
+        egress.as_deref(),
+    ) {
         Ok(c) => c,
         Err(reason) => {
             *lock(&s.switch) = None;

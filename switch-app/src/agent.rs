@@ -453,7 +453,7 @@ impl Agent {
                 )
             }
             Message::Freeze { stitch_id } => result(
-                stitcher.freeze(stitch_id, io).map(|_| Some(stitch_id)),
+                stitcher.freeze(stitch_id).map(|_| Some(stitch_id)),
                 Some(stitch_id),
             ),
             Message::Commit(c) => {

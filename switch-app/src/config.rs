@@ -37,6 +37,17 @@ pub struct Config {
     /// The in-band agent protocol (absent: off).
     #[serde(default)]
     pub agent: Option<AgentConfig>,
+    /// Prometheus exposition (absent: off).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: serve `GET /metrics` (Prometheus / OpenMetrics text) on a TCP address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on, e.g. "127.0.0.1:9464" (port 0: any free port).
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[agent]`: the switch's own service address, where shells probe and send stitch
@@ -570,6 +581,20 @@ mod tests {
         let a = Config::default().eal_args(&["--vdev=net_tap0".into()], true);
         assert!(!a.contains(&"--no-pci".to_string()), "{a:?}");
         assert_eq!(a.last().map(String::as_str), Some("--vdev=net_tap0"));
+    }
+
+    #[test]
+    fn metrics_is_off_by_default_and_its_table_refuses_unknown_keys() {
+        assert_eq!(parse("").unwrap().metrics, None);
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            c.metrics.map(|m| m.listen.to_string()).as_deref(),
+            Some("127.0.0.1:9464")
+        );
+        let e = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\npath = \"/m\"\n").unwrap_err();
+        assert!(e.contains("path"), "{e}");
+        let e = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.contains("listen") || e.contains("socket address"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod agent;
 mod config;
 mod fault;
+mod metrics;
 mod slowpath;
 mod stats;
 mod stitch;
@@ -29,14 +30,14 @@ use switch_core::l2::security::PortSecurity;
 use switch_core::l2::table::{mac_table, InsertOutcome, MacTableWriter};
 use switch_core::{BridgeId, MacAddr, PortId};
 
-use switch_core::flow::table::flow_table;
+use switch_core::flow::table::{flow_table_with, FlowTableConfig};
 
 use crate::config::Config;
 use crate::fault::PortFault;
 use crate::slowpath::{ControlBridge, PortState, SlowPath};
 use crate::stats::WorkerStats;
 use crate::stitch::manager::{SlowTx, Stitcher};
-use crate::stitch::rule::FlowRule;
+use crate::stitch::rule::{FlowRule, StitchRec};
 use crate::worker::Worker;
 
 const AFTER_HELP: &str = "\
@@ -316,7 +317,12 @@ fn serve(
     let tsc_start = dpdk::tsc();
     let n_ports = max_port + 1;
     let n_workers = active.len();
-    let (flow_writer, flow_reader) = flow_table::<FlowRule>(cfg.stitch.flow_table_size);
+    let flow_writer = flow_table_with::<FlowRule, StitchRec>(FlowTableConfig {
+        // One record per stitch (four entries), with room for the records retired at
+        // commit and removal until the workers have moved on.
+        records: cfg.stitch.flow_table_size / 4 + cfg.stitch.flow_table_size / 16 + 64,
+        ..FlowTableConfig::new(cfg.stitch.flow_table_size)
+    });
     let flow_count = Arc::new(AtomicUsize::new(0));
     let stitcher = Stitcher::new(flow_writer, flow_count.clone());
     let subscribers = stitcher.subscribers.clone();
@@ -363,11 +369,22 @@ fn serve(
     let server = ControlServer::bind(&socket)
         .with_context(|| format!("creating control socket {}", socket.display()))?;
     let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
+    let metrics_server = match &cfg.metrics {
+        Some(m) => Some(
+            metrics::MetricsServer::bind(m.listen)
+                .with_context(|| format!("metrics.listen: binding {}", m.listen))?,
+        ),
+        None => None,
+    };
 
     for (i, (lcore, rx)) in active.into_iter().enumerate() {
         let learn = Arc::new(ArrayQueue::new(4096));
         let punt = Arc::new(ArrayQueue::new(4096));
-        let stats = Arc::new(WorkerStats::new(lcore.id));
+        let stats = Arc::new(WorkerStats::new(lcore.id, slow.stitcher.counter_words()));
+        let flows = slow
+            .stitcher
+            .add_worker(stats.clone())
+            .context("more workers than flow-table reader slots")?;
         slow.learn_queues.push(learn.clone());
         slow.punt_queues.push(punt.clone());
         slow.worker_stats.push(stats.clone());
@@ -380,7 +397,7 @@ fn serve(
             tables: readers.clone(),
             learn,
             inject: inject[i].clone(),
-            flows: flow_reader.clone(),
+            flows,
             flow_count: flow_count.clone(),
             punt,
             faults: faults.clone(),
@@ -396,6 +413,25 @@ fn serve(
             return Err(e).context(format!("launching worker on lcore {}", lcore.id));
         }
     }
+    let metrics_thread = match metrics_server {
+        Some(ms) => {
+            let addr = ms.local_addr().context("metrics listener")?;
+            let exporter = metrics::Exporter {
+                workers: slow.worker_stats.clone(),
+                slow: Arc::new(ControlBridge {
+                    tx: req_tx.clone(),
+                    subscribers: subscribers.clone(),
+                }),
+                mac_capacity: cfg.l2.mac_table_size as u64,
+            };
+            let t = ms
+                .spawn(exporter, stop.clone())
+                .context("starting the metrics thread")?;
+            println!("stitchd: metrics on http://{addr}/metrics");
+            Some(t)
+        }
+        None => None,
+    };
     let handle = server.serve(Arc::new(ControlBridge {
         tx: req_tx,
         subscribers,
@@ -418,5 +454,10 @@ fn serve(
     stop.store(true, Ordering::SeqCst);
     eal.wait_workers();
     handle.shutdown();
+    if let Some(t) = metrics_thread {
+        // It sees `stop` within 100 ms; a scrape in flight gets "shutting down".
+        drop(req_rx);
+        let _ = t.join();
+    }
     Ok(())
 }

@@ -142,7 +142,6 @@ impl SlowPath {
                 let mut io = Io {
                     tx: &self.tx,
                     pool: &self.pool,
-                    workers: &self.worker_stats,
                 };
                 self.stitcher.tick(&mut io);
                 self.flush_notices();
@@ -201,7 +200,6 @@ impl SlowPath {
         let mut io = Io {
             tx: &self.tx,
             pool: &self.pool,
-            workers: &self.worker_stats,
         };
         drain_punts(
             &self.punt_queues,
@@ -218,7 +216,6 @@ impl SlowPath {
             let io = Io {
                 tx: &self.tx,
                 pool: &self.pool,
-                workers: &self.worker_stats,
             };
             for n in &notices {
                 a.notify(n, &io);
@@ -463,19 +460,11 @@ impl SlowPath {
                 Ok(json!({"shutting_down": true}))
             }
             Method::StitchPrepare(p) => self.stitcher.prepare(p),
-            Method::StitchFreeze(p) => {
-                let io = Io {
-                    tx: &self.tx,
-                    pool: &self.pool,
-                    workers: &self.worker_stats,
-                };
-                self.stitcher.freeze(p.id, &io)
-            }
+            Method::StitchFreeze(p) => self.stitcher.freeze(p.id),
             Method::StitchCommit(p) => {
                 let mut io = Io {
                     tx: &self.tx,
                     pool: &self.pool,
-                    workers: &self.worker_stats,
                 };
                 self.stitcher.commit(p, &mut io)
             }
@@ -483,7 +472,6 @@ impl SlowPath {
                 let mut io = Io {
                     tx: &self.tx,
                     pool: &self.pool,
-                    workers: &self.worker_stats,
                 };
                 self.stitcher.abort(p.id, &mut io)
             }
@@ -491,7 +479,6 @@ impl SlowPath {
                 let mut io = Io {
                     tx: &self.tx,
                     pool: &self.pool,
-                    workers: &self.worker_stats,
                 };
                 self.stitcher.delete(p.id, &mut io)
             }

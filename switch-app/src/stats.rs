@@ -20,6 +20,8 @@ pub struct WorkerStats {
     pub learn_dropped: AtomicU64,
     /// Packets translated by a stitch rule.
     pub stitched: AtomicU64,
+    /// FINs and RSTs on stitched flows with a wrong TCP checksum: forwarded, not acted on.
+    pub ignored_ends: AtomicU64,
     /// Packets handed to the slow path (held).
     pub punted: AtomicU64,
     pub fault_reordered: AtomicU64,
@@ -28,6 +30,9 @@ pub struct WorkerStats {
     /// know that a change it published is seen (freeze, rule removal).
     pub iterations: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// Translated traffic per stitch record (`stitch::rule::COUNTERS` words each), so
+    /// that no worker writes a shared entry per packet.
+    pub stitch: Box<[AtomicU64]>,
 }
 
 /// Adds `n` to a counter only this thread writes.
@@ -39,8 +44,9 @@ pub fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl WorkerStats {
-    /// Zeroed counters for the worker on `lcore`.
-    pub fn new(lcore: u32) -> WorkerStats {
+    /// Zeroed counters for the worker on `lcore`, with `stitch_words` per-record
+    /// counters.
+    pub fn new(lcore: u32, stitch_words: usize) -> WorkerStats {
         WorkerStats {
             lcore,
             rx_packets: AtomicU64::new(0),
@@ -50,11 +56,13 @@ impl WorkerStats {
             learn_requests: AtomicU64::new(0),
             learn_dropped: AtomicU64::new(0),
             stitched: AtomicU64::new(0),
+            ignored_ends: AtomicU64::new(0),
             punted: AtomicU64::new(0),
             fault_reordered: AtomicU64::new(0),
             fault_duplicated: AtomicU64::new(0),
             iterations: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            stitch: (0..stitch_words).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -76,6 +84,7 @@ impl WorkerStats {
             "learn_requests": self.learn_requests.load(Relaxed),
             "learn_dropped": self.learn_dropped.load(Relaxed),
             "stitched": self.stitched.load(Relaxed),
+            "ignored_ends": self.ignored_ends.load(Relaxed),
             "punted": self.punted.load(Relaxed),
             "fault_reordered": self.fault_reordered.load(Relaxed),
             "fault_duplicated": self.fault_duplicated.load(Relaxed),

@@ -1,8 +1,9 @@
 //! The poll-mode worker: one per set of (port, rx queue), pinned to its lcore.
 //!
 //! rx_burst -> (stitch rule? translate / hold / drop) -> else L2 decision (switch-core)
-//! -> per-output-port TX buffer; buffers go out when full or when ~100 us passed since
-//! the last drain. Learning requests, held packets and teardown notices go to the slow
+//! -> per-output-port TX buffer; buffers go out when full, at the end of a round in which
+//! no queue returned a full burst (the input keeps up: send now), or when ~100 us passed
+//! since the last drain. Learning requests, held packets and teardown notices go to the slow
 //! path over lock-free queues. No allocation, no lock, no syscall, no log in the loop: the
 //! published port settings are read through `arc_swap` once per poll round, and the flow
 //! table is looked up only while at least one stitch exists.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Mbuf, Port, RxBurst, TxBuffer, MAX_BURST};
-use switch_core::flow::key::{parse_flow, FlowKey};
+use switch_core::flow::key::{parse_flow, FlowKey, L4Info};
 use switch_core::flow::table::FlowTableReader;
 use switch_core::l2::pipeline::{classify, L2Outcome, L2Ports, LearnCache, LearnRequest};
 use switch_core::l2::table::MacTableReader;
@@ -24,7 +25,7 @@ use crate::agent::{for_agent, AgentAddrs};
 use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
 use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
-use crate::stitch::rule::{Dir, FlowRule};
+use crate::stitch::rule::{Dir, FlowRule, StitchRec, COUNTERS};
 
 /// Why a packet went to the slow path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +65,9 @@ pub struct Worker {
     pub learn: Arc<ArrayQueue<LearnRequest>>,
     /// Packets the slow path asks this worker to send.
     pub inject: Arc<ArrayQueue<(PortId, Mbuf)>>,
-    /// The stitch flow table, and how many entries it has (0: skip the lookup).
-    pub flows: FlowTableReader<FlowRule>,
+    /// The stitch flow table (this worker's registered reader), and how many entries it
+    /// has (0: skip the lookup).
+    pub flows: FlowTableReader<FlowRule, StitchRec>,
     pub flow_count: Arc<AtomicUsize>,
     /// Held packets and notices to the slow path.
     pub punt: Arc<ArrayQueue<Punt>>,
@@ -95,6 +97,7 @@ struct Round {
     learn_req: u64,
     learn_drop: u64,
     stitched: u64,
+    ignored_ends: u64,
     punted: u64,
     fault_reordered: u64,
     fault_duplicated: u64,
@@ -106,16 +109,30 @@ struct Output {
     tx: Vec<TxBuffer>,
     delayed: Vec<Option<Mbuf>>,
     faults: Arc<Vec<PortFault>>,
+    /// Any port's fault injection on: read once per poll round, so the production path
+    /// (no faults) pays one predictable branch per packet, never an atomic load.
+    faulty: bool,
     rng: Rng,
 }
 
 impl Output {
+    /// Reads the fault settings (once per poll round).
+    fn refresh_faults(&mut self) {
+        self.faulty = self.faults.iter().any(PortFault::active);
+    }
+
     #[inline]
     fn push(&mut self, port: usize, m: Mbuf, r: &mut Round) {
         let Some(tx) = self.tx.get_mut(port) else {
             r.drops[DropReason::NoBridge.index()] += 1;
             return;
         };
+        if !self.faulty {
+            let res = tx.push(m);
+            r.tx_pkts += u64::from(res.sent);
+            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            return;
+        }
         if let Some(f) = self.faults.get(port).filter(|f| f.active()) {
             match draw(f, &mut self.rng) {
                 Fault::Drop => {
@@ -147,6 +164,16 @@ impl Output {
         }
     }
 
+    /// Sends what waits in every TX buffer (packets the fault injector delays stay
+    /// delayed until the next timed drain, so reordering still happens at low load).
+    fn flush(&mut self, r: &mut Round) {
+        for tx in &mut self.tx {
+            let res = tx.flush();
+            r.tx_pkts += u64::from(res.sent);
+            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+        }
+    }
+
     fn drain(&mut self, r: &mut Round) {
         for (port, tx) in self.tx.iter_mut().enumerate() {
             if let Some(d) = self.delayed[port].take() {
@@ -171,7 +198,7 @@ impl Worker {
             tables,
             learn,
             inject,
-            flows,
+            mut flows,
             flow_count,
             punt,
             faults,
@@ -186,11 +213,11 @@ impl Worker {
             tx,
             delayed: (0..n_ports).map(|_| None).collect(),
             faults,
+            faulty: false,
             rng: Rng::new(tsc_start ^ u64::from(stats.lcore)),
         };
         let mut burst = RxBurst::default();
         let mut cache = LearnCache::new();
-        let mut targets = [PortId(0); 32];
         let mut fin_copy = FinCopy::default();
         // Filler for unused key slots of a burst.
         let no_key = FlowKey::v4(
@@ -200,18 +227,20 @@ impl Worker {
             0,
             0,
         );
+        // Per-burst staging, reused (not re-initialised) burst after burst: the parse
+        // of each packet (key and offsets, looked up and then used by the rewrite) and
+        // where the packet sits in the burst.
+        let mut l4s = [L4Info {
+            key: no_key,
+            l3_offset: 0,
+            l4_offset: 0,
+            tcp_flags: 0,
+            payload_len: 0,
+        }; MAX_BURST];
+        let mut idx = [0u8; MAX_BURST];
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
-        // The first lookup on a thread registers it with arc-swap (one allocation):
-        // do it here, not on the hot path.
-        let _ = flows.contains(&switch_core::flow::key::FlowKey::v4(
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-            std::net::Ipv4Addr::UNSPECIFIED,
-            0,
-            6,
-        ));
         let _ = l2.load();
         while !stop.load(Ordering::Relaxed) {
             let ports = l2.load();
@@ -219,11 +248,18 @@ impl Worker {
             let now = (now_tsc.wrapping_sub(tsc_start) / hz) as u32;
             let stitching = flow_count.load(Ordering::Relaxed) > 0;
             let mut r = Round::default();
+            out.refresh_faults();
             while let Some((p, m)) = inject.pop() {
                 out.push(usize::from(p.0), m, &mut r);
             }
+            // A round in which no queue returned a full burst means the input is
+            // keeping up: what waits in the TX buffers goes out now, not after the
+            // drain interval (low latency at low load; full bursts under load).
+            let mut full_burst = false;
             for &(port, queue) in &rx {
-                if burst.rx(port, queue) == 0 {
+                let got = burst.rx(port, queue);
+                full_burst |= got == MAX_BURST;
+                if got == 0 {
                     continue;
                 }
                 let in_port = PortId(port.0);
@@ -236,15 +272,13 @@ impl Worker {
                 let mut pkts: [Option<Mbuf>; MAX_BURST] = Default::default();
                 let mut n = 0;
                 for m in burst.drain() {
+                    m.prefetch_data();
                     r.rx_pkts += 1;
                     r.rx_bytes += u64::from(m.pkt_len());
                     pkts[n] = Some(m);
                     n += 1;
                 }
                 if stitching {
-                    let mut keys = [no_key; MAX_BURST];
-                    let mut l4s = [None; MAX_BURST];
-                    let mut idx = [0u8; MAX_BURST];
                     let mut k = 0;
                     for (i, slot) in pkts[..n].iter_mut().enumerate() {
                         let Some(m) = slot else { continue };
@@ -258,23 +292,39 @@ impl Worker {
                             *slot = None;
                             continue;
                         }
-                        keys[k] = l4.key;
-                        l4s[k] = Some(l4);
+                        l4s[k] = l4;
                         idx[k] = i as u8;
                         k += 1;
                     }
                     // Stage 2: one bulk lookup for the burst (the table overlaps the
-                    // cache misses), then each hit is handled in arrival order.
-                    flows.for_each_bulk(&keys[..k], |j, e| {
-                        let (Some(e), Some(l4)) = (e, l4s[j]) else {
-                            return;
+                    // cache misses); the per-record counters this worker will write are
+                    // prefetched as the hits come; then each hit is handled in order.
+                    let mut hits = [None; MAX_BURST];
+                    flows.for_each_bulk_by(
+                        &l4s[..k],
+                        |l| &l.key,
+                        |j, e| {
+                            if let Some(e) = e {
+                                let c = e.record_id.0 as usize * COUNTERS;
+                                if let Some(w) = stats.stitch.get(c) {
+                                    dpdk::prefetch(w);
+                                }
+                            }
+                            hits[j] = e;
+                        },
+                    );
+                    for (j, e) in hits[..k].iter().enumerate() {
+                        let Some(e) = *e else {
+                            continue;
                         };
+                        let l4 = &l4s[j];
                         let slot = &mut pkts[usize::from(idx[j])];
-                        let Some(m) = slot.as_mut() else { return };
-                        let Some(frame) = m.data_mut() else { return };
+                        let Some(m) = slot.as_mut() else { continue };
+                        let Some(frame) = m.data_mut() else { continue };
                         fin_copy.len = 0;
-                        let dec = process(frame, &l4, &e.rule, in_port, &mut fin_copy);
-                        let (stitch, dir) = (e.rule.stitch, e.rule.dir);
+                        let dec = process(frame, l4, e, in_port, &mut fin_copy, &stats.stitch);
+                        let (stitch, dir) = (e.record.stitch, e.value.dir);
+                        r.ignored_ends += u64::from(dec.ignored_end);
                         if dec.notify {
                             let note = Punt {
                                 stitch,
@@ -315,9 +365,19 @@ impl Worker {
                                 r.drops[reason.index()] += 1;
                             }
                         }
-                    });
+                    }
                 }
-                // Stage 3: everything else is switched by L2.
+                // Stage 3: everything else is switched by L2. First the MAC table slots
+                // of every frame's source and destination are prefetched, so the probes'
+                // misses overlap (as the flow table's bulk lookup does).
+                if let Some(t) = table {
+                    for m in pkts[..n].iter().flatten() {
+                        if let Some(h) = m.data().first_chunk::<12>() {
+                            t.prefetch(MacAddr([h[0], h[1], h[2], h[3], h[4], h[5]]));
+                            t.prefetch(MacAddr([h[6], h[7], h[8], h[9], h[10], h[11]]));
+                        }
+                    }
+                }
                 for m in pkts[..n].iter_mut().filter_map(Option::take) {
                     if let Some(a) = &agent {
                         if for_agent(m.data(), a) {
@@ -360,16 +420,16 @@ impl Worker {
                     match outcome {
                         L2Outcome::Forward(p) => out.push(usize::from(p.0), m, &mut r),
                         L2Outcome::Flood => {
-                            let k = ports.flood_targets(in_port, &mut targets);
-                            if k == 0 {
+                            let targets = ports.flood_list(in_port);
+                            let Some((last, rest)) = targets.split_last() else {
                                 r.drops[DropReason::NoBridge.index()] += 1;
                                 continue;
-                            }
+                            };
                             r.flooded += 1;
-                            for t in &targets[..k - 1] {
+                            for t in rest {
                                 out.push(usize::from(t.0), m.share(), &mut r);
                             }
-                            out.push(usize::from(targets[k - 1].0), m, &mut r);
+                            out.push(usize::from(last.0), m, &mut r);
                         }
                         L2Outcome::Drop(reason) => r.drops[reason.index()] += 1,
                     }
@@ -378,8 +438,12 @@ impl Worker {
             if now_tsc.wrapping_sub(last_drain) >= drain_cycles {
                 out.drain(&mut r);
                 last_drain = now_tsc;
+            } else if !full_burst {
+                out.flush(&mut r);
             }
             publish(&stats, &r);
+            // No reference into the flow table survives this point.
+            flows.quiescent();
         }
         let mut r = Round::default();
         out.drain(&mut r);
@@ -397,6 +461,7 @@ fn publish(s: &WorkerStats, r: &Round) {
     bump(&s.learn_requests, r.learn_req);
     bump(&s.learn_dropped, r.learn_drop);
     bump(&s.stitched, r.stitched);
+    bump(&s.ignored_ends, r.ignored_ends);
     bump(&s.punted, r.punted);
     bump(&s.fault_reordered, r.fault_reordered);
     bump(&s.fault_duplicated, r.fault_duplicated);

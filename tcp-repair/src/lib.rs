@@ -22,7 +22,8 @@ mod sock;
 mod watch;
 
 pub use sock::{
-    connect_with_mss, interface_addresses, process_cpu_time, set_hop_limit_v6, set_mss,
+    bind_to_device, connect_with_mss, interface_addresses, process_cpu_time, set_hop_limit_v6,
+    set_mss,
 };
 pub use watch::{parse_tcp, Observed, PacketWatcher, TcpFlags, TcpSegment, WatchFilter};
 

@@ -57,6 +57,38 @@ pub fn set_hop_limit_v6(sock: &impl AsRawFd, hops: u8) -> io::Result<()> {
     )
 }
 
+/// Binds a socket to one network interface (`SO_BINDTODEVICE`): what it sends leaves
+/// through `ifname` whatever the routing table says, so a broadcast probe needs no
+/// default route.
+///
+/// # Errors
+/// An unknown interface, a name longer than `IFNAMSIZ - 1`, or no `CAP_NET_RAW`.
+pub fn bind_to_device(sock: &impl AsRawFd, ifname: &str) -> io::Result<()> {
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {ifname:?}"),
+        ));
+    }
+    // SAFETY: `name` is a live byte slice and we pass its exact length; the kernel only
+    // reads it (an interface name need not be NUL-terminated when the length is given).
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 fn set_timeval(fd: RawFd, name: i32, d: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,

@@ -230,6 +230,20 @@ enum Cmd {
         duplicate_ppm: u32,
     },
 
+    /// Live view, refreshed every interval: packet and bit rates per port, rates and
+    /// drops (by reason) per worker, stitches by state and flow table fill. On a terminal
+    /// the screen is redrawn and `q` quits; otherwise one block of plain lines per
+    /// refresh.
+    #[command(name = "top")]
+    Top {
+        /// Stop after N refreshes (default: until `q`, or until interrupted).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Seconds between refreshes (0.1-3600).
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+    },
+
     /// Call any method with raw JSON params and print the JSON result.
     Call {
         /// Method name, e.g. ports.list.
@@ -339,6 +353,7 @@ fn run(cli: Cli) -> Result<String> {
         Cmd::StitchGet { id } => Call::Typed(Method::StitchGet(StitchIdParams { id })),
         Cmd::StitchDelete { id } => Call::Typed(Method::StitchDelete(StitchIdParams { id })),
         Cmd::EventsSubscribe => return subscribe(&cli.socket),
+        Cmd::Top { count, interval } => return top(&cli.socket, count, interval),
         Cmd::PortFaultSet {
             port,
             drop_ppm,
@@ -401,6 +416,108 @@ fn four<T: std::str::FromStr>(s: &str, what: &str) -> Result<PerEndpoint<T>> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("{what} wants four numbers C,A1,A2,B, got '{s}'"))?;
     Ok(PerEndpoint { c, a1, a2, b })
+}
+
+/// The terminal in non-canonical, no-echo mode (so `q` arrives without Enter) until
+/// dropped; set and restored with `stty`, so no terminal library is needed.
+struct RawTerminal {
+    saved: String,
+}
+
+impl RawTerminal {
+    fn stty(args: &[&str]) -> Option<String> {
+        let out = std::process::Command::new("stty")
+            .args(args)
+            .stdin(std::process::Stdio::inherit())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn enter() -> Option<RawTerminal> {
+        let saved = Self::stty(&["-g"])?;
+        Self::stty(&["-icanon", "-echo", "-isig", "min", "1", "time", "0"])?;
+        print!("\x1b[?25l");
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        print!("\x1b[?25h");
+        let _ = Self::stty(&[&self.saved]);
+    }
+}
+
+/// `top`: samples every `interval` seconds and prints the view of each interval.
+fn top(socket: &std::path::Path, count: Option<u64>, interval: f64) -> Result<String> {
+    use std::io::{IsTerminal, Read, Write};
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::{Duration, Instant};
+    use stitch_control::top::{render, Sample};
+
+    if !(0.1..=3600.0).contains(&interval) {
+        anyhow::bail!("--interval {interval}: must be 0.1-3600 seconds");
+    }
+    // A connection per sample: the daemon closes idle control connections, and a
+    // restarted daemon is picked up again (its counters start over: rates show 0 once).
+    let sample = || -> Result<Sample> { Ok(Sample::fetch(&mut Client::connect(socket)?)?) };
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // On a terminal: keys from a reader thread; Ctrl-C (0x03, signals are off) also quits.
+    let (_raw, keys) = if interactive {
+        let raw = RawTerminal::enter();
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            while let Ok(1) = std::io::stdin().read(&mut b) {
+                if tx.send(b[0]).is_err() {
+                    break;
+                }
+            }
+        });
+        (raw, Some(rx))
+    } else {
+        (None, None)
+    };
+    let step = Duration::from_secs_f64(interval);
+    let mut prev = sample()?;
+    let mut t_prev = Instant::now();
+    let mut done = 0u64;
+    let mut stdout = std::io::stdout();
+    while count.is_none_or(|n| done < n) {
+        let deadline = t_prev + step;
+        match &keys {
+            Some(rx) => loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(b'q' | b'Q' | 0x03) | Err(RecvTimeoutError::Disconnected) => {
+                        return Ok(String::new())
+                    }
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Timeout) => break,
+                }
+            },
+            None => std::thread::sleep(deadline.saturating_duration_since(Instant::now())),
+        }
+        let cur = sample()?;
+        let now = Instant::now();
+        let view = render(&prev, &cur, now.duration_since(t_prev).as_secs_f64());
+        if interactive {
+            write!(stdout, "\x1b[H\x1b[2J{view}q quits")?;
+        } else {
+            writeln!(stdout, "{view}")?;
+        }
+        stdout.flush()?;
+        prev = cur;
+        t_prev = now;
+        done += 1;
+    }
+    if interactive {
+        writeln!(stdout)?;
+    }
+    Ok(String::new())
 }
 
 /// `events.subscribe`: prints each event as one JSON line until the daemon or the user ends it.

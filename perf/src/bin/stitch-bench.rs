@@ -85,7 +85,7 @@ struct Bench {
 }
 
 impl Bench {
-    /// The stitch.list JSON of `n` installed stitches (as bench-stitch.sh installs them).
+    /// The stitch.list JSON of `n` installed stitches (as bench-fastpath.sh installs them).
     fn list(&mut self, n: u32) -> Result<PathBuf> {
         if let Some(p) = self.lists.get(&n) {
             return Ok(p.clone());
@@ -273,8 +273,16 @@ fn tables(runs: &[Run], mhz: f64) -> String {
         .find(|r| r.name == "dpdk-testpmd io")
         .map(|r| r.search.max_pps)
         .unwrap_or(0.0);
+    // When a forwarder outruns testpmd io, the generator (not testpmd) was the limit:
+    // ratios to testpmd io would mislead, so they are withheld and the table says why.
+    let generator_limited = runs
+        .iter()
+        .any(|r| r.name != "dpdk-testpmd io" && r.search.max_pps > io * 1.05);
     let mut s = String::new();
-    s.push_str("| forwarder | stitches | flows | Mpps (< 0.1% loss) | Gbit/s | cycles/packet | ratio to testpmd io | saturation Mpps | frame B |\n|---|---|---|---|---|---|---|---|---|\n");
+    if generator_limited {
+        s.push_str("**Limit: the generator.** A forwarder outran testpmd io, so these rates say how fast `stitch-gen` drove each one, not how they compare: ratios withheld (use `perf/bench-fastpath.sh` for the per-packet comparison).\n\n");
+    }
+    s.push_str("| forwarder | stitches | flows | Mpps (< 0.1% loss) | Gbit/s | wall-clock cycles/packet | ratio to testpmd io | saturation Mpps | frame B |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in runs {
         let m = &r.search;
         let gbps = m.max.as_ref().map_or(0.0, |t| t.rx_gbps);
@@ -291,7 +299,7 @@ fn tables(runs: &[Run], mhz: f64) -> String {
             } else {
                 "-".into()
             },
-            if io > 0.0 {
+            if io > 0.0 && !generator_limited {
                 format!("{:.2}", m.max_pps / io)
             } else {
                 "-".into()

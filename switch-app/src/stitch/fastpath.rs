@@ -1,16 +1,21 @@
 //! The per-packet part of stitching, run by the workers for packets that hit the flow
-//! table. No allocation, no lock, no syscall: it reads the rule, updates atomics in the
-//! rule's shared state, and rewrites the frame in place.
+//! table. No allocation, no lock, no syscall: it reads the rule and its record, counts
+//! translated traffic in the worker's own array, updates the watch state's atomics only
+//! while a stitch is watched (and on FIN/RST), and rewrites the frame in place.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::net::IpAddr;
 use switch_core::flow::key::L4Info;
+use switch_core::flow::table::Hit;
 use switch_core::stitch::translate::translate;
 use switch_core::verdict::DropReason;
-use switch_core::wire::tcp::{TcpOption, TcpOptionsIter};
+
+use switch_core::wire::tcp::{TcpOption, TcpOptionsIter, TcpPacket};
+use switch_core::wire::IpPair;
 use switch_core::{MacAddr, PortId};
 
-use super::rule::{add, Action, DirState, FlowRule};
+use super::rule::{add, counter_slot, Action, DirState, FlowRule, StitchRec, COUNTERS};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -36,6 +41,9 @@ pub enum StitchVerdict {
 pub struct Decision {
     pub verdict: StitchVerdict,
     pub notify: bool,
+    /// A FIN or RST whose TCP checksum is wrong: forwarded (the receiver drops it) but
+    /// not acted on, and counted; only what the receiver would accept ends a stitch.
+    pub ignored_end: bool,
 }
 
 /// Room for the headers of a FIN copied before translation (Ethernet + VLAN + IPv6 +
@@ -59,29 +67,42 @@ impl Default for FinCopy {
 }
 
 /// Decides (and for translated flows, rewrites) one packet of a stitch. For a FIN whose
-/// rule says so, the headers as they arrived are copied to `fin_copy` first.
+/// rule says so, the headers as they arrived are copied to `fin_copy` first. `counters`
+/// is this worker's array of per-record counters ([`COUNTERS`] words per record).
 pub fn process(
     frame: &mut [u8],
     l4: &L4Info,
-    rule: &FlowRule,
+    hit: Hit<'_, FlowRule, StitchRec>,
     in_port: PortId,
     fin_copy: &mut FinCopy,
+    counters: &[AtomicU64],
 ) -> Decision {
-    let st = &rule.state;
-    add(&st.packets, 1);
-    add(&st.bytes, frame.len() as u64);
+    let rule = hit.value;
+    let states = hit.record.states.as_deref();
+    let st = states.map(|s| &s[rule.dir.index()]);
     let flags = l4.tcp_flags;
     let is_tcp = l4.key.proto == 6;
     let ends = is_tcp && flags & (FIN | RST) != 0;
     if ends {
-        if flags & RST != 0 {
-            add(&st.rsts, 1);
-        } else {
-            add(&st.fins, 1);
+        if let Some(st) = st {
+            if flags & RST != 0 {
+                add(&st.rsts, 1);
+            } else {
+                add(&st.fins, 1);
+            }
         }
     }
     match &rule.action {
         Action::Watch => {
+            let Some(st) = st else {
+                return Decision {
+                    verdict: StitchVerdict::L2,
+                    notify: false,
+                    ignored_end: false,
+                };
+            };
+            add(&st.packets, 1);
+            add(&st.bytes, frame.len() as u64);
             observe(frame, l4, st, in_port);
             let has_data = l4.payload_len > 0 || flags & (SYN | FIN) != 0;
             let frozen = rule.dir.towards_shell() && st.frozen.load(Relaxed);
@@ -90,6 +111,7 @@ pub fn process(
                 return Decision {
                     verdict: StitchVerdict::Hold,
                     notify: false,
+                    ignored_end: false,
                 };
             }
             if is_tcp && flags & (SYN | RST) == 0 {
@@ -101,50 +123,70 @@ pub fn process(
             Decision {
                 verdict: StitchVerdict::L2,
                 notify: false,
+                ignored_end: false,
             }
         }
         Action::Translate {
-            t,
             out_port,
             fin_to_shell,
         } => {
+            if is_tcp && flags & SYN != 0 {
+                // A SYN on a stitched flow is a new connection on the same 4-tuple (the
+                // old one ended without the switch seeing it): never translated; it is
+                // switched as it is and the slow path ends the stale stitch.
+                return Decision {
+                    verdict: StitchVerdict::L2,
+                    notify: true,
+                    ignored_end: false,
+                };
+            }
             if *fin_to_shell && flags & FIN != 0 {
-                let hlen = l4.l4_offset + usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
-                if hlen <= FIN_COPY {
-                    fin_copy.buf[..hlen].copy_from_slice(&frame[..hlen]);
-                    fin_copy.len = hlen;
-                    // The copy has no payload: make its IP length say so, so it parses
-                    // (the slow path recomputes the checksums of what it sends).
-                    let l3 = l4.l3_offset;
-                    let l4_len = hlen - l4.l4_offset;
-                    if l4.key.is_v6() {
-                        fin_copy.buf[l3 + 4..l3 + 6]
-                            .copy_from_slice(&(l4_len as u16).to_be_bytes());
-                    } else {
-                        fin_copy.buf[l3 + 2..l3 + 4]
-                            .copy_from_slice(&((hlen - l3) as u16).to_be_bytes());
-                    }
+                copy_fin(frame, l4, fin_copy);
+            }
+            let Some(t) = hit.record.translation(rule.dir) else {
+                return Decision {
+                    verdict: StitchVerdict::Drop(DropReason::TranslateError),
+                    notify: false,
+                    ignored_end: false,
+                };
+            };
+            if let Some(slot) = counter_slot(rule.dir) {
+                let base = hit.record_id.0 as usize * COUNTERS + slot;
+                if let Some(c) = counters.get(base..base + 2) {
+                    add(&c[0], 1);
+                    add(&c[1], frame.len() as u64);
                 }
             }
+            // Checked before the rewrite (which updates the checksum incrementally, so a
+            // wrong one stays wrong); only FINs and RSTs pay for it.
+            let bad_end = ends && !tcp_checksum_ok(frame, l4);
             match translate(frame, t) {
                 Ok(_) => Decision {
                     verdict: StitchVerdict::Out(*out_port),
-                    notify: ends,
+                    notify: ends && !bad_end,
+                    ignored_end: bad_end,
                 },
                 Err(_) => {
-                    add(&st.dropped, 1);
+                    if let Some(st) = st {
+                        add(&st.dropped, 1);
+                    }
                     Decision {
                         verdict: StitchVerdict::Drop(DropReason::TranslateError),
                         notify: false,
+                        ignored_end: false,
                     }
                 }
             }
         }
         Action::DropShell => {
-            add(&st.dropped, 1);
+            if let Some(st) = st {
+                add(&st.packets, 1);
+                add(&st.dropped, 1);
+            }
             Decision {
                 verdict: StitchVerdict::Drop(DropReason::ShellAfterCommit),
                 notify: false,
+                ignored_end: false,
             }
         }
     }
@@ -210,4 +252,38 @@ fn observe(frame: &[u8], l4: &L4Info, st: &DirState, in_port: PortId) {
             Err(_) => break,
         }
     }
+}
+
+/// Copies the headers of a FIN as it arrived (untranslated) into `fin_copy`, with the IP
+/// length cut to the headers so the copy parses (the slow path recomputes the checksums
+/// of what it sends). Leaves `fin_copy` empty when the headers do not fit.
+pub fn copy_fin(frame: &[u8], l4: &L4Info, fin_copy: &mut FinCopy) {
+    let hlen = l4.l4_offset + usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
+    if hlen > FIN_COPY || hlen > frame.len() {
+        return;
+    }
+    fin_copy.buf[..hlen].copy_from_slice(&frame[..hlen]);
+    fin_copy.len = hlen;
+    let l3 = l4.l3_offset;
+    let l4_len = hlen - l4.l4_offset;
+    if l4.key.is_v6() {
+        fin_copy.buf[l3 + 4..l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    } else {
+        fin_copy.buf[l3 + 2..l3 + 4].copy_from_slice(&((hlen - l3) as u16).to_be_bytes());
+    }
+}
+
+/// True if the TCP checksum of the segment `l4` locates verifies (pseudo-header from the
+/// key's addresses, segment = header + payload as the IP length gives it).
+fn tcp_checksum_ok(frame: &[u8], l4: &L4Info) -> bool {
+    let hlen = usize::from(frame[l4.l4_offset + 12] >> 4) * 4;
+    let Some(seg) = frame.get(l4.l4_offset..l4.l4_offset + hlen + l4.payload_len) else {
+        return false;
+    };
+    let ips = match (l4.key.src_ip(), l4.key.dst_ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => IpPair::V4 { src, dst },
+        (IpAddr::V6(src), IpAddr::V6(dst)) => IpPair::V6 { src, dst },
+        _ => return false,
+    };
+    TcpPacket::new_unchecked(seg).verify_checksum(&ips)
 }

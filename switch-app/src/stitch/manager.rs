@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicUsize,
+    Ordering::{Relaxed, Release},
+};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,22 +20,28 @@ use serde_json::{json, Value};
 use stitch_control::protocol::{
     Proto, RpcError, StitchCommitParams, StitchInstallParams, StitchPrepareParams, Teardown,
 };
-use switch_core::flow::key::FlowKey;
-use switch_core::flow::table::{FlowInsert, FlowTableWriter};
+use switch_core::flow::key::{parse_flow, FlowKey};
+use switch_core::flow::table::{FlowInsert, FlowTableReader, FlowTableWriter, RecordId};
 use switch_core::stitch::pair::{
     check_compat, stitch_pair, Endpoint, MssParams, StitchCompat, StitchParams, TsParams,
     WscaleParams,
 };
 use switch_core::stitch::seq::SeqNumber;
 use switch_core::stitch::translate::{translate, Translation};
+use switch_core::wire::tcp::{TcpOption, TcpOptionsIter, TcpPacket};
 use switch_core::{MacAddr, PortId};
 
 use super::ack::{bare_fin, pure_ack};
-use super::rule::{Action, Dir, DirState, FlowRule};
+use super::fastpath::{copy_fin, FinCopy};
+use super::rule::{counter_slot, Action, Dir, DirState, DirStates, FlowRule, StitchRec, COUNTERS};
 use crate::agent::AgentNotice;
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
 use agent_proto::{EndKind, Side};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
 
 /// Most packets a frozen stitch holds; beyond, data is dropped (the sender retransmits).
 pub const MAX_HELD: usize = 4096;
@@ -64,13 +73,14 @@ impl Phase {
 struct Stitch {
     id: u32,
     params: StitchPrepareParams,
-    keys: [FlowKey; 4],
-    states: [Arc<DirState>; 4],
+    /// Watch state (shared with the workers through the record); one shared, never
+    /// written set for installed stitches.
+    states: Arc<DirStates>,
+    /// The record the four entries point at (held by this stitch).
+    rec: RecordId,
     phase: Phase,
     held: VecDeque<(Dir, Mbuf)>,
     held_dropped: u64,
-    /// C->B and B->C rewrites with their output ports, once committed.
-    live: Option<(Translation, PortId, Translation, PortId)>,
     commit_info: Option<Value>,
     fin_from_c: bool,
     fin_from_b: bool,
@@ -80,12 +90,23 @@ struct Stitch {
 }
 
 impl Stitch {
-    fn state(&self, d: Dir) -> &DirState {
-        &self.states[d.index()]
+    /// The four directions' flow keys (C->A1, A1->C, B->A2, A2->B), from the legs.
+    fn keys(&self) -> [FlowKey; 4] {
+        let (a, b) = (self.params.leg_a, self.params.leg_b);
+        let proto = match self.params.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        [
+            key_of(a.client, a.shell, proto),
+            key_of(a.shell, a.client, proto),
+            key_of(b.core, b.shell, proto),
+            key_of(b.shell, b.core, proto),
+        ]
     }
 
-    fn packets(&self) -> u64 {
-        self.states.iter().map(|s| s.packets.load(Relaxed)).sum()
+    fn state(&self, d: Dir) -> &DirState {
+        &self.states[d.index()]
     }
 
     fn summary(&self) -> Value {
@@ -99,11 +120,17 @@ impl Stitch {
         })
     }
 
-    fn detail(&self) -> Value {
+    fn detail(&self, counts: &[(u64, u64); 4]) -> Value {
         let mut v = self.summary();
         let dirs: serde_json::Map<String, Value> = Dir::ALL
             .iter()
-            .map(|d| (d.name().to_string(), self.state(*d).to_json()))
+            .map(|d| {
+                let mut j = self.state(*d).to_json();
+                let (p, b) = counts[d.index()];
+                j["packets"] = json!(p);
+                j["bytes"] = json!(b);
+                (d.name().to_string(), j)
+            })
             .collect();
         v["directions"] = Value::Object(dirs);
         v["held"] = json!(self.held.len());
@@ -160,19 +187,21 @@ pub struct Io<'a> {
     pub tx: &'a SlowTx,
     /// For building pure ACKs.
     pub pool: &'a Mempool,
-    /// To wait for the workers.
-    pub workers: &'a [Arc<WorkerStats>],
 }
 
 /// The slow path's stitch state and the flow table's writer.
 pub struct Stitcher {
-    table: FlowTableWriter<FlowRule>,
+    table: FlowTableWriter<FlowRule, StitchRec>,
+    /// The workers' counters (per-record arrays of translated traffic).
+    workers: Vec<Arc<WorkerStats>>,
+    /// The watch state every installed stitch shows (never written: their records
+    /// carry none).
+    installed_states: Arc<DirStates>,
     count: Arc<AtomicUsize>,
     stitches: BTreeMap<u32, Stitch>,
     next_id: u32,
     /// Event subscribers (control connections that called `events.subscribe`).
     pub subscribers: Arc<Mutex<Vec<Sender<Value>>>>,
-    started: Instant,
     /// Counters for `stats.get`.
     pub table_full: u64,
     pub held_total: u64,
@@ -194,14 +223,15 @@ fn key_of(from: SocketAddr, to: SocketAddr, proto: u8) -> FlowKey {
 impl Stitcher {
     /// A stitcher owning the flow table's writer; `count` mirrors the number of entries
     /// for the workers (0 lets them skip the lookup).
-    pub fn new(table: FlowTableWriter<FlowRule>, count: Arc<AtomicUsize>) -> Stitcher {
+    pub fn new(table: FlowTableWriter<FlowRule, StitchRec>, count: Arc<AtomicUsize>) -> Stitcher {
         Stitcher {
             table,
+            workers: Vec::new(),
+            installed_states: Arc::new(Default::default()),
             count,
             stitches: BTreeMap::new(),
             next_id: 1,
             subscribers: Arc::new(Mutex::new(Vec::new())),
-            started: Instant::now(),
             table_full: 0,
             held_total: 0,
             acks_sent: 0,
@@ -212,6 +242,68 @@ impl Stitcher {
 
     fn sync_count(&self) {
         self.count.store(self.table.len(), Relaxed);
+    }
+
+    /// A reader of the flow table for a new worker, with the worker's counters (sized
+    /// for every record). `None` when the table has no reader slot left.
+    pub fn add_worker(
+        &mut self,
+        stats: Arc<WorkerStats>,
+    ) -> Option<FlowTableReader<FlowRule, StitchRec>> {
+        let r = self.table.reader()?;
+        self.workers.push(stats);
+        Some(r)
+    }
+
+    /// Words of per-worker counters a worker needs ([`COUNTERS`] per record).
+    pub fn counter_words(&self) -> usize {
+        self.table.record_capacity() * COUNTERS
+    }
+
+    /// Packets and bytes per direction: the watch state plus every worker's counters of
+    /// translated traffic for the stitch's record.
+    fn counts(&self, s: &Stitch) -> [(u64, u64); 4] {
+        std::array::from_fn(|i| {
+            let d = Dir::ALL[i];
+            let st = s.state(d);
+            let (mut p, mut b) = (st.packets.load(Relaxed), st.bytes.load(Relaxed));
+            if let Some(slot) = counter_slot(d) {
+                let base = s.rec.0 as usize * COUNTERS + slot;
+                for w in &self.workers {
+                    if let Some(c) = w.stitch.get(base..base + 2) {
+                        p += c[0].load(Relaxed);
+                        b += c[1].load(Relaxed);
+                    }
+                }
+            }
+            (p, b)
+        })
+    }
+
+    fn packets(&self, s: &Stitch) -> u64 {
+        self.counts(s).iter().map(|c| c.0).sum()
+    }
+
+    /// Stores a record and zeroes its per-worker counters (a reused index may carry an
+    /// old stitch's counts; no worker writes them any more, the table's grace period
+    /// has passed).
+    fn new_record(&mut self, r: StitchRec) -> Result<RecordId, RpcError> {
+        let id = self.table.add_record(r).map_err(|_| {
+            self.table_full += 1;
+            err(format!(
+                "flow table full ({} entries): stitch refused, nothing changed",
+                self.table.capacity()
+            ))
+        })?;
+        let base = id.0 as usize * COUNTERS;
+        for w in &self.workers {
+            if let Some(c) = w.stitch.get(base..base + COUNTERS) {
+                for x in c {
+                    x.store(0, Relaxed);
+                }
+            }
+        }
+        Ok(id)
     }
 
     /// Sends an event to every subscriber; forgets the ones that went away.
@@ -229,6 +321,10 @@ impl Stitcher {
             "stitches": self.stitches.len(),
             "flow_entries": self.table.len(),
             "flow_capacity": self.table.capacity(),
+            "flow_table_bytes": self.table.footprint(),
+            "flow_buckets": self.table.buckets(),
+            "records_live": self.table.records_live(),
+            "records_capacity": self.table.record_capacity(),
             "table_full": self.table_full,
             "held_total": self.held_total,
             "acks_to_shell": self.acks_sent,
@@ -305,12 +401,10 @@ impl Stitcher {
             };
             let actions = |d: Dir| match d {
                 Dir::CtoA => Action::Translate {
-                    t: t_cb,
                     out_port: b_port,
                     fin_to_shell,
                 },
                 Dir::BtoA => Action::Translate {
-                    t: t_bc,
                     out_port: c_port,
                     fin_to_shell,
                 },
@@ -324,12 +418,17 @@ impl Stitcher {
             ) {
                 Ok(id) => id,
                 Err(e) if first.is_some() => {
+                    // All or nothing: what this call installed goes again.
+                    let (a, b) = (first.unwrap_or(0), last.unwrap_or(0));
+                    for id in a..=b {
+                        self.remove(id);
+                    }
                     return Err(err(format!(
-                        "{} (after installing stitches {}-{})",
+                        "{} (at stitch {} of {count}); the {} installed by this call were removed: nothing changed",
                         e.message,
-                        first.unwrap_or(0),
-                        last.unwrap_or(0)
-                    )))
+                        b - a + 2,
+                        b - a + 1
+                    )));
                 }
                 Err(e) => return Err(e),
             };
@@ -379,10 +478,14 @@ impl Stitcher {
             s.params.leg_b.core,
         ];
         let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
-        let (shell, core) = match &s.live {
-            Some((t_cb, b_port, t_bc, _)) => (
+        let live = self
+            .table
+            .record(s.rec)
+            .and_then(|r| Some((r.live.as_ref()?, r.out_ports)));
+        let (shell, core) = match live {
+            Some(([t_cb, t_bc], [b_port, _])) => (
                 (t_bc.eth_src, s.state(Dir::AtoC).port()),
-                (t_cb.eth_dst, Some(*b_port)),
+                (t_cb.eth_dst, Some(b_port)),
             ),
             None => (
                 (mac(&s.state(Dir::CtoA).dst_mac), s.state(Dir::AtoC).port()),
@@ -395,10 +498,10 @@ impl Stitcher {
             kind,
             variant: s.params.teardown,
             legs,
-            bytes: (
-                s.state(Dir::CtoA).bytes.load(Relaxed),
-                s.state(Dir::BtoA).bytes.load(Relaxed),
-            ),
+            bytes: {
+                let c = self.counts(s);
+                (c[Dir::CtoA.index()].1, c[Dir::BtoA.index()].1)
+            },
             shell,
             core,
             to: to.to_vec(),
@@ -440,7 +543,7 @@ impl Stitcher {
                 )));
             }
             if self.table.contains(k) {
-                let owner = self.table.get(k).map(|e| e.rule.stitch);
+                let owner = self.table.get(k).map(|e| e.record.stitch);
                 return Err(err(format!(
                     "{k} is already part of stitch {}; delete it first",
                     owner.map_or("?".into(), |o| o.to_string())
@@ -448,21 +551,33 @@ impl Stitcher {
             }
         }
         let id = self.next_id;
-        let states: [Arc<DirState>; 4] = std::array::from_fn(|_| Arc::new(DirState::default()));
+        // A stitch that will be watched gets its own watch state; an installed one
+        // shares the never-written set (its record carries none).
+        let watched = live.is_none();
+        let states: Arc<DirStates> = if watched {
+            Arc::new(Default::default())
+        } else {
+            Arc::clone(&self.installed_states)
+        };
+        let rec = self.new_record(StitchRec {
+            stitch: id,
+            live: live.map(|(t_cb, _, t_bc, _)| [t_cb, t_bc]),
+            out_ports: live.map_or([PortId(0); 2], |(_, b, _, c)| [b, c]),
+            states: watched.then(|| Arc::clone(&states)),
+        })?;
         let mut inserted = Vec::new();
         for (d, k) in Dir::ALL.iter().zip(keys) {
             let rule = FlowRule {
-                stitch: id,
                 dir: *d,
                 action: action(*d),
-                state: states[d.index()].clone(),
             };
-            match self.table.insert(k, rule) {
+            match self.table.insert(k, rule, rec) {
                 FlowInsert::Inserted | FlowInsert::Replaced => inserted.push(k),
                 FlowInsert::Full => {
                     for k in &inserted {
                         self.table.remove(k);
                     }
+                    self.table.release_record(rec);
                     self.table_full += 1;
                     self.sync_count();
                     return Err(err(format!(
@@ -477,12 +592,11 @@ impl Stitcher {
         let s = Stitch {
             id,
             params: p,
-            keys,
             states,
+            rec,
             phase,
             held: VecDeque::new(),
             held_dropped: 0,
-            live,
             commit_info: None,
             fin_from_c: false,
             fin_from_b: false,
@@ -501,7 +615,7 @@ impl Stitcher {
     }
 
     /// `stitch.freeze`: returns once every worker has seen the flag.
-    pub fn freeze(&mut self, id: u32, io: &Io<'_>) -> Result<Value, RpcError> {
+    pub fn freeze(&mut self, id: u32) -> Result<Value, RpcError> {
         let s = self.get_mut(id)?;
         match s.phase {
             Phase::Watching => {}
@@ -513,10 +627,18 @@ impl Stitcher {
                 )))
             }
         }
-        s.state(Dir::CtoA).frozen.store(true, Relaxed);
-        s.state(Dir::BtoA).frozen.store(true, Relaxed);
+        s.state(Dir::CtoA).frozen.store(true, Release);
+        s.state(Dir::BtoA).frozen.store(true, Release);
         s.phase = Phase::Frozen;
-        wait_workers(io.workers)?;
+        if let Err(e) = self.wait_readers() {
+            // All or nothing: the stitch goes back to watching.
+            if let Some(s) = self.stitches.get_mut(&id) {
+                s.state(Dir::CtoA).frozen.store(false, Release);
+                s.state(Dir::BtoA).frozen.store(false, Release);
+                s.phase = Phase::Watching;
+            }
+            return Err(e);
+        }
         self.emit(json!({"event": "frozen", "id": id}));
         Ok(json!({"id": id, "state": "frozen"}))
     }
@@ -645,8 +767,12 @@ impl Stitcher {
                 }
                 let [ts_c, ts_a1, ts_b, ts_a2] = last;
                 // TSval never goes backwards for the receiver: B last saw the shell's clock
-                // (A->B), and C's clock is at least what C last sent, so C's later TSvals
-                // shifted by the difference start at or after what B saw. Likewise for C.
+                // (A->B). The shift maps the OLDEST TSval C may still send through the
+                // switch onto it: the first packet held during the freeze (released at
+                // commit), or else C's latest. Every released and later packet then
+                // arrives at or after what B saw (PAWS keeps them all). Likewise for C.
+                let ts_c = oldest_held_tsval(&s.held, Dir::CtoA).map_or(ts_c, |h| older(h, ts_c));
+                let ts_b = oldest_held_tsval(&s.held, Dir::BtoA).map_or(ts_b, |h| older(h, ts_b));
                 let d_cb = ts_a2.wrapping_sub(ts_c);
                 let d_bc = ts_a1.wrapping_sub(ts_b);
                 sp.ts = Some(TsParams {
@@ -674,13 +800,12 @@ impl Stitcher {
         let (t_cb, t_bc) = stitch_pair(&sp);
         let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
         let states = s.states.clone();
-        let keys = s.keys;
+        let keys = s.keys();
         // Both directions live, then the shell's own sends are dropped.
         let live = [
             (
                 Dir::CtoA,
                 Action::Translate {
-                    t: t_cb,
                     out_port: b_port,
                     fin_to_shell,
                 },
@@ -688,7 +813,6 @@ impl Stitcher {
             (
                 Dir::BtoA,
                 Action::Translate {
-                    t: t_bc,
                     out_port: c_port,
                     fin_to_shell,
                 },
@@ -696,26 +820,57 @@ impl Stitcher {
             (Dir::AtoC, Action::DropShell),
             (Dir::AtoB, Action::DropShell),
         ];
+        // One new record with the translations and the same watch state; the four
+        // entries are replaced to point at it, then the old record is released.
+        let rec = self.new_record(StitchRec {
+            stitch: id,
+            live: Some([t_cb, t_bc]),
+            out_ports: [b_port, c_port],
+            states: Some(Arc::clone(&states)),
+        })?;
         for (d, action) in live {
-            let rule = FlowRule {
-                stitch: id,
-                dir: d,
-                action,
-                state: states[d.index()].clone(),
-            };
-            self.table.insert(keys[d.index()], rule);
+            self.table
+                .insert(keys[d.index()], FlowRule { dir: d, action }, rec);
         }
-        for st in &states {
-            st.frozen.store(false, Relaxed);
+        // Atomic for the traffic: until every worker has moved past the old watching
+        // rules, a packet that still meets one is held (the freeze flag stays set), so
+        // none reaches the silenced shell; what was held goes out translated below.
+        let _ = self.wait_readers();
+        for st in states.iter() {
+            st.frozen.store(false, Release);
         }
         let s = self.get_mut(id)?;
+        let old = std::mem::replace(&mut s.rec, rec);
         s.phase = Phase::Stitched;
-        s.live = Some((t_cb, b_port, t_bc, c_port));
         s.commit_info = Some(info.clone());
         let held: Vec<(Dir, Mbuf)> = s.held.drain(..).collect();
         let released = held.len();
+        let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
+        // A FIN or RST held during the freeze ends the stitch like one that arrives
+        // later: the same notice goes through the teardown logic once it is sent on.
+        let mut ends = Vec::new();
         for (d, m) in held {
+            if let Some(l4) = parse_flow(m.data()).filter(|l| l.key.proto == 6) {
+                if l4.tcp_flags & (FIN | RST) != 0 {
+                    let mut fin = FinCopy::default();
+                    if fin_to_shell && l4.tcp_flags & FIN != 0 {
+                        copy_fin(m.data(), &l4, &mut fin);
+                    }
+                    ends.push(Punt {
+                        stitch: id,
+                        dir: d,
+                        kind: PuntKind::Notice,
+                        tcp_flags: l4.tcp_flags,
+                        mbuf: None,
+                        fin,
+                    });
+                }
+            }
             self.send_live(id, d, m, io);
+        }
+        self.table.release_record(old);
+        for p in ends {
+            self.on_punt(p, io);
         }
         info["released"] = json!(released);
         info["id"] = json!(id);
@@ -729,13 +884,11 @@ impl Stitcher {
         let Some(s) = self.stitches.get(&id) else {
             return;
         };
-        let Some((t_cb, b_port, t_bc, c_port)) = &s.live else {
+        let Some(rec) = self.table.record(s.rec) else {
             return;
         };
-        let (t, port) = match d {
-            Dir::CtoA => (t_cb, *b_port),
-            Dir::BtoA => (t_bc, *c_port),
-            _ => return,
+        let (Some(t), Some(port)) = (rec.translation(d), rec.out_port(d)) else {
+            return;
         };
         let Some(frame) = m.data_mut() else { return };
         if translate(frame, t).is_ok() {
@@ -765,8 +918,10 @@ impl Stitcher {
             )));
         }
         let s = self
-            .remove(id, io.workers)
+            .remove(id)
             .ok_or_else(|| err(format!("no stitch {id}")))?;
+        // No worker holds under the old rule any more before the held packets go back.
+        let _ = self.wait_readers();
         let released = s.held.len();
         let mut s = s;
         for (d, m) in std::mem::take(&mut s.held) {
@@ -776,26 +931,41 @@ impl Stitcher {
         Ok(json!({"id": id, "state": "aborted", "released": released}))
     }
 
-    /// Removes a stitch's entries and returns it; waits for the workers so none still
-    /// uses its rules.
-    fn remove(&mut self, id: u32, workers: &[Arc<WorkerStats>]) -> Option<Stitch> {
+    /// Removes a stitch's entries and returns it.
+    ///
+    /// Memory needs no wait (the table reuses nothing before the workers have moved
+    /// on); callers that hand held packets back wait first ([`Stitcher::wait_readers`]) so
+    /// that no worker is still holding under the old rule. Bulk expiry does not wait at
+    /// all: a stitched or closing stitch holds nothing.
+    fn remove(&mut self, id: u32) -> Option<Stitch> {
         let s = self.stitches.remove(&id)?;
-        for st in &s.states {
-            st.frozen.store(false, Relaxed);
+        for st in s.states.iter() {
+            st.frozen.store(false, Release);
         }
-        for k in &s.keys {
+        for k in &s.keys() {
             self.table.remove(k);
         }
+        self.table.release_record(s.rec);
         self.sync_count();
-        let _ = wait_workers(workers);
         Some(s)
+    }
+
+    /// Waits until every worker has passed a quiescent state: every rule change and
+    /// flag published before is seen by all of them, and none still uses an old rule.
+    fn wait_readers(&self) -> Result<(), RpcError> {
+        if self.table.wait_readers(Duration::from_secs(2)) {
+            Ok(())
+        } else {
+            Err(err("workers did not pass a quiescent state within 2 s"))
+        }
     }
 
     /// `stitch.delete`
     pub fn delete(&mut self, id: u32, io: &mut Io<'_>) -> Result<Value, RpcError> {
         let mut s = self
-            .remove(id, io.workers)
+            .remove(id)
             .ok_or_else(|| err(format!("no stitch {id}")))?;
+        let _ = self.wait_readers();
         let n = s.held.len();
         for (d, m) in std::mem::take(&mut s.held) {
             Self::send_to_shell(&s, d, m, io);
@@ -819,7 +989,7 @@ impl Stitcher {
     pub fn get(&self, id: u32) -> Result<Value, RpcError> {
         self.stitches
             .get(&id)
-            .map(Stitch::detail)
+            .map(|s| s.detail(&self.counts(s)))
             .ok_or_else(|| err(format!("no stitch {id}")))
     }
 
@@ -854,9 +1024,24 @@ impl Stitcher {
             }
             PuntKind::Notice => {
                 let id = s.id;
-                if p.tcp_flags & 0x04 != 0 {
+                if p.tcp_flags & SYN != 0 {
+                    // A new connection on a stitched 4-tuple: the old one is over.
                     let from = if p.dir == Dir::CtoA { "client" } else { "core" };
-                    if let Some(s) = self.remove(id, io.workers) {
+                    if let Some(s) = self.remove(id) {
+                        self.notice(
+                            &s,
+                            Side::Unknown(0),
+                            EndKind::Deleted,
+                            &[Side::Shell, Side::Core],
+                        );
+                    }
+                    self.emit(json!({"event": "syn", "id": id, "from": from}));
+                    self.emit(json!({"event": "removed", "id": id, "reason": "new_connection"}));
+                    return;
+                }
+                if p.tcp_flags & RST != 0 {
+                    let from = if p.dir == Dir::CtoA { "client" } else { "core" };
+                    if let Some(s) = self.remove(id) {
                         let side = if p.dir == Dir::CtoA {
                             Side::Client
                         } else {
@@ -927,8 +1112,8 @@ impl Stitcher {
     pub fn tick(&mut self, io: &mut Io<'_>) {
         let now = Instant::now();
         let mut expired = Vec::new();
-        for s in self.stitches.values_mut() {
-            let pk = s.packets();
+        let packets: Vec<u64> = self.stitches.values().map(|s| self.packets(s)).collect();
+        for (s, pk) in self.stitches.values_mut().zip(packets) {
             if pk != s.last_packets {
                 s.last_packets = pk;
                 s.last_activity = now;
@@ -948,7 +1133,7 @@ impl Stitcher {
             }
         }
         for (id, reason) in expired {
-            if let Some(mut s) = self.remove(id, io.workers) {
+            if let Some(mut s) = self.remove(id) {
                 for (d, m) in std::mem::take(&mut s.held) {
                     Self::send_to_shell(&s, d, m, io);
                 }
@@ -963,9 +1148,39 @@ impl Stitcher {
             }
             self.emit(json!({"event": "removed", "id": id, "reason": reason}));
         }
-        self.table
-            .reclaim(self.started.elapsed().as_millis() as u64);
+        self.table.reclaim();
     }
+}
+
+/// The older of two TSvals (modular, as RFC 7323 compares them).
+fn older(a: u32, b: u32) -> u32 {
+    if SeqNumber(a).before(SeqNumber(b)) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The oldest TSval among the packets held for direction `d` (they keep their arrival
+/// order, but a retransmission may carry an older clock than what follows it).
+fn oldest_held_tsval(held: &VecDeque<(Dir, Mbuf)>, d: Dir) -> Option<u32> {
+    held.iter()
+        .filter(|(hd, _)| *hd == d)
+        .filter_map(|(_, m)| tsval_of(m.data()))
+        .reduce(older)
+}
+
+/// The TSval of a TCP segment's timestamp option, if it has one.
+fn tsval_of(frame: &[u8]) -> Option<u32> {
+    let l4 = parse_flow(frame)?;
+    if l4.key.proto != 6 {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(frame.get(l4.l4_offset..)?).ok()?;
+    TcpOptionsIter::new(tcp.options()).find_map(|o| match o {
+        Ok(TcpOption::Timestamp { tsval, .. }) => Some(tsval),
+        _ => None,
+    })
 }
 
 /// The `i`th address counting from `a`: port + i % 50000, address + i / 50000.
@@ -1017,26 +1232,6 @@ fn check_leg(
         }
     }
     Ok(has_ack && has_seq)
-}
-
-/// Waits until every worker has completed a poll round that started after now, so any
-/// change published before the call is seen by all of them.
-pub fn wait_workers(workers: &[Arc<WorkerStats>]) -> Result<(), RpcError> {
-    let start: Vec<u64> = workers.iter().map(|w| w.iterations.load(Relaxed)).collect();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        if workers
-            .iter()
-            .zip(&start)
-            .all(|(w, s)| w.iterations.load(Relaxed) >= s + 2)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(err("workers did not acknowledge within 2 s"));
-        }
-        std::thread::sleep(Duration::from_micros(20));
-    }
 }
 
 /// Pops everything the workers punted.

@@ -1,9 +1,11 @@
 //! What the flow table holds for a stitch: one entry per direction of each leg.
 //!
-//! The rule is immutable once published; what changes while it is installed lives in the
-//! shared [`DirState`] (atomics): the freeze flag the slow path sets, and the observations
-//! and counters the worker that sees the direction writes. Replacing a rule at commit
-//! keeps the same `DirState`, so nothing observed or counted is lost.
+//! The rule ([`FlowRule`], a few bytes) and the record the four directions share
+//! ([`StitchRec`]) are immutable once published; what changes while a stitch is watched
+//! lives in the shared [`DirState`]s (atomics): the freeze flag the slow path sets, and
+//! the observations the worker that sees the direction writes. Translated traffic is
+//! counted in per-worker arrays ([`COUNTERS`] per record), not in shared state.
+//! Replacing the record at commit keeps the same `DirState`s, so nothing is lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -52,14 +54,13 @@ impl Dir {
 }
 
 /// What a worker does with a packet of this direction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Observe, then switch by L2 as usual (held instead when frozen and data-bearing).
     Watch,
-    /// Rewrite in place and send out of `out_port`.
+    /// Rewrite in place with the record's translation for this direction and send out
+    /// of `out_port`.
     Translate {
-        /// The rewrite.
-        t: Translation,
         /// Where the other end lives.
         out_port: PortId,
         /// Teardown 4E: a FIN also goes to the shell, untranslated.
@@ -69,17 +70,73 @@ pub enum Action {
     DropShell,
 }
 
-/// One direction's flow-table rule.
-#[derive(Debug)]
+/// One direction's flow-table value: a few bytes, so an entry is one cache line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowRule {
-    /// The stitch id.
-    pub stitch: u32,
     /// Which direction.
     pub dir: Dir,
     /// What to do.
     pub action: Action,
-    /// Shared, mutable state.
-    pub state: Arc<DirState>,
+}
+
+/// The four directions' watch state.
+pub type DirStates = [DirState; 4];
+
+/// What a stitch's four flow-table entries share (the table's record): the stitch id,
+/// the two translations once committed, and the watch state of a stitch that went
+/// through prepare (none for one installed complete, so a million installed stitches
+/// cost no watch state).
+#[derive(Debug)]
+pub struct StitchRec {
+    /// The stitch id.
+    pub stitch: u32,
+    /// C->B and B->C rewrites, once committed.
+    pub live: Option<[Translation; 2]>,
+    /// Where C->B and B->C go out (B's port, C's port), once committed.
+    pub out_ports: [PortId; 2],
+    /// Observations and flags, written by the workers while watching.
+    pub states: Option<Arc<DirStates>>,
+}
+
+impl StitchRec {
+    /// The output port of a translated direction, once committed.
+    #[inline]
+    pub fn out_port(&self, d: Dir) -> Option<PortId> {
+        self.live.as_ref()?;
+        match d {
+            Dir::CtoA => Some(self.out_ports[0]),
+            Dir::BtoA => Some(self.out_ports[1]),
+            _ => None,
+        }
+    }
+
+    /// The translation of a translated direction (`CtoA` uses C->B, `BtoA` B->C).
+    #[inline]
+    pub fn translation(&self, d: Dir) -> Option<&Translation> {
+        let live = self.live.as_ref()?;
+        match d {
+            Dir::CtoA => Some(&live[0]),
+            Dir::BtoA => Some(&live[1]),
+            _ => None,
+        }
+    }
+}
+
+/// Per-worker counters of translated traffic, per stitch record: `COUNTERS` words each
+/// (packets C->B, bytes C->B, packets B->C, bytes B->C). Only the owning worker writes
+/// its array; the slow path sums them and zeroes a record's words when it is reused
+/// (after the table's grace period, so no worker still writes them).
+pub const COUNTERS: usize = 4;
+
+/// Index of a direction's packet counter within a record's words (`None`: not counted
+/// per worker).
+#[inline]
+pub fn counter_slot(d: Dir) -> Option<usize> {
+    match d {
+        Dir::CtoA => Some(0),
+        Dir::BtoA => Some(2),
+        _ => None,
+    }
 }
 
 /// Sentinel for "not seen".

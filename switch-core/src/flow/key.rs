@@ -230,6 +230,7 @@ pub struct L4Info {
 /// and every IPv4 fragment, the first one included: later fragments carry
 /// no ports, so all pieces of a datagram must take the same (slow) path, and
 /// a first fragment's lengths cannot be checked against its L4 header.
+#[inline(always)]
 pub fn parse_flow(frame: &[u8]) -> Option<L4Info> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let l3_offset = eth.header_len();

@@ -5,19 +5,22 @@
 //! (the slow path) and lock-free, allocation-free readers (the workers), safe
 //! reclamation after a grace period, and bulk lookups per burst.
 //!
-//! What it guarantees: no `unsafe` (the crate forbids it; the table is built
-//! on `std::sync::atomic` and `arc-swap`); readers never block, allocate or
-//! see a torn or freed entry; a full table refuses inserts with a counted
-//! [`FlowInsert::Full`], never a crash or a resize.
+//! What it guarantees: `unsafe` only in [`table`] (the crate's one documented
+//! exception: entry and record pools in `UnsafeCell`s, reused after a quiescent-state
+//! grace period from [`qsbr`]); readers never block, allocate or see a torn or reused
+//! entry; a full table refuses inserts with a counted [`FlowInsert::Full`], never a
+//! crash or a resize.
 //!
 //! What it must not do: read clocks (reclamation takes `now_ms`), spawn
 //! threads, or let anything but the slow path write the table.
 
 pub mod key;
+pub mod qsbr;
+#[allow(unsafe_code)]
 pub mod table;
 
 pub use key::{hash, hash_with_seed, parse_flow, FlowKey, L4Info, PROTO_TCP, PROTO_UDP};
 pub use table::{
-    flow_table, flow_table_with, FlowEntry, FlowInsert, FlowRef, FlowTableConfig, FlowTableReader,
-    FlowTableWriter,
+    flow_table, flow_table_with, FlowInsert, FlowTableConfig, FlowTableReader, FlowTableWriter,
+    Hit, OfflineReader, RecordId,
 };

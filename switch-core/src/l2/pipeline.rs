@@ -44,16 +44,40 @@ pub struct PortL2 {
 }
 
 /// Every port's L2 configuration, indexed by `PortId.0`. Workers hold a
-/// snapshot; the slow path publishes a new one on change.
+/// snapshot; the slow path publishes a new one on change. Each port's flood
+/// list (the other ports of its bridge) is computed here, when the snapshot is
+/// built, not per frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct L2Ports {
     ports: Vec<PortL2>,
+    flood: Vec<Vec<PortId>>,
 }
 
 impl L2Ports {
     /// Ports `0..ports.len()`, in order.
     pub fn new(ports: Vec<PortL2>) -> Self {
-        L2Ports { ports }
+        let flood = (0..ports.len())
+            .map(|i| match ports[i].bridge {
+                None => Vec::new(),
+                Some(b) => ports
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, p)| j != i && p.bridge == Some(b))
+                    .map(|(j, _)| PortId(j as u16))
+                    .take(MAX_FLOOD_PORTS)
+                    .collect(),
+            })
+            .collect();
+        L2Ports { ports, flood }
+    }
+
+    /// Every other port of `in_port`'s bridge, in port order (empty when
+    /// `in_port` is in no bridge); at most [`MAX_FLOOD_PORTS`].
+    #[inline]
+    pub fn flood_list(&self, in_port: PortId) -> &[PortId] {
+        self.flood
+            .get(usize::from(in_port.0))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The configuration of `port`, if it exists.
@@ -79,28 +103,9 @@ impl L2Ports {
     /// order, and returns how many. Zero if `in_port` is in no bridge. At most
     /// [`MAX_FLOOD_PORTS`]; ports beyond that are not flooded to.
     pub fn flood_targets(&self, in_port: PortId, out: &mut [PortId; MAX_FLOOD_PORTS]) -> usize {
-        let Some(bridge) = self.bridge_of(in_port) else {
-            return 0;
-        };
-        let mut n = 0;
-        for (i, p) in self.ports.iter().enumerate() {
-            if n == out.len() {
-                break;
-            }
-            if p.bridge == Some(bridge) && i != usize::from(in_port.0) {
-                out[n] = PortId(i as u16);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// True if `in_port`'s bridge has at least one other port.
-    fn has_flood_target(&self, in_port: PortId, bridge: BridgeId) -> bool {
-        self.ports
-            .iter()
-            .enumerate()
-            .any(|(i, p)| p.bridge == Some(bridge) && i != usize::from(in_port.0))
+        let l = self.flood_list(in_port);
+        out[..l.len()].copy_from_slice(l);
+        l.len()
     }
 
     /// Replaces `port`'s security policy; does nothing for an unknown port.
@@ -256,13 +261,15 @@ pub fn classify(
     }
 
     let dst = eth.dst_addr();
-    let flood = if ports.has_flood_target(in_port, bridge) {
-        L2Outcome::Flood
-    } else {
-        L2Outcome::Drop(DropReason::NoBridge)
+    let flood = || {
+        if ports.flood_list(in_port).is_empty() {
+            L2Outcome::Drop(DropReason::NoBridge)
+        } else {
+            L2Outcome::Flood
+        }
     };
     if dst.is_multicast() {
-        return flood;
+        return flood();
     }
     let found = table
         .lookup(dst)
@@ -270,7 +277,7 @@ pub fn classify(
     match found {
         Some(p) if p == in_port => L2Outcome::Drop(DropReason::Hairpin),
         Some(p) if ports.bridge_of(p) == Some(bridge) => L2Outcome::Forward(p),
-        _ => flood,
+        _ => flood(),
     }
 }
 
