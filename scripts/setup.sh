@@ -25,6 +25,9 @@ else
     echo "setup.sh: Debian packages already installed"
 fi
 
+# The fleet's tests and demo: prosody, SQLite, openssl.
+"$(dirname "$0")/setup-fleet.sh"
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup.sh: cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1
