@@ -189,7 +189,8 @@ mod tests {
                 "hold_full",
                 "punt_full",
                 "translate_error",
-                "fault_injected"
+                "fault_injected",
+                "mac_owned"
             ]
         );
         assert_eq!(
