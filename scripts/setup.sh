@@ -5,7 +5,10 @@
 set -euo pipefail
 
 PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
-      procps kmod ca-certificates python3)
+      procps kmod ca-certificates python3
+      # the fleet (stitch-fleet): prosody (started privately by its tests and demo; lua-sec
+      # for its TLS), the SQLite library rusqlite links against, openssl for test certificates
+      prosody lua-sec libsqlite3-dev openssl)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (it installs Debian packages and reserves hugepages)" >&2
@@ -24,9 +27,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
     echo "setup.sh: Debian packages already installed"
 fi
-
-# The fleet's tests and demo: prosody, SQLite, openssl.
-"$(dirname "$0")/setup-fleet.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup.sh: cargo not found: install Rust (https://rustup.rs) first" >&2

@@ -106,7 +106,11 @@ impl Keyring {
     }
 }
 
-fn parse_hex_key(hex: &str) -> Result<[u8; KEY_LEN], KeyError> {
+/// A key written as 64 hex digits (the form configuration files use).
+///
+/// # Errors
+/// [`KeyError`] for a wrong length or a non-hex digit.
+pub fn parse_hex_key(hex: &str) -> Result<[u8; KEY_LEN], KeyError> {
     let digits = hex.as_bytes();
     if digits.len() != 2 * KEY_LEN {
         return Err(KeyError::BadLength(digits.len()));

@@ -32,7 +32,7 @@ pub mod retry;
 mod tlv;
 mod wire;
 
-pub use auth::{open, seal, HeaderFields, Keyring, Opened, KEY_LEN};
+pub use auth::{open, parse_hex_key, seal, HeaderFields, Keyring, Opened, KEY_LEN};
 pub use error::{AgentError, KeyError};
 pub use message::{
     error_code, CapFlags, Capabilities, CommitReq, Heartbeat, Message, PrepareReq, Probe, Reply,

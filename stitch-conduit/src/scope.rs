@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use agent_proto::{KeyError, KEY_LEN};
+use agent_proto::{parse_hex_key, KeyError, KEY_LEN};
 
 /// One matching scope.
 #[derive(Clone)]
@@ -119,26 +119,6 @@ impl Scopes {
         self.get(key_id)
             .map_or_else(|| format!("key{key_id}"), |s| s.name.clone())
     }
-}
-
-fn parse_hex_key(hex: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    let digits = hex.as_bytes();
-    if digits.len() != 2 * KEY_LEN {
-        return Err(KeyError::BadLength(digits.len()));
-    }
-    let nibble = |c: u8| -> Result<u8, KeyError> {
-        match c {
-            b'0'..=b'9' => Ok(c - b'0'),
-            b'a'..=b'f' => Ok(c - b'a' + 10),
-            b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(KeyError::BadHexDigit),
-        }
-    };
-    let mut key = [0u8; KEY_LEN];
-    for (k, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
-        *k = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Ok(key)
 }
 
 #[cfg(test)]

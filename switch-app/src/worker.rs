@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Mbuf, Port, RxBurst, TxBuffer, MAX_BURST};
+use dpdk::{Mbuf, Port, RxBurst, TxBuffer, TxResult, MAX_BURST};
 use switch_core::flow::key::{parse_flow, FlowKey, L4Info};
 use switch_core::flow::table::FlowTableReader;
 use switch_core::l2::pipeline::{classify, L2Outcome, L2Ports, LearnCache, LearnRequest};
@@ -104,6 +104,15 @@ struct Round {
     drops: [u64; DropReason::COUNT],
 }
 
+impl Round {
+    /// Counts what a TX push or flush did: sent, or refused by a full queue (freed).
+    #[inline]
+    fn sent(&mut self, res: TxResult) {
+        self.tx_pkts += u64::from(res.sent);
+        self.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+    }
+}
+
 /// TX side of a worker: buffers, the packets the fault injector delays, its generator.
 struct Output {
     tx: Vec<TxBuffer>,
@@ -128,9 +137,7 @@ impl Output {
             return;
         };
         if !self.faulty {
-            let res = tx.push(m);
-            r.tx_pkts += u64::from(res.sent);
-            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            r.sent(tx.push(m));
             return;
         }
         if let Some(f) = self.faults.get(port).filter(|f| f.active()) {
@@ -146,21 +153,15 @@ impl Output {
                     return;
                 }
                 Fault::Duplicate => {
-                    let res = tx.push(m.share());
-                    r.tx_pkts += u64::from(res.sent);
-                    r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+                    r.sent(tx.push(m.share()));
                     r.fault_duplicated += 1;
                 }
                 _ => {}
             }
         }
-        let res = tx.push(m);
-        r.tx_pkts += u64::from(res.sent);
-        r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+        r.sent(tx.push(m));
         if let Some(d) = self.delayed[port].take() {
-            let res = tx.push(d);
-            r.tx_pkts += u64::from(res.sent);
-            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            r.sent(tx.push(d));
         }
     }
 
@@ -168,22 +169,16 @@ impl Output {
     /// delayed until the next timed drain, so reordering still happens at low load).
     fn flush(&mut self, r: &mut Round) {
         for tx in &mut self.tx {
-            let res = tx.flush();
-            r.tx_pkts += u64::from(res.sent);
-            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            r.sent(tx.flush());
         }
     }
 
     fn drain(&mut self, r: &mut Round) {
         for (port, tx) in self.tx.iter_mut().enumerate() {
             if let Some(d) = self.delayed[port].take() {
-                let res = tx.push(d);
-                r.tx_pkts += u64::from(res.sent);
-                r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+                r.sent(tx.push(d));
             }
-            let res = tx.flush();
-            r.tx_pkts += u64::from(res.sent);
-            r.drops[DropReason::TxFull.index()] += u64::from(res.dropped);
+            r.sent(tx.flush());
         }
     }
 }
