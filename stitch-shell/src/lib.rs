@@ -18,6 +18,9 @@
 //!   `half_close_secs`;
 //! - Heartbeats: a stitch the switch no longer knows (`NO_SUCH_STITCH`) is freed.
 //!
+//! An end that arrives before the shell recorded its stitch (the commit answer is still
+//! on its way) is kept for 30 s and applied when the stitch is recorded.
+//!
 //! On ANY hand-off failure the connection carries on through the shell and the reason
 //! is counted. [`Shell`] is the library handle (tests, embedding); the binary wraps it.
 
@@ -133,8 +136,39 @@ struct Shared {
     watcher: Mutex<String>,
     agent_counters: Arc<AgentCounters>,
     agent_addr: SocketAddr,
-    td: TdCounters,
+    td: Arc<TdCounters>,
     live_conns: AtomicU64,
+    /// Ends that matched no recorded stitch when they arrived, replayed when the stitch
+    /// is recorded: the switch can send them before the commit's answer reaches the
+    /// shell (a FIN held during the freeze is released at commit; a commit answer that
+    /// is lost is retransmitted seconds later, while the stitched transfer finishes).
+    early: Mutex<VecDeque<(Instant, Early)>>,
+}
+
+/// An end seen before the stitch it belongs to was recorded.
+#[derive(Debug, Clone)]
+enum Early {
+    /// A FIN or RST copy from the watcher.
+    Segment(tcp_repair::TcpSegment),
+    /// A teardown message from the switch or the core agent.
+    Notice(TeardownMsg),
+}
+
+/// How long an early end is kept, and how many at most (oldest dropped first).
+const EARLY_KEEP: Duration = Duration::from_secs(30);
+const EARLY_MAX: usize = 1024;
+
+fn keep_early(s: &Shared, e: Early) {
+    keep_early_since(s, Instant::now(), e);
+}
+
+fn keep_early_since(s: &Shared, since: Instant, e: Early) {
+    let mut q = lock(&s.early);
+    q.retain(|(t, _)| t.elapsed() <= EARLY_KEEP);
+    while q.len() >= EARLY_MAX {
+        q.pop_front();
+    }
+    q.push_back((since, e));
 }
 
 /// The running shell. Dropping it (or [`Shell::shutdown`]) stops it: relayed
@@ -247,8 +281,9 @@ impl Shell {
             watcher: Mutex::new(watcher_state),
             agent_counters: responder.counters(),
             agent_addr,
-            td: TdCounters::default(),
+            td: Arc::default(),
             live_conns: AtomicU64::new(0),
+            early: Mutex::new(VecDeque::new()),
             cfg,
         });
         discover(&shared);
@@ -547,6 +582,7 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
                         if let Some(old) = old {
                             finish(s, old, None);
                         }
+                        replay_early(s);
                         return;
                     }
                     Err(e) => {
@@ -589,6 +625,14 @@ fn free(s: &Shared, id: u32, bytes: Option<(u64, u64)>) -> bool {
 
 fn on_teardown(s: &Shared, msg: TeardownMsg) {
     s.td.notices.fetch_add(1, Ordering::Relaxed);
+    if !apply_notice(s, &msg) {
+        s.td.unmatched.fetch_add(1, Ordering::Relaxed);
+        keep_early(s, Early::Notice(msg));
+    }
+}
+
+/// Frees the stitch a teardown message names; false if no recorded stitch matches.
+fn apply_notice(s: &Shared, msg: &TeardownMsg) -> bool {
     let id = {
         let map = lock(&s.stitched);
         if msg.stitch_id != 0 && map.contains_key(&msg.stitch_id) {
@@ -611,9 +655,22 @@ fn on_teardown(s: &Shared, msg: TeardownMsg) {
     match id {
         Some(id) => {
             free(s, id, msg.bytes);
+            true
         }
-        None => {
-            s.td.unmatched.fetch_add(1, Ordering::Relaxed);
+        None => false,
+    }
+}
+
+/// Applies the early ends that match a stitch recorded since they arrived.
+fn replay_early(s: &Shared) {
+    let pending: Vec<(Instant, Early)> = lock(&s.early).drain(..).collect();
+    for (since, e) in pending {
+        let matched = match &e {
+            Early::Segment(seg) => apply_segment(s, seg),
+            Early::Notice(msg) => apply_notice(s, msg),
+        };
+        if !matched {
+            keep_early_since(s, since, e);
         }
     }
 }
@@ -633,93 +690,104 @@ fn watch_loop(s: Arc<Shared>, mut w: tcp_repair::PacketWatcher) {
         if o.outgoing || !(seg.flags.fin() || seg.flags.rst()) {
             continue;
         }
-        let mut notify = None;
-        let mut done = None;
-        {
-            let mut map = lock(&s.stitched);
-            let hit = map.iter_mut().find_map(|(id, st)| {
-                let g = &st.h.legs;
-                if seg.src == g.client && seg.dst == g.shell_a {
-                    Some((*id, Side::Client, st))
-                } else if seg.src == g.core && seg.dst == g.shell_b {
-                    Some((*id, Side::Core, st))
-                } else {
-                    None
-                }
-            });
-            let Some((id, from, st)) = hit else { continue };
-            if seg.flags.rst() {
-                s.td.rsts.fetch_add(1, Ordering::Relaxed);
-                done = Some(id);
-            } else {
-                s.td.fins.fetch_add(1, Ordering::Relaxed);
-                let q = st.h.seqs;
-                let first_from_side = match from {
-                    Side::Client => {
-                        st.estimate.0 = u64::from(seg.seq.wrapping_sub(q.r1));
-                        if seg.flags.ack() {
-                            st.estimate.1 =
-                                st.estimate.1.max(u64::from(seg.ack.wrapping_sub(q.s1)));
-                        }
-                        !std::mem::replace(&mut st.fin_client, true)
-                    }
-                    _ => {
-                        st.estimate.1 = u64::from(seg.seq.wrapping_sub(q.r2));
-                        if seg.flags.ack() {
-                            st.estimate.0 =
-                                st.estimate.0.max(u64::from(seg.ack.wrapping_sub(q.s2)));
-                        }
-                        !std::mem::replace(&mut st.fin_core, true)
-                    }
-                };
-                st.first_fin.get_or_insert_with(Instant::now);
-                if first_from_side && st.variant == Teardown::D {
-                    let core_agent = SocketAddr::new(
-                        st.h.legs.core.ip(),
-                        s.maps[st.mapping].cfg.core_agent_port,
-                    );
-                    notify = Some((
-                        core_agent,
-                        TeardownMsg {
-                            stitch_id: id,
-                            from,
-                            kind: EndKind::Fin,
-                            variant: Teardown::D,
-                            to: Side::Core,
-                            legs: Some(st.h.legs.array()),
-                            bytes: None,
-                        },
-                    ));
-                }
-                if st.fin_client && st.fin_core {
-                    done = Some(id);
-                }
-            }
-        }
-        if let Some((to, msg)) = notify {
-            // Figure 4D, step 450: tell the core, off this thread (retransmits take
-            // up to 3.1 s).
-            let keys = s.keys.clone();
-            let s2 = s.clone();
-            let _ = std::thread::Builder::new()
-                .name("notify-core".into())
-                .spawn(move || {
-                    let ok = Requester::for_peer(to, keys)
-                        .map_err(SendError::Io)
-                        .and_then(|mut r| r.request(to, &Message::Teardown(msg), None))
-                        .and_then(|(answer, _)| expect_ok(answer));
-                    let c = if ok.is_ok() {
-                        &s2.td.core_notified
-                    } else {
-                        &s2.td.core_notify_failed
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                });
-        }
-        if let Some(id) = done {
-            free(&s, id, None);
+        if !apply_segment(&s, &seg) {
+            keep_early(&s, Early::Segment(seg));
         }
     }
+}
+
+/// Applies a FIN or RST copy to the stitch whose legs it belongs to; false if no
+/// recorded stitch matches.
+fn apply_segment(s: &Shared, seg: &tcp_repair::TcpSegment) -> bool {
+    let mut notify = None;
+    let mut done = None;
+    {
+        let mut map = lock(&s.stitched);
+        let hit = map.iter_mut().find_map(|(id, st)| {
+            let g = &st.h.legs;
+            if seg.src == g.client && seg.dst == g.shell_a {
+                Some((*id, Side::Client, st))
+            } else if seg.src == g.core && seg.dst == g.shell_b {
+                Some((*id, Side::Core, st))
+            } else {
+                None
+            }
+        });
+        let Some((id, from, st)) = hit else {
+            return false;
+        };
+        if seg.flags.rst() {
+            s.td.rsts.fetch_add(1, Ordering::Relaxed);
+            done = Some(id);
+        } else {
+            s.td.fins.fetch_add(1, Ordering::Relaxed);
+            let q = st.h.seqs;
+            let first_from_side = match from {
+                Side::Client => {
+                    st.estimate.0 = u64::from(seg.seq.wrapping_sub(q.r1));
+                    if seg.flags.ack() {
+                        st.estimate.1 =
+                            st.estimate.1.max(u64::from(seg.ack.wrapping_sub(q.s1)));
+                    }
+                    !std::mem::replace(&mut st.fin_client, true)
+                }
+                _ => {
+                    st.estimate.1 = u64::from(seg.seq.wrapping_sub(q.r2));
+                    if seg.flags.ack() {
+                        st.estimate.0 =
+                            st.estimate.0.max(u64::from(seg.ack.wrapping_sub(q.s2)));
+                    }
+                    !std::mem::replace(&mut st.fin_core, true)
+                }
+            };
+            st.first_fin.get_or_insert_with(Instant::now);
+            if first_from_side && st.variant == Teardown::D {
+                let core_agent = SocketAddr::new(
+                    st.h.legs.core.ip(),
+                    s.maps[st.mapping].cfg.core_agent_port,
+                );
+                notify = Some((
+                    core_agent,
+                    TeardownMsg {
+                        stitch_id: id,
+                        from,
+                        kind: EndKind::Fin,
+                        variant: Teardown::D,
+                        to: Side::Core,
+                        legs: Some(st.h.legs.array()),
+                        bytes: None,
+                    },
+                ));
+            }
+            if st.fin_client && st.fin_core {
+                done = Some(id);
+            }
+        }
+    }
+    if let Some((to, msg)) = notify {
+        // Figure 4D, step 450: tell the core, off this thread (retransmits take
+        // up to 3.1 s).
+        let keys = s.keys.clone();
+        let td = Arc::clone(&s.td);
+        let _ = std::thread::Builder::new()
+            .name("notify-core".into())
+            .spawn(move || {
+                let ok = Requester::for_peer(to, keys)
+                    .map_err(SendError::Io)
+                    .and_then(|mut r| r.request(to, &Message::Teardown(msg), None))
+                    .and_then(|(answer, _)| expect_ok(answer));
+                let c = if ok.is_ok() {
+                    &td.core_notified
+                } else {
+                    &td.core_notify_failed
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            });
+    }
+    if let Some(id) = done {
+        free(s, id, None);
+    }
+    true
 }
 
 fn housekeeping(s: Arc<Shared>) {

@@ -38,7 +38,9 @@ pub struct SwitchInfo {
 pub struct TeardownCounts {
     /// Teardown notices received (acknowledged) on the agent socket.
     pub notices: u64,
-    /// Notices that matched no live stitch.
+    /// Notices that matched no live stitch when they arrived (each is kept 30 s and
+    /// applied if its stitch is recorded meanwhile: the switch can end a stitch before
+    /// the commit's answer reaches the shell).
     pub unmatched: u64,
     /// FINs of stitched connections seen by the watcher.
     pub fins_seen: u64,

@@ -39,6 +39,9 @@ enum CommitAnswer {
 struct FakeSwitch {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<Message>>>,
+    /// When set: on Commit, first send this shell agent a 4B teardown notice for the
+    /// stitch (and wait for its acknowledgement), then answer the commit.
+    notice_before_commit: Arc<Mutex<Option<SocketAddr>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -53,6 +56,8 @@ impl FakeSwitch {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log2, stop2) = (log.clone(), stop.clone());
+        let notice_before_commit = Arc::new(Mutex::new(None::<SocketAddr>));
+        let nbc = notice_before_commit.clone();
         let next_id = AtomicU32::new(100);
         let thread = std::thread::spawn(move || {
             let k = keys();
@@ -76,6 +81,22 @@ impl FakeSwitch {
                     Message::Prepare(_) => {
                         Message::Reply(Reply::ok(Some(next_id.fetch_add(1, Ordering::SeqCst))))
                     }
+                    Message::Commit(c) if nbc.lock().unwrap().is_some() => {
+                        let to = nbc.lock().unwrap().unwrap();
+                        let td = TeardownMsg {
+                            stitch_id: c.stitch_id,
+                            from: Side::Client,
+                            kind: EndKind::Fin,
+                            variant: Teardown::B,
+                            to: Side::Shell,
+                            legs: None,
+                            bytes: Some((333, 444)),
+                        };
+                        let mut req = Requester::for_peer(to, keys()).unwrap();
+                        let (answer, _) = req.request(to, &Message::Teardown(td), None).unwrap();
+                        expect_ok(answer).unwrap();
+                        Message::Reply(Reply::ok(None))
+                    }
                     Message::Commit(c) if commit == CommitAnswer::Refuse => {
                         Message::Reply(Reply::error(
                             Some(c.stitch_id),
@@ -93,6 +114,7 @@ impl FakeSwitch {
         FakeSwitch {
             addr,
             log,
+            notice_before_commit,
             stop,
             thread: Some(thread),
         }
@@ -429,6 +451,44 @@ fn committed_stitch_is_freed_by_an_acked_teardown_notice() {
     wait_for("the unmatched count", Duration::from_secs(2), || {
         shell.status().teardown.unmatched == 1
     });
+}
+
+#[test]
+fn a_teardown_notice_that_overtakes_the_commit_answer_still_frees_the_stitch() {
+    // The switch can end a stitch before the shell has the commit's answer (a FIN held
+    // during the freeze goes out at commit; a lost answer is retransmitted seconds later):
+    // the early notice is kept and applied once the stitch is recorded.
+    let dir = tempfile::tempdir().unwrap();
+    let sw = FakeSwitch::start(CommitAnswer::Accept, None);
+    let core = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = shell_config(
+        sw.addr,
+        core.local_addr().unwrap(),
+        &dir.path().join("s.sock"),
+        "bypass = { policy = \"after_bytes\", value = 6 }\nteardown = \"4B\"\n",
+    );
+    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    *sw.notice_before_commit.lock().unwrap() = Some(shell.agent_addr());
+    let mut client = TcpStream::connect(shell.listen_addrs()[0]).unwrap();
+    let (mut server, _) = core.accept().unwrap();
+    client.write_all(b"hello!").unwrap();
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).unwrap();
+    wait_for("the hand-off", Duration::from_secs(10), || {
+        shell.status().mappings[0].bypassed == 1
+    });
+    wait_for("the stitch to be freed", Duration::from_secs(2), || {
+        shell.status().mappings[0].active_stitched == 0
+    });
+    let st = shell.status();
+    let m = &st.mappings[0];
+    assert_eq!(
+        (m.bytes_by_switch.c_to_b, m.bytes_by_switch.b_to_c),
+        (333, 444),
+        "{st:?}"
+    );
+    // Counted as unmatched when it arrived, then applied.
+    assert_eq!((st.teardown.notices, st.teardown.unmatched), (1, 1));
 }
 
 #[test]
