@@ -115,6 +115,7 @@ pub const METHODS: &[&str] = &[
     "mac.del",
     "port.security.set",
     "shutdown",
+    "config.reload",
     "stitch.prepare",
     "stitch.freeze",
     "stitch.commit",
@@ -420,6 +421,8 @@ pub enum Method {
     PortSecuritySet(PortSecurityParams),
     /// `shutdown`: stop the daemon.
     Shutdown,
+    /// `config.reload`: re-read the TOML, apply changed static MACs and port policies.
+    ConfigReload,
     /// `stitch.prepare`: start watching two legs; returns the stitch id.
     StitchPrepare(StitchPrepareParams),
     /// `stitch.freeze`: hold data towards the shell.
@@ -462,6 +465,7 @@ impl Method {
             "mac.del" => Method::MacDel(typed_params(method, params)?),
             "port.security.set" => Method::PortSecuritySet(typed_params(method, params)?),
             "shutdown" => no_params(method, params).map(|()| Method::Shutdown)?,
+            "config.reload" => no_params(method, params).map(|()| Method::ConfigReload)?,
             "stitch.prepare" => Method::StitchPrepare(typed_params(method, params)?),
             "stitch.freeze" => Method::StitchFreeze(typed_params(method, params)?),
             "stitch.commit" => Method::StitchCommit(typed_params(method, params)?),
@@ -488,6 +492,7 @@ impl Method {
             Method::MacDel(_) => "mac.del",
             Method::PortSecuritySet(_) => "port.security.set",
             Method::Shutdown => "shutdown",
+            Method::ConfigReload => "config.reload",
             Method::StitchPrepare(_) => "stitch.prepare",
             Method::StitchFreeze(_) => "stitch.freeze",
             Method::StitchCommit(_) => "stitch.commit",
@@ -512,6 +517,7 @@ impl Method {
             | Method::PortsList
             | Method::StatsGet
             | Method::Shutdown
+            | Method::ConfigReload
             | Method::StitchList
             | Method::EventsSubscribe => None,
             Method::StitchPrepare(p) => serde_json::to_value(p).ok(),
@@ -860,6 +866,7 @@ mod tests {
                 learning: false,
             }),
             Method::Shutdown,
+            Method::ConfigReload,
             Method::StitchPrepare(StitchPrepareParams {
                 leg_a: LegA {
                     client: "198.18.0.1:40000".parse().unwrap(),

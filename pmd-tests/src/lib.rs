@@ -104,6 +104,8 @@ pub struct Stitchd {
     pub dir: PathBuf,
     prefix: String,
     log: PathBuf,
+    /// The full argument list, for [`Stitchd::restart`].
+    args: Vec<String>,
 }
 
 impl Stitchd {
@@ -147,9 +149,45 @@ impl Stitchd {
             dir,
             prefix,
             log,
+            args: args.clone(),
         };
         s.wait_ready(&args);
         s
+    }
+
+    /// Stops this stitchd with `signal` (SIGTERM: a clean stop; SIGKILL: a crash), waits
+    /// until it has exited, starts it again with the same arguments (its log appended)
+    /// and waits until it is ready. Returns the old process's exit status.
+    pub fn restart(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("stitchd is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("stitchd did not exit within 20 s of {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let logf = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(stitchd_bin())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn stitchd");
+        self.child = Some(child);
+        let args = self.args.clone();
+        self.wait_ready(&args);
+        status
     }
 
     fn wait_ready(&mut self, args: &[String]) {
@@ -300,6 +338,49 @@ impl Drop for Stitchd {
             let _ = fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("stitchd log kept in {}", self.log.display());
+        }
+    }
+}
+
+/// Links a test made in the root namespace (persistent taps, bridges, veth ends),
+/// deleted when dropped: a persistent tap outlives the stitchd that created it.
+#[derive(Default)]
+pub struct RootLinks {
+    names: Vec<String>,
+}
+
+impl RootLinks {
+    /// Connects the persistent tap `tap` (made by stitchd with `persist`, left in the root
+    /// namespace so a restarted stitchd finds it again) to namespace `ns` through a veth
+    /// pair and a bridge: the namespace's end `v<tap>` gets `mac` and `addr`. Frames cross
+    /// the tap whole (a tap without a vnet header has no offloads, so the kernel
+    /// segments and checksums before it hands them to stitchd).
+    pub fn bridge_tap(&mut self, tap: &str, ns: &Netns, mac: &str, addr: &str) {
+        let base = tap.trim_start_matches('t');
+        let (br, root_end, ns_end) = (format!("b{base}"), format!("p{base}"), format!("v{base}"));
+        self.names.push(tap.to_string());
+        sh("ip", &["link", "add", &br, "type", "bridge", "stp_state", "0"]);
+        self.names.push(br.clone());
+        sh("ip", &["link", "add", &root_end, "type", "veth", "peer", "name", &ns_end]);
+        self.names.push(root_end.clone());
+        for l in [&br, &root_end, tap] {
+            let _ = Command::new("sysctl")
+                .args(["-qw", &format!("net.ipv6.conf.{l}.disable_ipv6=1")])
+                .output();
+        }
+        sh("ip", &["link", "set", tap, "master", &br]);
+        sh("ip", &["link", "set", &root_end, "master", &br]);
+        for l in [tap, &root_end, &br] {
+            sh("ip", &["link", "set", l, "up"]);
+        }
+        ns.attach(&ns_end, Some(mac), addr);
+    }
+}
+
+impl Drop for RootLinks {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["link", "del", n]).output();
         }
     }
 }

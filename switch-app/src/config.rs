@@ -40,6 +40,18 @@ pub struct Config {
     /// Prometheus exposition (absent: off).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The state file (absent: off; a restart then starts from the TOML alone).
+    #[serde(default)]
+    pub state: Option<StateConfig>,
+}
+
+/// `[state]`: where the switch keeps its desired state (static MACs, port policies,
+/// committed stitches) across restarts; see docs/state.md.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The file, e.g. "/var/lib/stitchd/state.json" (its directory must exist).
+    pub file: PathBuf,
 }
 
 /// `[metrics]`: serve `GET /metrics` (Prometheus / OpenMetrics text) on a TCP address.

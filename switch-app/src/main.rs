@@ -11,6 +11,7 @@ mod config;
 mod fault;
 mod metrics;
 mod slowpath;
+mod state;
 mod stats;
 mod stitch;
 mod worker;
@@ -69,6 +70,15 @@ struct Cli {
     /// Parse and validate the configuration, print the EAL arguments, and exit.
     #[arg(long)]
     check_config: bool,
+    /// State file (overrides `[state] file`): static MACs, port policies and committed
+    /// stitches are written there on every change and restored at start.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
+    /// If the state file cannot be read, move it aside (FILE.bad-SECS) and start from
+    /// the configuration alone. Without it, stitchd refuses to start and leaves the file
+    /// as it is.
+    #[arg(long)]
+    state_reset: bool,
 }
 
 fn main() {
@@ -110,11 +120,50 @@ fn run() -> Result<()> {
         .clone()
         .unwrap_or_else(|| cfg.control.socket.clone());
 
+    let state_path = cli
+        .state_file
+        .clone()
+        .or_else(|| cfg.state.as_ref().map(|s| s.file.clone()));
+    // Read before the EAL starts: a bad file stops stitchd before it touches a port.
+    let saved = match &state_path {
+        None => None,
+        Some(p) => match state::load(p) {
+            Ok(s) => s,
+            Err(e) if cli.state_reset => {
+                let to = state::move_aside(p, state::unix_now())
+                    .with_context(|| format!("{e}; and moving it aside failed"))?;
+                eprintln!(
+                    "stitchd: warning: {e}; moved it to {} and starting from the configuration alone (--state-reset)",
+                    to.display()
+                );
+                None
+            }
+            Err(e) => bail!(
+                "{e}. The file is left as it is: fix it, or copy {}.prev (the version before \
+                 the last write) over it, or start with --state-reset to move it aside and \
+                 start from the configuration alone",
+                p.display()
+            ),
+        },
+    };
+    let boot = Boot {
+        config_path: cli.config.clone(),
+        state_path,
+        saved,
+    };
     let eal = Eal::init(&eal_args)
         .with_context(|| format!("EAL arguments were: {}", eal_args[1..].join(" ")))?;
-    let result = run_with_eal(&eal, &cfg, socket);
+    let result = run_with_eal(&eal, &cfg, socket, boot);
     drop(eal);
     result
+}
+
+/// What start-up needs besides the configuration: where it came from and the state
+/// read from the state file.
+struct Boot {
+    config_path: Option<PathBuf>,
+    state_path: Option<PathBuf>,
+    saved: Option<state::State>,
 }
 
 /// A port to set up: its DPDK handle and its settings.
@@ -180,7 +229,7 @@ fn plan_ports(eal: &Eal, cfg: &Config) -> Result<Vec<Planned>> {
         .collect()
 }
 
-fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
+fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf, boot: Boot) -> Result<()> {
     let lcores = eal.worker_lcores();
     if lcores.is_empty() {
         bail!("no worker lcore: stitchd needs at least two lcores (e.g. -l 0-1); the first runs the slow path");
@@ -238,7 +287,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
                 tx_queues: n_workers.max(p.rx_queues),
             });
         }
-        serve(eal, cfg, socket, &planned, states, active, pool.clone())
+        serve(eal, cfg, socket, &planned, states, active, pool.clone(), boot)
     })();
     for p in started {
         if let Err(e) = p.stop() {
@@ -252,6 +301,7 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf) -> Result<()> {
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     eal: &Eal,
     cfg: &Config,
@@ -260,6 +310,7 @@ fn serve(
     states: Vec<PortState>,
     active: Vec<(dpdk::Lcore, Vec<(Port, u16)>)>,
     pool: Arc<Mempool>,
+    boot: Boot,
 ) -> Result<()> {
     let max_port = planned
         .iter()
@@ -317,6 +368,9 @@ fn serve(
         .context("installing SIGINT handler")?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())
         .context("installing SIGTERM handler")?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing SIGHUP handler")?;
 
     let tsc_hz = dpdk::tsc_hz();
     let tsc_start = dpdk::tsc();
@@ -372,6 +426,13 @@ fn serve(
         slow.stitcher
             .install(inst)
             .map_err(|e| anyhow::anyhow!("stitch.install[{i}]: {}", e.message))?;
+    }
+
+    slow.config = cfg.clone();
+    slow.config_path = boot.config_path;
+    slow.reload = reload;
+    if let Some(path) = boot.state_path {
+        restore_state(&mut slow, cfg, path, boot.saved, n_ports)?;
     }
 
     // The control socket before the workers: if it cannot be created, nothing has run yet.
@@ -468,6 +529,52 @@ fn serve(
         drop(req_rx);
         let _ = t.join();
     }
+    Ok(())
+}
+
+/// Applies the saved state on top of what the configuration set up (the TOML's changes
+/// since the state was written included), puts the committed stitches back, and writes
+/// the file once, so it holds what the switch now runs.
+fn restore_state(
+    slow: &mut SlowPath,
+    cfg: &Config,
+    path: PathBuf,
+    saved: Option<state::State>,
+    n_ports: usize,
+) -> Result<()> {
+    let base = state::L2Desired::from_config(cfg);
+    let (current, stitches) = match saved {
+        Some(st) => (st.l2.current.rebase(&st.l2.base, &base), st.stitches),
+        None => (slow.l2_desired(), Vec::new()),
+    };
+    slow.stitcher.state = Some(state::StateFile {
+        path: path.clone(),
+        l2: state::L2State {
+            base,
+            current: current.clone(),
+        },
+        writes: 0,
+        failures: 0,
+        last_error: None,
+    });
+    slow.apply_l2_desired(&current).map_err(|e| {
+        anyhow::anyhow!(
+            "state file {}: its L2 settings cannot be applied: {}",
+            path.display(),
+            e.message
+        )
+    })?;
+    let n = slow
+        .stitcher
+        .restore(&stitches, n_ports)
+        .map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))?;
+    slow.stitcher.save_state();
+    println!(
+        "stitchd: state file {}: {} static MACs, {} stitches restored",
+        path.display(),
+        current.static_macs.len(),
+        n
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! send a [`Request`] here and wait for the answer.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -16,14 +17,18 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Port, PortInfo};
 use serde_json::{json, Value};
-use stitch_control::protocol::{Method, RpcError};
+use stitch_control::protocol::{
+    Mac, MacAddParams, MacDelParams, Method, PortSecurityParams, RpcError,
+};
 use stitch_control::server::Handler;
 use switch_core::l2::pipeline::{L2Ports, LearnRequest};
 use switch_core::l2::security::PortSecurity;
 use switch_core::l2::table::{InsertOutcome, LearnOutcome, MacTableWriter};
 use switch_core::{BridgeId, MacAddr, PortId};
 
+use crate::config::Config;
 use crate::fault::PortFault;
+use crate::state::{L2Desired, PortPolicy};
 use crate::stats::WorkerStats;
 use crate::stitch::manager::{drain_punts, Io, SlowTx, Stitcher};
 use crate::worker::Punt;
@@ -83,6 +88,11 @@ pub struct SlowPath {
     pub faults: Arc<Vec<PortFault>>,
     /// The agent protocol endpoint, when configured.
     pub agent: Option<crate::agent::Agent>,
+    /// The TOML the switch runs (`config.reload` re-reads `config_path`).
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    /// Set by SIGHUP: reload the configuration at the next round.
+    pub reload: Arc<AtomicBool>,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -126,6 +136,9 @@ impl SlowPath {
             pool,
             faults,
             agent: None,
+            config: Config::default(),
+            config_path: None,
+            reload: Arc::new(AtomicBool::new(false)),
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -162,9 +175,30 @@ impl SlowPath {
             } else {
                 Duration::from_micros(200)
             };
+            if self.reload.swap(false, Ordering::Relaxed) {
+                match self.reload_config() {
+                    Ok(v) => {
+                        eprintln!("stitchd: SIGHUP: configuration reloaded: {v}");
+                        self.stitcher
+                            .emit(json!({"event": "config_reloaded", "result": v}));
+                    }
+                    Err(e) => {
+                        eprintln!("stitchd: SIGHUP: reload refused: {}", e.message);
+                        self.stitcher
+                            .emit(json!({"event": "config_reload_refused", "error": e.message}));
+                    }
+                }
+            }
             match requests.recv_timeout(wait) {
                 Ok((method, reply)) => {
+                    let l2_change = matches!(
+                        method,
+                        Method::MacAdd(_) | Method::MacDel(_) | Method::PortSecuritySet(_)
+                    );
                     let answer = self.handle(method);
+                    if l2_change && answer.is_ok() {
+                        self.save_l2_state();
+                    }
                     self.flush_notices();
                     let _ = reply.send(answer);
                 }
@@ -173,7 +207,125 @@ impl SlowPath {
                     std::thread::sleep(Duration::from_micros(200))
                 }
             }
+            self.stitcher.save_state_if_dirty();
         }
+    }
+
+    /// The static MACs and port policies the switch holds now.
+    pub fn l2_desired(&self) -> L2Desired {
+        let mut d = L2Desired::default();
+        for w in self.writers.iter().flatten() {
+            for e in w.entries().into_iter().filter(|e| e.is_static) {
+                d.static_macs.insert(e.mac, e.port.0);
+            }
+        }
+        for p in &self.ports {
+            if let Some(l) = self.l2.get(PortId(p.port.0)) {
+                d.ports.insert(
+                    p.port.0,
+                    PortPolicy {
+                        allowed_macs: l.security.allowed().map(<[MacAddr]>::to_vec),
+                        learning: l.security.learning(),
+                    },
+                );
+            }
+        }
+        d
+    }
+
+    /// Makes the switch hold `want`: static MACs removed, added or moved, port policies
+    /// set where they differ (through the same checks as the control requests).
+    ///
+    /// # Errors
+    /// The first change refused (e.g. a full MAC table); what was applied before it stays
+    /// and is saved.
+    pub fn apply_l2_desired(&mut self, want: &L2Desired) -> Result<Value, RpcError> {
+        let have = self.l2_desired();
+        let (mut removed, mut added, mut policies) = (0, 0, 0);
+        let mut r = Ok(());
+        for mac in have.static_macs.keys() {
+            if !want.static_macs.contains_key(mac) {
+                r = r.and_then(|()| {
+                    self.handle(Method::MacDel(MacDelParams {
+                        mac: Mac(mac.0),
+                        bridge: None,
+                    }))
+                    .map(|_| removed += 1)
+                });
+            }
+        }
+        for (mac, port) in &want.static_macs {
+            if have.static_macs.get(mac) != Some(port) {
+                r = r.and_then(|()| {
+                    self.handle(Method::MacAdd(MacAddParams {
+                        mac: Mac(mac.0),
+                        port: *port,
+                    }))
+                    .map(|_| added += 1)
+                });
+            }
+        }
+        for (port, p) in &want.ports {
+            if have.ports.get(port) != Some(p) {
+                r = r.and_then(|()| {
+                    self.handle(Method::PortSecuritySet(PortSecurityParams {
+                        port: *port,
+                        allowed_macs: p
+                            .allowed_macs
+                            .as_ref()
+                            .map(|l| l.iter().map(|m| Mac(m.0)).collect()),
+                        learning: p.learning,
+                    }))
+                    .map(|_| policies += 1)
+                });
+            }
+        }
+        self.save_l2_state();
+        r.map(|()| {
+            json!({"static_macs_removed": removed, "static_macs_set": added, "port_policies_set": policies})
+        })
+    }
+
+    /// Records the switch's L2 settings in the state file (when configured) and writes it.
+    fn save_l2_state(&mut self) {
+        if self.stitcher.state.is_none() {
+            return;
+        }
+        let current = self.l2_desired();
+        if let Some(f) = self.stitcher.state.as_mut() {
+            f.l2.current = current;
+        }
+        self.stitcher.save_state();
+    }
+
+    /// `config.reload` and SIGHUP: re-reads the TOML and applies what changed in the
+    /// settings that can change live (static MACs, port policies); anything else that
+    /// changed is refused with its name, and nothing is applied.
+    pub fn reload_config(&mut self) -> Result<Value, RpcError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(RpcError::app(
+                "stitchd was started without --config: there is no file to reload",
+            ));
+        };
+        let new = Config::load(&path).map_err(|e| RpcError::app(format!("{e}; nothing was applied")))?;
+        let fixed = fixed_sections_changed(&self.config, &new);
+        if !fixed.is_empty() {
+            return Err(RpcError::app(format!(
+                "{} changed in {}: these take a restart; nothing was applied (live: l2.static_macs, ports[].allowed_macs, ports[].learning)",
+                fixed.join(", "),
+                path.display()
+            )));
+        }
+        let old_base = L2Desired::from_config(&self.config);
+        let new_base = L2Desired::from_config(&new);
+        let want = self.l2_desired().rebase(&old_base, &new_base);
+        self.config = new;
+        if let Some(f) = self.stitcher.state.as_mut() {
+            f.l2.base = new_base;
+        }
+        let mut v = self.apply_l2_desired(&want)?;
+        v["file"] = json!(path.display().to_string());
+        Ok(v)
     }
 
     fn apply_learning(&mut self) -> usize {
@@ -311,6 +463,8 @@ impl SlowPath {
                             "rx_queues": p.rx_queues,
                             "tx_queues": p.tx_queues,
                             "bridge": self.l2.get(PortId(p.port.0)).and_then(|l| l.bridge).map(|b| b.0),
+                            "allowed_macs": self.l2.get(PortId(p.port.0)).and_then(|l| l.security.allowed()).map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                            "learning": self.l2.get(PortId(p.port.0)).is_none_or(|l| l.security.learning()),
                         })
                     })
                     .collect();
@@ -358,6 +512,7 @@ impl SlowPath {
                     },
                     "stitch": self.stitcher.stats(),
                     "agent": self.agent.as_ref().map(crate::agent::Agent::stats),
+                    "state_file": self.stitcher.state.as_ref().map(crate::state::StateFile::stats),
                 }))
             }
             Method::MacList(p) => {
@@ -480,6 +635,7 @@ impl SlowPath {
                     "flushed": flushed,
                 }))
             }
+            Method::ConfigReload => self.reload_config(),
             Method::Shutdown => {
                 self.stop.store(true, Ordering::SeqCst);
                 Ok(json!({"shutting_down": true}))
@@ -565,4 +721,51 @@ impl Handler for ControlBridge {
             .push(tx);
         Some(rx)
     }
+}
+
+/// The sections of the configuration that differ between `a` and `b`, apart from the
+/// settings that can change live.
+fn fixed_sections_changed(a: &Config, b: &Config) -> Vec<&'static str> {
+    let live_blanked = |c: &Config| {
+        let mut c = c.clone();
+        c.l2.static_macs.clear();
+        for p in &mut c.ports {
+            p.allowed_macs = None;
+            p.learning = true;
+        }
+        c
+    };
+    let (a, b) = (live_blanked(a), live_blanked(b));
+    let mut out = Vec::new();
+    if a.eal != b.eal {
+        out.push("eal");
+    }
+    if a.ports != b.ports {
+        out.push("ports (other than allowed_macs and learning)");
+    }
+    if a.mempool != b.mempool {
+        out.push("mempool");
+    }
+    if a.control != b.control {
+        out.push("control");
+    }
+    if a.l2 != b.l2 {
+        out.push("l2 (other than static_macs)");
+    }
+    if a.stitch != b.stitch {
+        out.push("stitch");
+    }
+    if a.agent != b.agent {
+        out.push("agent");
+    }
+    if a.metrics != b.metrics {
+        out.push("metrics");
+    }
+    if a.state != b.state {
+        out.push("state");
+    }
+    if out.is_empty() && a != b {
+        out.push("other settings");
+    }
+    out
 }

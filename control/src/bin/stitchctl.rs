@@ -49,6 +49,13 @@ struct Cli {
     command: Cmd,
 }
 
+/// `stitchctl config ACTION`
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ConfigAction {
+    /// Re-read the TOML and apply what can change live.
+    Reload,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Show the daemon's name, version and DPDK version.
@@ -120,6 +127,21 @@ enum Cmd {
     /// Ask stitchd to shut down cleanly.
     #[command(name = "shutdown")]
     Shutdown,
+
+    /// Re-read stitchd's TOML and apply changed static MACs and port policies, live.
+    ///
+    /// `stitchctl config reload` (or `config.reload`, or SIGHUP to stitchd). Other
+    /// changed settings are refused by name (they take a restart) and nothing is applied.
+    #[command(name = "config")]
+    Config {
+        /// What to do: `reload`.
+        #[arg(value_enum)]
+        action: ConfigAction,
+    },
+
+    /// Same as `config reload`.
+    #[command(name = "config.reload")]
+    ConfigReload,
 
     /// Start watching two TCP (or UDP) legs for a stitch; prints the stitch id.
     ///
@@ -302,6 +324,10 @@ fn run(cli: Cli) -> Result<String> {
             }))
         }
         Cmd::Shutdown => Call::Typed(Method::Shutdown),
+        Cmd::Config {
+            action: ConfigAction::Reload,
+        }
+        | Cmd::ConfigReload => Call::Typed(Method::ConfigReload),
         Cmd::StitchPrepare {
             client,
             shell_a,
@@ -627,6 +653,7 @@ fn render(method: &Method, result: &Value) -> String {
         | Method::MacDel(_)
         | Method::PortSecuritySet(_)
         | Method::Shutdown
+        | Method::ConfigReload
         | Method::StitchPrepare(_)
         | Method::StitchFreeze(_)
         | Method::StitchCommit(_)

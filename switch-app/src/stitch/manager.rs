@@ -35,6 +35,7 @@ use super::ack::{bare_fin, pure_ack};
 use super::fastpath::{copy_fin, FinCopy};
 use super::rule::{counter_slot, Action, Dir, DirState, DirStates, FlowRule, StitchRec, COUNTERS};
 use crate::agent::AgentNotice;
+use crate::state::{SavedStitch, StateFile};
 use crate::stats::WorkerStats;
 use crate::worker::{Punt, PuntKind};
 use agent_proto::{EndKind, Side};
@@ -210,6 +211,11 @@ pub struct Stitcher {
     pub agents: bool,
     /// Teardown messages the agent endpoint must send (drained by the slow path).
     pub notices: Vec<AgentNotice>,
+    /// The state file, when configured: written before a commit or an install is
+    /// answered, and after removals at the end of the slow path's round.
+    pub state: Option<StateFile>,
+    /// A stitch went away since the state file was written.
+    state_dirty: bool,
 }
 
 fn err(msg: impl Into<String>) -> RpcError {
@@ -237,7 +243,115 @@ impl Stitcher {
             acks_sent: 0,
             agents: false,
             notices: Vec::new(),
+            state: None,
+            state_dirty: false,
         }
+    }
+
+    /// The committed stitches, as the state file keeps them.
+    pub fn saved_stitches(&self) -> Vec<SavedStitch> {
+        self.stitches
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Stitched | Phase::Closing))
+            .filter_map(|s| {
+                let rec = self.table.record(s.rec)?;
+                Some(SavedStitch {
+                    id: s.id,
+                    params: s.params.clone(),
+                    live: rec.live?,
+                    out_ports: [rec.out_ports[0].0, rec.out_ports[1].0],
+                    fin_from_c: s.fin_from_c,
+                    fin_from_b: s.fin_from_b,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes the state file now (when configured). A failed write is counted, reported
+    /// as an event, and leaves the previous version in place; the switch goes on.
+    pub fn save_state(&mut self) {
+        self.state_dirty = false;
+        let stitches = match &self.state {
+            Some(_) => self.saved_stitches(),
+            None => return,
+        };
+        if let Some(Err(e)) = self.state.as_mut().map(|f| f.write(stitches)) {
+            eprintln!("stitchd: state file: {e}");
+            self.emit(json!({"event": "state_save_failed", "error": e}));
+        }
+    }
+
+    /// Writes the state file if a stitch went away since the last write.
+    pub fn save_state_if_dirty(&mut self) {
+        if self.state_dirty {
+            self.save_state();
+        }
+    }
+
+    /// Puts saved stitches back, live, with their ids (at start, before the workers
+    /// run). All or nothing.
+    ///
+    /// # Errors
+    /// A stitch that names a port that does not exist, or that cannot be installed
+    /// (table full, overlapping another); nothing is then installed.
+    pub fn restore(&mut self, saved: &[SavedStitch], n_ports: usize) -> Result<usize, String> {
+        let mut done = Vec::new();
+        for s in saved {
+            let r = (|| {
+                if let Some(p) = s.out_ports.iter().find(|p| usize::from(**p) >= n_ports) {
+                    return Err(format!("port {p} does not exist"));
+                }
+                self.check_variant(s.params.teardown)
+                    .map_err(|e| e.message.clone())?;
+                if self.stitches.contains_key(&s.id) {
+                    return Err("its id is used twice".into());
+                }
+                let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
+                let (b_port, c_port) = (PortId(s.out_ports[0]), PortId(s.out_ports[1]));
+                let actions = |d: Dir| match d {
+                    Dir::CtoA => Action::Translate {
+                        out_port: b_port,
+                        fin_to_shell,
+                    },
+                    Dir::BtoA => Action::Translate {
+                        out_port: c_port,
+                        fin_to_shell,
+                    },
+                    Dir::AtoC | Dir::AtoB => Action::DropShell,
+                };
+                let saved_next = self.next_id;
+                self.next_id = s.id;
+                let r = self.add(
+                    s.params.clone(),
+                    actions,
+                    Phase::Stitched,
+                    Some((s.live[0], b_port, s.live[1], c_port)),
+                );
+                self.next_id = saved_next.max(s.id.wrapping_add(1));
+                r.map_err(|e| e.message)
+            })();
+            match r {
+                Ok(id) => {
+                    done.push(id);
+                    if let Some(st) = self.stitches.get_mut(&id) {
+                        st.fin_from_c = s.fin_from_c;
+                        st.fin_from_b = s.fin_from_b;
+                        if s.fin_from_c && s.fin_from_b {
+                            st.phase = Phase::Closing;
+                            st.closing_since = Some(Instant::now());
+                        }
+                    }
+                }
+                Err(e) => {
+                    for id in done {
+                        self.remove(id);
+                    }
+                    return Err(format!("stitch {}: {e}", s.id));
+                }
+            }
+        }
+        self.emit(json!({"event": "restored", "stitches": saved.len()}));
+        Ok(saved.len())
     }
 
     fn sync_count(&self) {
@@ -436,6 +550,7 @@ impl Stitcher {
             last = Some(id);
         }
         self.emit(json!({"event": "installed", "first": first, "last": last}));
+        self.save_state();
         Ok(json!({"installed": count, "first_id": first, "last_id": last}))
     }
 
@@ -655,6 +770,13 @@ impl Stitcher {
         match s.phase {
             Phase::Frozen => {}
             Phase::Watching if !tcp => {}
+            // A commit that is already live answers as it did: its answer may have been
+            // lost with a stitchd that restarted from the state file (the agent's reply
+            // cache went with it), and the shell retransmits the request. Refusing it
+            // would make the shell take back a connection the switch carries.
+            Phase::Stitched | Phase::Closing => {
+                return Ok(json!({"id": id, "state": s.phase.name(), "already_committed": true}));
+            }
             other => {
                 return Err(err(format!(
                     "stitch {id} is {}; freeze it before commit",
@@ -876,6 +998,8 @@ impl Stitcher {
         info["id"] = json!(id);
         info["state"] = json!("stitched");
         self.emit(json!({"event": "committed", "id": id}));
+        // Before the answer: a shell silences its sockets once it has it.
+        self.save_state();
         Ok(info)
     }
 
@@ -939,6 +1063,7 @@ impl Stitcher {
     /// all: a stitched or closing stitch holds nothing.
     fn remove(&mut self, id: u32) -> Option<Stitch> {
         let s = self.stitches.remove(&id)?;
+        self.state_dirty |= matches!(s.phase, Phase::Stitched | Phase::Closing);
         for st in s.states.iter() {
             st.frozen.store(false, Release);
         }
