@@ -121,7 +121,8 @@ function drawChart(id, legendId, index, now) {
   for (let i = 0; i <= 4; i++) {
     const y = (h - bottom) * i / 4 + 0.5;
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
-    ctx.fillText(fmtRate(max * (4 - i) / 4), 2, y + 4);
+    const tick = max * (4 - i) / 4;
+    ctx.fillText(max < 10 ? tick.toFixed(2) : fmtRate(tick), 2, y + 4);
   }
   ctx.fillText("-60 s", left, h - 4);
   ctx.fillText("now", w - 24, h - 4);
