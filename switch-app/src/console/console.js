@@ -108,7 +108,8 @@ function renderMacs(m) {
 function drawChart(id, legendId, index, now) {
   const canvas = document.getElementById(id);
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, left = 52, bottom = 18;
+  const w = canvas.width, h = canvas.height, left = 52, bottom = 18, top = 8;
+  const plot = h - bottom - top;
   ctx.clearRect(0, 0, w, h);
   let max = 1, points = 0;
   for (const series of history.values()) {
@@ -119,7 +120,7 @@ function drawChart(id, legendId, index, now) {
   ctx.fillStyle = "#4a5263";
   ctx.font = "11px system-ui, sans-serif";
   for (let i = 0; i <= 4; i++) {
-    const y = (h - bottom) * i / 4 + 0.5;
+    const y = top + plot * i / 4 + 0.5;
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
     const tick = max * (4 - i) / 4;
     ctx.fillText(max < 10 ? tick.toFixed(2) : fmtRate(tick), 2, y + 4);
@@ -136,7 +137,7 @@ function drawChart(id, legendId, index, now) {
     ctx.beginPath();
     series.forEach((p, i) => {
       const x = left + (w - left) * (1 - (now - p[0]) / HISTORY_MS);
-      const y = (h - bottom) * (1 - p[index] / max);
+      const y = top + plot * (1 - p[index] / max);
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
       points++;
     });
