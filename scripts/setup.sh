@@ -6,6 +6,8 @@ set -euo pipefail
 
 PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
       procps kmod ca-certificates python3
+      # the web console's browser test (pmd-tests/tests/console.rs): headless Chromium
+      chromium
       # the fleet (stitch-fleet): prosody (started privately by its tests and demo; lua-sec
       # for its TLS), the SQLite library rusqlite links against, openssl for test certificates
       prosody lua-sec libsqlite3-dev openssl)

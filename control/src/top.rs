@@ -105,6 +105,8 @@ struct Endpoint {
     #[serde(default)]
     client: String,
     #[serde(default)]
+    shell: String,
+    #[serde(default)]
     core: String,
 }
 
@@ -135,6 +137,10 @@ pub struct StitchRow {
     pub id: u64,
     pub state: String,
     pub client: String,
+    /// The shell's address on leg A (towards the client).
+    pub shell_a: String,
+    /// The shell's address on leg B (towards the core).
+    pub shell_b: String,
     pub core: String,
     pub packets: u64,
     pub bytes: u64,
@@ -167,8 +173,19 @@ impl Sample {
     /// # Errors
     /// [`TopError`] when a call fails or a result has an unexpected shape.
     pub fn fetch(client: &mut Client) -> Result<Sample, TopError> {
-        let ports: PortsStats = typed("ports.stats", client.call("ports.stats", None)?)?;
-        let stats: StatsGet = typed("stats.get", client.call("stats.get", None)?)?;
+        Self::fetch_with(&mut |method, params| client.call(method, params))
+    }
+
+    /// Reads the counters through `call` (method name, params -> result), so that code
+    /// inside stitchd (the web console) takes the same sample without a socket.
+    ///
+    /// # Errors
+    /// [`TopError`] when a call fails or a result has an unexpected shape.
+    pub fn fetch_with(
+        call: &mut dyn FnMut(&'static str, Option<Value>) -> Result<Value, ClientError>,
+    ) -> Result<Sample, TopError> {
+        let ports: PortsStats = typed("ports.stats", call("ports.stats", None)?)?;
+        let stats: StatsGet = typed("stats.get", call("stats.get", None)?)?;
         let few = stats
             .stitch
             .as_ref()
@@ -176,7 +193,7 @@ impl Sample {
         let mut states = None;
         let mut stitches = Vec::new();
         if few {
-            let list: StitchList = typed("stitch.list", client.call("stitch.list", None)?)?;
+            let list: StitchList = typed("stitch.list", call("stitch.list", None)?)?;
             let mut m = BTreeMap::new();
             for s in &list.stitches {
                 *m.entry(s.state.clone()).or_insert(0) += 1;
@@ -185,7 +202,7 @@ impl Sample {
             if list.stitches.len() <= BUSIEST_LIMIT {
                 for s in list.stitches {
                     let params = serde_json::json!({ "id": s.id });
-                    let d: StitchDetail = match client.call("stitch.get", Some(params)) {
+                    let d: StitchDetail = match call("stitch.get", Some(params)) {
                         Ok(v) => typed("stitch.get", v)?,
                         // Removed since the list was taken.
                         Err(ClientError::Rpc { .. }) => continue,
@@ -195,6 +212,8 @@ impl Sample {
                         id: s.id,
                         state: s.state,
                         client: s.leg_a.client,
+                        shell_a: s.leg_a.shell,
+                        shell_b: s.leg_b.shell,
                         core: s.leg_b.core,
                         packets: d.directions.values().map(|c| c.packets).sum(),
                         bytes: d.directions.values().map(|c| c.bytes).sum(),
@@ -212,7 +231,9 @@ impl Sample {
     }
 }
 
-fn rate(now: u64, before: u64, secs: f64) -> f64 {
+/// Per-second rate of a counter that went from `before` to `now` in `secs` seconds; 0
+/// when it went backwards (daemon restarted) or no time passed.
+pub fn rate(now: u64, before: u64, secs: f64) -> f64 {
     if secs <= 0.0 {
         return 0.0;
     }
@@ -461,6 +482,7 @@ mod tests {
             core: "198.18.0.3:8000".into(),
             packets: bytes / 1000,
             bytes,
+            ..StitchRow::default()
         };
         let mut a = sample(0, 0, 0);
         a.stitches = vec![row(1, 0), row(2, 0), row(3, 0)];

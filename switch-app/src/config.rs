@@ -54,12 +54,17 @@ pub struct StateConfig {
     pub file: PathBuf,
 }
 
-/// `[metrics]`: serve `GET /metrics` (Prometheus / OpenMetrics text) on a TCP address.
+/// `[metrics]`: serve `GET /metrics` (Prometheus / OpenMetrics text) and the read-only
+/// web console (`GET /`) on a TCP address. Neither is authenticated, hence the
+/// localhost default in the README; any address is accepted for a management network.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address to listen on, e.g. "127.0.0.1:9464" (port 0: any free port).
     pub listen: std::net::SocketAddr,
+    /// Also serve the web console (page, `/api/snapshot`, `/events`); default true.
+    #[serde(default = "yes")]
+    pub console: bool,
 }
 
 /// `[agent]`: the switch's own service address, where shells probe and send stitch
@@ -640,6 +645,12 @@ mod tests {
     fn metrics_is_off_by_default_and_its_table_refuses_unknown_keys() {
         assert_eq!(parse("").unwrap().metrics, None);
         let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert!(
+            c.metrics.as_ref().is_some_and(|m| m.console),
+            "console on by default"
+        );
+        let off = parse("[metrics]\nlisten = \"127.0.0.1:0\"\nconsole = false\n").unwrap();
+        assert!(off.metrics.is_some_and(|m| !m.console));
         assert_eq!(
             c.metrics.map(|m| m.listen.to_string()).as_deref(),
             Some("127.0.0.1:9464")

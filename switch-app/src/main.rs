@@ -8,7 +8,9 @@
 
 mod agent;
 mod config;
+mod console;
 mod fault;
+mod http;
 mod metrics;
 mod slowpath;
 mod state;
@@ -441,7 +443,7 @@ fn serve(
     let (req_tx, req_rx) = std::sync::mpsc::sync_channel(64);
     let metrics_server = match &cfg.metrics {
         Some(m) => Some(
-            metrics::MetricsServer::bind(m.listen)
+            http::HttpServer::bind(m.listen)
                 .with_context(|| format!("metrics.listen: binding {}", m.listen))?,
         ),
         None => None,
@@ -486,18 +488,24 @@ fn serve(
     let metrics_thread = match metrics_server {
         Some(ms) => {
             let addr = ms.local_addr().context("metrics listener")?;
+            let bridge: Arc<dyn stitch_control::server::Handler> = Arc::new(ControlBridge {
+                tx: req_tx.clone(),
+                subscribers: subscribers.clone(),
+            });
             let exporter = metrics::Exporter {
                 workers: slow.worker_stats.clone(),
-                slow: Arc::new(ControlBridge {
-                    tx: req_tx.clone(),
-                    subscribers: subscribers.clone(),
-                }),
+                slow: bridge.clone(),
                 mac_capacity: cfg.l2.mac_table_size as u64,
             };
+            let console_on = cfg.metrics.as_ref().is_some_and(|m| m.console);
+            let console = console_on.then(|| Arc::new(console::Console::new(bridge, tsc_hz)));
             let t = ms
-                .spawn(exporter, stop.clone())
-                .context("starting the metrics thread")?;
+                .spawn(http::Services { exporter, console }, stop.clone())
+                .context("starting the metrics / console threads")?;
             println!("stitchd: metrics on http://{addr}/metrics");
+            if console_on {
+                println!("stitchd: web console on http://{addr}/ (read-only, unauthenticated)");
+            }
             Some(t)
         }
         None => None,

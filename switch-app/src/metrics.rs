@@ -11,20 +11,15 @@
 //!   its other work. Their JSON answers are turned into the typed [`SlowSample`] here, at
 //!   the boundary, and nowhere else.
 //!
-//! One small thread, std `TcpListener`, one connection at a time, `Connection: close`,
-//! with read and write timeouts so that a stuck client cannot hold it. Every metric name
+//! The listener (shared with the web console) is `crate::http`. Every metric name
 //! follows the Prometheus conventions: prefix `stitchd_`, counters end in `_total`,
 //! bytes in base units (`_bytes`).
 //!
 //! Cost: `mac.list` copies every MAC entry; a scrape every few seconds of tables of tens
 //! of thousands of entries is fine, a table of millions would want a count-only request.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -597,121 +592,6 @@ impl Exporter {
         }
         .into_text()
     }
-}
-
-/// The bound listener, before its thread starts (so a bad address stops start-up).
-pub struct MetricsServer {
-    listener: TcpListener,
-}
-
-impl MetricsServer {
-    /// Binds `addr`.
-    ///
-    /// # Errors
-    /// The OS error (address in use, not local, ...).
-    pub fn bind(addr: SocketAddr) -> io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        Ok(MetricsServer { listener })
-    }
-
-    /// The bound address.
-    ///
-    /// # Errors
-    /// The OS error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves on thread `stitchd-metrics` until `stop` is set (checked every 100 ms
-    /// while idle).
-    ///
-    /// # Errors
-    /// When the thread cannot be created.
-    pub fn spawn(self, exporter: Exporter, stop: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("stitchd-metrics".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match self.listener.accept() {
-                        Ok((s, _)) => {
-                            if let Err(e) = answer(s, &exporter) {
-                                eprintln!("stitchd: metrics: {e}");
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        Err(e) => {
-                            eprintln!("stitchd: metrics: accept: {e}");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            })
-    }
-}
-
-/// Reads one HTTP/1.x request head (at most 8 KiB) and answers it.
-fn answer(mut s: TcpStream, exporter: &Exporter) -> io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > 8192 {
-            return respond(
-                &mut s,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request head over 8 KiB\n",
-            );
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(&mut s, "405 Method Not Allowed", "text/plain", "only GET\n");
-    }
-    match path.split('?').next().unwrap_or("") {
-        "/metrics" => match exporter.render() {
-            Ok(text) => respond(&mut s, "200 OK", CONTENT_TYPE, &text),
-            Err(e) => respond(
-                &mut s,
-                "503 Service Unavailable",
-                "text/plain",
-                &format!("{e}\n"),
-            ),
-        },
-        "/" => respond(
-            &mut s,
-            "200 OK",
-            "text/plain",
-            "stitchd: Prometheus metrics at /metrics\n",
-        ),
-        _ => respond(
-            &mut s,
-            "404 Not Found",
-            "text/plain",
-            "not found; try /metrics\n",
-        ),
-    }
-}
-
-fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
 }
 
 #[cfg(test)]
