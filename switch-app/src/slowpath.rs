@@ -83,6 +83,8 @@ pub struct SlowPath {
     pub faults: Arc<Vec<PortFault>>,
     /// The agent protocol endpoint, when configured.
     pub agent: Option<crate::agent::Agent>,
+    /// Packet captures: the rings' consumer and the pcap files' writer.
+    pub capture: crate::capture::Captures,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -126,6 +128,7 @@ impl SlowPath {
             pool,
             faults,
             agent: None,
+            capture: crate::capture::Captures::new(0, tsc_hz),
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -140,6 +143,7 @@ impl SlowPath {
         let mut last_age = self.now();
         while !self.stop.load(Ordering::Relaxed) {
             let learned = self.apply_learning() + self.apply_punts();
+            self.capture.poll(Instant::now());
             let now = self.now();
             if now != last_age {
                 last_age = now;
@@ -174,6 +178,8 @@ impl SlowPath {
                 }
             }
         }
+        // Files of captures still running end complete.
+        self.capture.stop_all(Instant::now());
     }
 
     fn apply_learning(&mut self) -> usize {
@@ -358,6 +364,7 @@ impl SlowPath {
                     },
                     "stitch": self.stitcher.stats(),
                     "agent": self.agent.as_ref().map(crate::agent::Agent::stats),
+                    "capture": self.capture.status(None, Instant::now())["captures"],
                 }))
             }
             Method::MacList(p) => {
@@ -516,6 +523,20 @@ impl SlowPath {
             }
             Method::StitchGet(p) => self.stitcher.get(p.id),
             Method::EventsSubscribe => Ok(json!({"subscribed": true})),
+            Method::CaptureStart(p) => {
+                self.port(p.port)?;
+                self.capture.start(&p, Instant::now(), dpdk::tsc())
+            }
+            Method::CaptureStatus(p) => {
+                if let Some(port) = p.port {
+                    self.port(port)?;
+                }
+                Ok(self.capture.status(p.port, Instant::now()))
+            }
+            Method::CaptureStop(p) => {
+                self.port(p.port)?;
+                self.capture.stop(p.port, Instant::now())
+            }
             Method::PortFaultSet(p) => {
                 self.port(p.port)?;
                 let total =
