@@ -344,7 +344,10 @@ mod tests {
         let m = with("count", json!(0));
         assert!(m.contains("'count': 0 is out of range"), "{m}");
         let m = with("snaplen", json!(10));
-        assert!(m.contains("'snaplen': 10 is out of range; 14..=9216"), "{m}");
+        assert!(
+            m.contains("'snaplen': 10 is out of range; 14..=9216"),
+            "{m}"
+        );
         let m = with("snaplen", json!(100_000));
         assert!(m.contains("'snaplen'"), "{m}");
         let m = with("path", json!("cap.pcap"));

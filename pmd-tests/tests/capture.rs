@@ -30,7 +30,10 @@ fn stitchctl() -> PathBuf {
 fn require_tshark() {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("tshark").is_file()));
-    assert!(found, "'tshark' not found: install tshark (scripts/setup.sh)");
+    assert!(
+        found,
+        "'tshark' not found: install tshark (scripts/setup.sh)"
+    );
 }
 
 /// stitchd on two taps, each moved into a namespace of its own with IPv6 off and a
@@ -129,7 +132,12 @@ fn reported(stdout: &str) -> (u64, u64) {
 /// `tshark -r FILE -T fields` with the given fields: one Vec per frame.
 fn tshark(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
     let mut args = vec!["-n".to_string(), "-r".into(), file.display().to_string()];
-    args.extend(["-T".into(), "fields".into(), "-E".into(), "separator=/t".into()]);
+    args.extend([
+        "-T".into(),
+        "fields".into(),
+        "-E".into(),
+        "separator=/t".into(),
+    ]);
     for f in fields {
         args.push("-e".into());
         args.push((*f).into());
@@ -151,8 +159,7 @@ fn tshark(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_matching_counts(
-) {
+fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_matching_counts() {
     require_root();
     require_tshark();
     let _g = serial();
@@ -181,12 +188,26 @@ fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_m
     let count = COUNT.to_string();
     let cap_rx = spawn_capture(
         &sd,
-        &["0", "--rx", "--count", &count, "-w", rx_file.to_str().unwrap()],
+        &[
+            "0",
+            "--rx",
+            "--count",
+            &count,
+            "-w",
+            rx_file.to_str().unwrap(),
+        ],
         &sd.dir,
     );
     let cap_tx = spawn_capture(
         &sd,
-        &["1", "--tx", "--count", &count, "-w", tx_file.to_str().unwrap()],
+        &[
+            "1",
+            "--tx",
+            "--count",
+            &count,
+            "-w",
+            tx_file.to_str().unwrap(),
+        ],
         &sd.dir,
     );
     // Both captures armed before the traffic starts (their status says running).
@@ -229,7 +250,10 @@ fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_m
     let (sent_sha, sent) = client.join().expect("client thread");
     let (got_sha, got) = server.join().expect("server thread");
     assert_eq!(got, sent, "bytes received vs sent");
-    assert_eq!(got_sha, sent_sha, "SHA-256 of received bytes differs from sent");
+    assert_eq!(
+        got_sha, sent_sha,
+        "SHA-256 of received bytes differs from sent"
+    );
 
     let status = sd.ok("capture.status", None);
     let stats = sd.ok("stats.get", None);
@@ -243,7 +267,20 @@ fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_m
         );
         let (captured, dropped) = reported(&stdout);
         assert_eq!(captured, COUNT, "{stdout}");
-        let frames = tshark(file, &["frame.len", "frame.cap_len", "ip.src", "ip.dst"]);
+        let frames = tshark(
+            file,
+            &[
+                "frame.len",
+                "frame.cap_len",
+                "ip.src",
+                "ip.dst",
+                "frame.time_epoch",
+            ],
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
         assert_eq!(
             frames.len() as u64,
             captured,
@@ -256,6 +293,11 @@ fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_m
             let cap: u32 = f[1].parse().expect("frame.cap_len");
             assert_eq!(cap, len.min(256), "snap length 256: {f:?}");
             assert!((60..=1514).contains(&len), "frame length: {f:?}");
+            let t: f64 = f[4].parse().expect("frame.time_epoch");
+            assert!(
+                (now - 120.0..=now).contains(&t),
+                "time stamp not of this run: {f:?}"
+            );
             assert_eq!(
                 (f[2].as_str(), f[3].as_str()),
                 ("198.18.0.1", "198.18.0.2"),
@@ -287,7 +329,10 @@ fn ten_thousand_frames_captured_during_a_transfer_are_read_back_by_tshark_with_m
                 "{c}"
             );
         }
-        eprintln!("port {port} {dir}: {captured} captured, {dropped} dropped; tshark read {}", frames.len());
+        eprintln!(
+            "port {port} {dir}: {captured} captured, {dropped} dropped; tshark read {}",
+            frames.len()
+        );
     }
     drop(ns);
 }
@@ -303,7 +348,11 @@ fn a_capture_on_an_idle_port_with_a_timeout_ends_with_zero_and_bad_requests_chan
 
     // A relative -w is made absolute against stitchctl's working directory.
     let out = wait_output(
-        spawn_capture(&sd, &["0", "--count", "10", "--timeout", "1", "-w", "idle.pcap"], &sd.dir),
+        spawn_capture(
+            &sd,
+            &["0", "--count", "10", "--timeout", "1", "-w", "idle.pcap"],
+            &sd.dir,
+        ),
         20,
         "stitchctl capture --timeout 1",
         &sd,
@@ -317,13 +366,23 @@ fn a_capture_on_an_idle_port_with_a_timeout_ends_with_zero_and_bad_requests_chan
         "{stderr}"
     );
     let idle = sd.dir.join("idle.pcap");
-    assert_eq!(std::fs::metadata(&idle).expect("idle.pcap").len(), 24, "header only");
+    assert_eq!(
+        std::fs::metadata(&idle).expect("idle.pcap").len(),
+        24,
+        "header only"
+    );
     assert!(tshark(&idle, &["frame.len"]).is_empty());
 
     // Interrupted before its count: stopped, file kept, exit 130.
     let cap = spawn_capture(
         &sd,
-        &["1", "--count", "1000", "-w", sd.dir.join("int.pcap").to_str().unwrap()],
+        &[
+            "1",
+            "--count",
+            "1000",
+            "-w",
+            sd.dir.join("int.pcap").to_str().unwrap(),
+        ],
         &sd.dir,
     );
     let pid = nix::unistd::Pid::from_raw(cap.id() as i32);
@@ -346,20 +405,42 @@ fn a_capture_on_an_idle_port_with_a_timeout_ends_with_zero_and_bad_requests_chan
             .expect_err(&format!("{params} accepted"));
         assert!(err.to_string().contains(want), "{params}: {err}");
     };
-    refused(json!({"port": 0, "count": 0, "path": path}), "'count': 0 is out of range");
-    refused(json!({"port": 0, "count": 5, "path": "x.pcap"}), "'path': 'x.pcap' is not absolute");
-    refused(json!({"port": 0, "count": 5, "snaplen": 5, "path": path}), "'snaplen'");
-    refused(json!({"port": 0, "count": 5, "dir": "up", "path": path}), "'dir'");
-    refused(json!({"port": 9, "count": 5, "path": path}), "port 9 does not exist");
+    refused(
+        json!({"port": 0, "count": 0, "path": path}),
+        "'count': 0 is out of range",
+    );
+    refused(
+        json!({"port": 0, "count": 5, "path": "x.pcap"}),
+        "'path': 'x.pcap' is not absolute",
+    );
+    refused(
+        json!({"port": 0, "count": 5, "snaplen": 5, "path": path}),
+        "'snaplen'",
+    );
+    refused(
+        json!({"port": 0, "count": 5, "dir": "up", "path": path}),
+        "'dir'",
+    );
+    refused(
+        json!({"port": 9, "count": 5, "path": path}),
+        "port 9 does not exist",
+    );
     refused(
         json!({"port": 0, "count": 5, "path": sd.dir.join("no/such/dir.pcap")}),
         "cannot create",
     );
-    assert_eq!(sd.ok("capture.status", None), before, "a refused start changed something");
+    assert_eq!(
+        sd.ok("capture.status", None),
+        before,
+        "a refused start changed something"
+    );
     assert!(!Path::new(&path).exists());
 
     // One capture at a time per port; another port is fine.
-    let a = sd.ok("capture.start", Some(json!({"port": 0, "count": 5, "timeout_secs": 30, "path": path})));
+    let a = sd.ok(
+        "capture.start",
+        Some(json!({"port": 0, "count": 5, "timeout_secs": 30, "path": path})),
+    );
     refused(
         json!({"port": 0, "count": 5, "path": sd.dir.join("y.pcap")}),
         "port 0 already has a capture running",
@@ -376,12 +457,21 @@ fn a_capture_on_an_idle_port_with_a_timeout_ends_with_zero_and_bad_requests_chan
         .filter(|c| c["state"] == "running")
         .map(|c| c["id"].as_u64().unwrap())
         .collect();
-    assert_eq!(running, vec![a["id"].as_u64().unwrap(), b["id"].as_u64().unwrap()]);
+    assert_eq!(
+        running,
+        vec![a["id"].as_u64().unwrap(), b["id"].as_u64().unwrap()]
+    );
     for port in [0, 1] {
         let s = sd.ok("capture.stop", Some(json!({"port": port})));
-        assert_eq!((&s["state"], &s["end"], &s["captured"]), (&json!("done"), &json!("stopped"), &json!(0)), "{s}");
+        assert_eq!(
+            (&s["state"], &s["end"], &s["captured"]),
+            (&json!("done"), &json!("stopped"), &json!(0)),
+            "{s}"
+        );
     }
-    let err = sd.call("capture.stop", Some(json!({"port": 7}))).unwrap_err();
+    let err = sd
+        .call("capture.stop", Some(json!({"port": 7})))
+        .unwrap_err();
     assert!(err.to_string().contains("port 7 does not exist"), "{err}");
     drop(ns);
 }

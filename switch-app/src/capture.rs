@@ -72,7 +72,11 @@ impl CaptureTap {
         let g = self.ctl.generation.load(Ordering::Acquire);
         if g != self.seen {
             self.seen = g;
-            self.set = if g == 0 { None } else { self.ctl.set.load_full() };
+            self.set = if g == 0 {
+                None
+            } else {
+                self.ctl.set.load_full()
+            };
         }
         self.stamp = now_tsc;
     }
@@ -275,11 +279,9 @@ impl Captures {
             if end.is_none() {
                 if s.info.captured >= s.info.count {
                     end = Some((CaptureEnd::Count, None));
-                } else if s
-                    .info
-                    .timeout_secs
-                    .is_some_and(|t| now.duration_since(s.started) >= Duration::from_secs(u64::from(t)))
-                {
+                } else if s.info.timeout_secs.is_some_and(|t| {
+                    now.duration_since(s.started) >= Duration::from_secs(u64::from(t))
+                }) {
                     end = Some((CaptureEnd::Timeout, None));
                 }
             }
@@ -304,7 +306,10 @@ impl Captures {
         let (mut end, mut error) = (end, error);
         if let Err(e) = out.flush() {
             if error.is_none() {
-                (end, error) = (CaptureEnd::Error, Some(format!("writing {}: {e}", s.info.path)));
+                (end, error) = (
+                    CaptureEnd::Error,
+                    Some(format!("writing {}: {e}", s.info.path)),
+                );
             }
         }
         s.info.state = CaptureState::Done;

@@ -16,13 +16,13 @@ use clap::{CommandFactory, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
-use stitch_control::protocol::{
-    MacAddParams, MacDelParams, MacListParams, PerEndpoint, PortFaultParams, PortSecurityParams,
-    PortsStatsParams, StitchCommitParams, StitchIdParams,
-};
 use stitch_control::capture::{
     CaptureEnd, CaptureInfo, CaptureList, CaptureStartParams, CaptureStatusParams,
     CaptureStopParams,
+};
+use stitch_control::protocol::{
+    MacAddParams, MacDelParams, MacListParams, PerEndpoint, PortFaultParams, PortSecurityParams,
+    PortsStatsParams, StitchCommitParams, StitchIdParams,
 };
 use stitch_control::{Client, Mac, Method, DEFAULT_SOCKET_PATH};
 
@@ -640,7 +640,10 @@ fn capture(cli: Cli) -> ExitCode {
     };
     let info = &out.info;
     if cli.json {
-        print!("{}", pretty(&serde_json::to_value(info).unwrap_or_default()));
+        print!(
+            "{}",
+            pretty(&serde_json::to_value(info).unwrap_or_default())
+        );
     } else {
         println!("{}", info.summary());
     }

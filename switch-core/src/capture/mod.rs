@@ -172,8 +172,14 @@ mod tests {
         assert!(set.rx(PortId(1), 0).is_some());
         assert!(set.tx(PortId(1), 0).is_none(), "rx only");
         assert!(set.rx(PortId(1), 2).is_none(), "no third worker");
-        assert!(std::ptr::eq(set.rx(PortId(3), 1).unwrap(), &both.rings()[1]));
-        assert!(std::ptr::eq(set.tx(PortId(3), 1).unwrap(), &both.rings()[1]));
+        assert!(std::ptr::eq(
+            set.rx(PortId(3), 1).unwrap(),
+            &both.rings()[1]
+        ));
+        assert!(std::ptr::eq(
+            set.tx(PortId(3), 1).unwrap(),
+            &both.rings()[1]
+        ));
         assert!(set.tx(PortId(9), 0).is_none());
         let set = set.with(PortId(3), None).with(PortId(1), None);
         assert!(set.is_empty());
