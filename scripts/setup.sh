@@ -5,6 +5,7 @@
 set -euo pipefail
 
 PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
+      tshark   # reads back the pcap files of `stitchctl capture` (pmd-tests/tests/capture.rs)
       procps kmod ca-certificates python3
       # the web console's browser test (pmd-tests/tests/console.rs): headless Chromium
       chromium

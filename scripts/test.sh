@@ -12,3 +12,5 @@ cargo build --workspace --bins
 cargo test --workspace
 # The flow table's reclamation protocol, model-checked (every interleaving loom explores).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p switch-core --release --lib flow::qsbr::loom_tests
+# The capture rings (one worker producing, the slow path consuming), model-checked the same way.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p switch-core --release --lib capture::ring::loom_tests

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod client;
 pub mod protocol;
 pub mod server;

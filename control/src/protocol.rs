@@ -61,6 +61,9 @@
 //! | `mac.del` | `{"mac": "aa:bb:cc:dd:ee:ff", "bridge"?: u16}` |
 //! | `port.security.set` | `{"port": u16, "allowed_macs"?: [mac] or null, "learning"?: bool}`; `allowed_macs` null or absent = any source MAC allowed; `learning` defaults to true |
 //! | `shutdown` | none |
+//! | `capture.start` | `{"port": u16, "dir"?: "rx"\|"tx"\|"both", "count": 1..=100000000, "snaplen"?: 14..=9216 (256), "path": absolute path, "timeout_secs"?: 1..=86400}`; stitchd writes the pcap file (see [`crate::capture`]) |
+//! | `capture.status` | optional `{"port": u16}` |
+//! | `capture.stop` | `{"port": u16}` |
 //!
 //! MAC addresses are exactly six colon-separated pairs of hex digits, case
 //! insensitive; responses always use lower case.
@@ -79,6 +82,7 @@ use serde::de::{self, DeserializeOwned, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+pub use crate::capture::{CaptureStartParams, CaptureStatusParams, CaptureStopParams};
 pub use crate::stitch_params::*;
 
 /// The only protocol version spoken, sent in every message's `jsonrpc` member.
@@ -126,6 +130,9 @@ pub const METHODS: &[&str] = &[
     "events.subscribe",
     "port.fault.set",
     "stitch.install",
+    "capture.start",
+    "capture.status",
+    "capture.stop",
 ];
 
 /// A JSON-RPC error object. Also the error type of [`Method::parse`] and of
@@ -317,7 +324,7 @@ impl<'de> Deserialize<'de> for U16Field {
     }
 }
 
-fn de_u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+pub(crate) fn de_u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     U16Field::deserialize(d).map(|v| v.0)
 }
 
@@ -444,6 +451,12 @@ pub enum Method {
     /// `stitch.install`: install stitched flows directly (pre-configured stitches,
     /// benchmarks).
     StitchInstall(Box<StitchInstallParams>),
+    /// `capture.start`: capture a port's frames into a pcap file stitchd writes.
+    CaptureStart(CaptureStartParams),
+    /// `capture.status`: captures running or ended, with their counters.
+    CaptureStatus(CaptureStatusParams),
+    /// `capture.stop`: end a port's capture now.
+    CaptureStop(CaptureStopParams),
 }
 
 impl Method {
@@ -476,6 +489,9 @@ impl Method {
             "events.subscribe" => no_params(method, params).map(|()| Method::EventsSubscribe)?,
             "port.fault.set" => Method::PortFaultSet(typed_params(method, params)?),
             "stitch.install" => Method::StitchInstall(Box::new(typed_params(method, params)?)),
+            "capture.start" => Method::CaptureStart(typed_params(method, params)?),
+            "capture.status" => Method::CaptureStatus(typed_params(method, params)?),
+            "capture.stop" => Method::CaptureStop(typed_params(method, params)?),
             _ => return Err(RpcError::method_not_found(method)),
         })
     }
@@ -503,6 +519,9 @@ impl Method {
             Method::EventsSubscribe => "events.subscribe",
             Method::PortFaultSet(_) => "port.fault.set",
             Method::StitchInstall(_) => "stitch.install",
+            Method::CaptureStart(_) => "capture.start",
+            Method::CaptureStatus(_) => "capture.status",
+            Method::CaptureStop(_) => "capture.stop",
         }
     }
 
@@ -533,6 +552,9 @@ impl Method {
             Method::MacAdd(p) => serde_json::to_value(p).ok(),
             Method::MacDel(p) => serde_json::to_value(p).ok(),
             Method::PortSecuritySet(p) => serde_json::to_value(p).ok(),
+            Method::CaptureStart(p) => serde_json::to_value(p).ok(),
+            Method::CaptureStatus(p) => serde_json::to_value(p).ok(),
+            Method::CaptureStop(p) => serde_json::to_value(p).ok(),
         }
     }
 }
@@ -944,6 +966,16 @@ mod tests {
                 linger: None,
                 count: Some(10),
             })),
+            Method::CaptureStart(CaptureStartParams {
+                port: 1,
+                dir: crate::capture::CaptureDir::Rx,
+                count: 10_000,
+                snaplen: 1514,
+                path: "/tmp/c.pcap".into(),
+                timeout_secs: Some(5),
+            }),
+            Method::CaptureStatus(CaptureStatusParams { port: Some(1) }),
+            Method::CaptureStop(CaptureStopParams { port: 1 }),
         ];
         let names: Vec<&str> = samples.iter().map(Method::name).collect();
         assert_eq!(names, METHODS, "METHODS and Method::name are out of step");

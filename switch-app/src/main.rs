@@ -7,6 +7,7 @@
 //! ports stop and close, the socket is removed, the EAL is cleaned up.
 
 mod agent;
+mod capture;
 mod config;
 mod console;
 mod fault;
@@ -409,6 +410,7 @@ fn serve(
         faults.clone(),
     );
 
+    slow.capture = capture::Captures::new(n_workers, tsc_hz);
     slow.port_limits = vec![None; n_ports];
     for p in planned {
         slow.port_limits[usize::from(p.port.0)] = p.max_learned;
@@ -478,6 +480,7 @@ fn serve(
             stop: stop.clone(),
             tsc_start,
             tsc_hz,
+            capture: capture::CaptureTap::new(slow.capture.ctl(), i),
         };
         if let Err(e) = eal.launch(lcore, move || w.run()) {
             stop.store(true, Ordering::SeqCst);

@@ -93,6 +93,8 @@ pub struct SlowPath {
     pub config_path: Option<PathBuf>,
     /// Set by SIGHUP: reload the configuration at the next round.
     pub reload: Arc<AtomicBool>,
+    /// Packet captures: the rings' consumer and the pcap files' writer.
+    pub capture: crate::capture::Captures,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -139,6 +141,7 @@ impl SlowPath {
             config: Config::default(),
             config_path: None,
             reload: Arc::new(AtomicBool::new(false)),
+            capture: crate::capture::Captures::new(0, tsc_hz),
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -153,6 +156,7 @@ impl SlowPath {
         let mut last_age = self.now();
         while !self.stop.load(Ordering::Relaxed) {
             let learned = self.apply_learning() + self.apply_punts();
+            self.capture.poll(Instant::now());
             let now = self.now();
             if now != last_age {
                 last_age = now;
@@ -209,6 +213,8 @@ impl SlowPath {
             }
             self.stitcher.save_state_if_dirty();
         }
+        // Files of captures still running end complete.
+        self.capture.stop_all(Instant::now());
     }
 
     /// The static MACs and port policies the switch holds now.
@@ -513,6 +519,7 @@ impl SlowPath {
                     "stitch": self.stitcher.stats(),
                     "agent": self.agent.as_ref().map(crate::agent::Agent::stats),
                     "state_file": self.stitcher.state.as_ref().map(crate::state::StateFile::stats),
+                    "capture": self.capture.status(None, Instant::now())["captures"],
                 }))
             }
             Method::MacList(p) => {
@@ -672,6 +679,20 @@ impl SlowPath {
             }
             Method::StitchGet(p) => self.stitcher.get(p.id),
             Method::EventsSubscribe => Ok(json!({"subscribed": true})),
+            Method::CaptureStart(p) => {
+                self.port(p.port)?;
+                self.capture.start(&p, Instant::now(), dpdk::tsc())
+            }
+            Method::CaptureStatus(p) => {
+                if let Some(port) = p.port {
+                    self.port(port)?;
+                }
+                Ok(self.capture.status(p.port, Instant::now()))
+            }
+            Method::CaptureStop(p) => {
+                self.port(p.port)?;
+                self.capture.stop(p.port, Instant::now())
+            }
             Method::PortFaultSet(p) => {
                 self.port(p.port)?;
                 let total =

@@ -22,6 +22,7 @@ use switch_core::verdict::DropReason;
 use switch_core::{MacAddr, PortId};
 
 use crate::agent::{for_agent, AgentAddrs};
+use crate::capture::CaptureTap;
 use crate::fault::{draw, Fault, PortFault, Rng};
 use crate::stats::{bump, WorkerStats};
 use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
@@ -82,6 +83,8 @@ pub struct Worker {
     /// TSC at start and TSC rate, for the coarse clock the L2 table ages by.
     pub tsc_start: u64,
     pub tsc_hz: u64,
+    /// Packet capture: one load per poll round while none is armed.
+    pub capture: CaptureTap,
 }
 
 /// Drain interval: the longest a packet waits in a TX buffer.
@@ -122,6 +125,8 @@ struct Output {
     /// (no faults) pays one predictable branch per packet, never an atomic load.
     faulty: bool,
     rng: Rng,
+    /// Captures frames as they are handed to a port (tx), and bursts as received (rx).
+    tap: CaptureTap,
 }
 
 impl Output {
@@ -132,6 +137,7 @@ impl Output {
 
     #[inline]
     fn push(&mut self, port: usize, m: Mbuf, r: &mut Round) {
+        self.tap.tx(port, &m);
         let Some(tx) = self.tx.get_mut(port) else {
             r.drops[DropReason::NoBridge.index()] += 1;
             return;
@@ -202,6 +208,7 @@ impl Worker {
             stop,
             tsc_start,
             tsc_hz,
+            capture,
         } = self;
         let n_ports = tx.len();
         let mut out = Output {
@@ -210,6 +217,7 @@ impl Worker {
             faults,
             faulty: false,
             rng: Rng::new(tsc_start ^ u64::from(stats.lcore)),
+            tap: capture,
         };
         let mut burst = RxBurst::default();
         let mut cache = LearnCache::new();
@@ -244,6 +252,7 @@ impl Worker {
             let stitching = flow_count.load(Ordering::Relaxed) > 0;
             let mut r = Round::default();
             out.refresh_faults();
+            out.tap.refresh(now_tsc);
             while let Some((p, m)) = inject.pop() {
                 out.push(usize::from(p.0), m, &mut r);
             }
@@ -273,6 +282,7 @@ impl Worker {
                     pkts[n] = Some(m);
                     n += 1;
                 }
+                out.tap.rx_burst(in_port, pkts[..n].iter().flatten());
                 if stitching {
                     let mut k = 0;
                     for (i, slot) in pkts[..n].iter_mut().enumerate() {

@@ -15,6 +15,7 @@
 //! What it must not do: depend on DPDK, read clocks, or spawn threads.
 #![deny(unsafe_code)]
 
+pub mod capture;
 pub mod flow;
 pub mod l2;
 pub mod stitch;

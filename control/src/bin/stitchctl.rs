@@ -16,6 +16,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
+use stitch_control::capture::{
+    CaptureEnd, CaptureInfo, CaptureList, CaptureStartParams, CaptureStatusParams,
+    CaptureStopParams,
+};
 use stitch_control::protocol::{
     MacAddParams, MacDelParams, MacListParams, PerEndpoint, PortFaultParams, PortSecurityParams,
     PortsStatsParams, StitchCommitParams, StitchIdParams,
@@ -266,6 +270,58 @@ enum Cmd {
         interval: f64,
     },
 
+    /// Capture a port's frames into a pcap file, readable by tshark and Wireshark.
+    ///
+    /// stitchd's workers copy the frames (up to --snaplen bytes of each, with their
+    /// original length and time) into per-worker rings and stitchd itself writes FILE:
+    /// the path is opened by the daemon, as its user, on its host (a relative FILE is made
+    /// absolute against this command's working directory; under systemd's PrivateTmp the
+    /// daemon's /tmp is not yours). An existing FILE is replaced. Forwarding is never
+    /// delayed: a frame that finds its ring full is not captured and counted as dropped.
+    ///
+    /// Ends after --count frames (exit 0), or after --timeout seconds with what it has
+    /// (exit 0). Interrupted (Ctrl-C, SIGTERM) before that, it stops the capture, keeps the
+    /// file and exits 130. Prints how many frames were captured and dropped. One capture
+    /// at a time per port.
+    #[command(name = "capture")]
+    Capture {
+        /// Port id.
+        port: u16,
+        /// Only frames received on the port (default: both directions).
+        #[arg(long, conflicts_with = "tx")]
+        rx: bool,
+        /// Only frames sent out of the port, after translation (default: both).
+        #[arg(long)]
+        tx: bool,
+        /// Stop after this many frames.
+        #[arg(long, value_name = "N")]
+        count: u64,
+        /// Bytes kept of each frame (14-9216; 1514 keeps whole standard frames).
+        #[arg(long, value_name = "B", default_value_t = stitch_control::capture::DEFAULT_SNAPLEN)]
+        snaplen: u32,
+        /// The pcap file stitchd writes.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: PathBuf,
+        /// Stop after this many seconds with what was captured (exit 0).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u32>,
+    },
+
+    /// Show captures (running, or the last one of each port) with their counters.
+    #[command(name = "capture.status")]
+    CaptureStatus {
+        /// Only this port (default: every port).
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+    },
+
+    /// Stop a port's capture now; the file keeps what was written.
+    #[command(name = "capture.stop")]
+    CaptureStop {
+        /// Port id.
+        port: u16,
+    },
+
     /// Call any method with raw JSON params and print the JSON result.
     Call {
         /// Method name, e.g. ports.list.
@@ -277,6 +333,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Capture { .. } = cli.command {
+        return capture(cli);
+    }
     match run(cli) {
         Ok(output) => {
             print!("{output}");
@@ -379,6 +438,11 @@ fn run(cli: Cli) -> Result<String> {
         Cmd::StitchGet { id } => Call::Typed(Method::StitchGet(StitchIdParams { id })),
         Cmd::StitchDelete { id } => Call::Typed(Method::StitchDelete(StitchIdParams { id })),
         Cmd::EventsSubscribe => return subscribe(&cli.socket),
+        Cmd::Capture { .. } => anyhow::bail!("capture is handled by capture()"),
+        Cmd::CaptureStatus { port } => {
+            Call::Typed(Method::CaptureStatus(CaptureStatusParams { port }))
+        }
+        Cmd::CaptureStop { port } => Call::Typed(Method::CaptureStop(CaptureStopParams { port })),
         Cmd::Top { count, interval } => return top(&cli.socket, count, interval),
         Cmd::PortFaultSet {
             port,
@@ -546,6 +610,141 @@ fn top(socket: &std::path::Path, count: Option<u64>, interval: f64) -> Result<St
     Ok(String::new())
 }
 
+/// `capture`: starts a capture, waits for its end, prints its counts. Exit status: 0
+/// when it ended by count or timeout, 130 when interrupted, 1 on any error (or when it
+/// was stopped or failed in the daemon).
+fn capture(cli: Cli) -> ExitCode {
+    let Cmd::Capture {
+        port,
+        rx,
+        tx,
+        count,
+        snaplen,
+        file,
+        timeout,
+    } = cli.command
+    else {
+        return ExitCode::FAILURE;
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("stitchctl: capture: {e}");
+        ExitCode::FAILURE
+    };
+    let path = match std::path::absolute(&file) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("{}: {e}", file.display())),
+    };
+    let Some(path) = path.to_str().map(str::to_owned) else {
+        return fail(&format!("{}: not valid UTF-8", path.display()));
+    };
+    let dir = match (rx, tx) {
+        (true, _) => "rx",
+        (_, true) => "tx",
+        _ => "both",
+    };
+    let raw = strip_nulls(serde_json::json!({
+        "port": port, "dir": dir, "count": count, "snaplen": snaplen, "path": path,
+        "timeout_secs": timeout,
+    }));
+    // The same checks the daemon makes, with the same messages, before connecting.
+    let params = match Method::parse("capture.start", Some(raw)) {
+        Ok(Method::CaptureStart(p)) => p,
+        Ok(_) => return ExitCode::FAILURE,
+        Err(e) => return fail(&e.message),
+    };
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, interrupt.clone()) {
+            return fail(&format!("installing a signal handler: {e}"));
+        }
+    }
+    let outcome = Client::connect(&cli.socket)
+        .and_then(|mut c| run_capture_verbose(&mut c, &params, &interrupt));
+    let out = match outcome {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    let info = &out.info;
+    if cli.json {
+        print!(
+            "{}",
+            pretty(&serde_json::to_value(info).unwrap_or_default())
+        );
+    } else {
+        println!("{}", info.summary());
+    }
+    match (out.interrupted, info.end) {
+        (true, _) => {
+            eprintln!(
+                "stitchctl: capture: interrupted before {} packets; the file keeps the {} written",
+                info.count, info.captured
+            );
+            ExitCode::from(130)
+        }
+        (false, Some(CaptureEnd::Count)) => ExitCode::SUCCESS,
+        (false, Some(CaptureEnd::Timeout)) => {
+            if info.captured == 0 {
+                eprintln!(
+                    "stitchctl: capture: no {} frames on port {} within {} s (timeout); the file has no packets",
+                    if dir == "both" { "matching" } else { dir },
+                    info.port,
+                    info.timeout_secs.unwrap_or(0)
+                );
+            } else {
+                eprintln!(
+                    "stitchctl: capture: timeout after {} s",
+                    info.timeout_secs.unwrap_or(0)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        (false, Some(CaptureEnd::Error)) => fail(&format!(
+            "failed in stitchd: {}",
+            info.error.as_deref().unwrap_or("unknown error")
+        )),
+        (false, _) => fail(&"stopped in stitchd (capture.stop or shutdown) before the count"),
+    }
+}
+
+fn run_capture_verbose(
+    c: &mut Client,
+    p: &CaptureStartParams,
+    interrupt: &std::sync::atomic::AtomicBool,
+) -> Result<stitch_control::capture::CaptureOutcome, stitch_control::ClientError> {
+    eprintln!(
+        "stitchctl: capturing {} packets on port {} ({}) into {} (written by stitchd)",
+        p.count,
+        p.port,
+        p.dir.name(),
+        p.path
+    );
+    stitch_control::capture::run_capture(c, p, interrupt)
+}
+
+fn render_captures(list: CaptureList) -> String {
+    let mut t = Table::new(&[
+        "ID", "PORT", "DIR", "STATE", "END", "CAPTURED", "COUNT", "DROPPED", "SNAPLEN", "SECS",
+        "FILE",
+    ]);
+    for c in &list.captures {
+        t.row(vec![
+            c.id.to_string(),
+            c.port.to_string(),
+            c.dir.name().into(),
+            format!("{:?}", c.state).to_lowercase(),
+            c.end
+                .map_or_else(|| "-".into(), |e| format!("{e:?}").to_lowercase()),
+            c.captured.to_string(),
+            c.count.to_string(),
+            c.dropped.to_string(),
+            c.snaplen.to_string(),
+            format!("{:.1}", c.elapsed_secs),
+            c.path.clone(),
+        ]);
+    }
+    t.render()
+}
+
 /// `events.subscribe`: prints each event as one JSON line until the daemon or the user ends it.
 fn subscribe(socket: &std::path::Path) -> Result<String> {
     use std::io::{BufRead, BufReader, Write};
@@ -664,6 +863,10 @@ fn render(method: &Method, result: &Value) -> String {
         | Method::StitchInstall(_) => Some(render_ok(result)),
         Method::StitchList => shaped(result, render_stitches),
         Method::StitchGet(_) => None,
+        Method::CaptureStart(_) | Method::CaptureStop(_) => {
+            shaped(result, |c: CaptureInfo| format!("{}\n", c.summary()))
+        }
+        Method::CaptureStatus(_) => shaped(result, render_captures),
     };
     text.unwrap_or_else(|| pretty(result))
 }
