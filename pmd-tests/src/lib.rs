@@ -243,6 +243,31 @@ impl Stitchd {
             .unwrap_or_else(|e| panic!("{method} failed: {e}\nstitchd log:\n{}", self.log_text()))
     }
 
+    /// Subscribes to stitchd's events (`events.subscribe`): each event's params arrive on
+    /// the channel, from a thread that ends when stitchd closes the stream.
+    pub fn events(&self) -> std::sync::mpsc::Receiver<Value> {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\"}\n")
+            .expect("subscribe");
+        let mut r = BufReader::new(s);
+        let mut first = String::new();
+        r.read_line(&mut first).expect("subscription answer");
+        assert!(first.contains("\"result\""), "events.subscribe: {first}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in r.lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    break;
+                };
+                if tx.send(v["params"].clone()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
     /// Sends raw bytes on a connection and reads one response line.
     pub fn raw(&self, bytes: &[u8]) -> Value {
         let mut s = UnixStream::connect(&self.socket).expect("connect");
@@ -359,9 +384,17 @@ impl RootLinks {
         let base = tap.trim_start_matches('t');
         let (br, root_end, ns_end) = (format!("b{base}"), format!("p{base}"), format!("v{base}"));
         self.names.push(tap.to_string());
-        sh("ip", &["link", "add", &br, "type", "bridge", "stp_state", "0"]);
+        sh(
+            "ip",
+            &["link", "add", &br, "type", "bridge", "stp_state", "0"],
+        );
         self.names.push(br.clone());
-        sh("ip", &["link", "add", &root_end, "type", "veth", "peer", "name", &ns_end]);
+        sh(
+            "ip",
+            &[
+                "link", "add", &root_end, "type", "veth", "peer", "name", &ns_end,
+            ],
+        );
         self.names.push(root_end.clone());
         for l in [&br, &root_end, tap] {
             let _ = Command::new("sysctl")

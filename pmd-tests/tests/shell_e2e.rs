@@ -278,6 +278,7 @@ fn one_variant(
     order: u64,
 ) -> (ShellStatus, Vec<stitch_core::TeardownNotice>, Stitchd) {
     let w = world(1);
+    let events = w.sd.events();
     let (core_agent, notices) = start_core_agent(&w);
     let shell = start_shell(&w, shell_config("after_bytes", 256 << 10, variant, 1));
     let four_c = variant == "4C";
@@ -319,8 +320,10 @@ fn one_variant(
     while shell.status().mappings[0].active_stitched != 0 {
         assert!(
             Instant::now() < deadline,
-            "{variant}: the shell did not free the stitch: {:?}",
-            shell.status()
+            "{variant}, order {order}: the shell did not free the stitch: {:?}\nswitch events: {:?}\nshell log: {}",
+            shell.status(),
+            events.try_iter().collect::<Vec<_>>(),
+            shell.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

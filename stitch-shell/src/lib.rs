@@ -726,26 +726,22 @@ fn apply_segment(s: &Shared, seg: &tcp_repair::TcpSegment) -> bool {
                 Side::Client => {
                     st.estimate.0 = u64::from(seg.seq.wrapping_sub(q.r1));
                     if seg.flags.ack() {
-                        st.estimate.1 =
-                            st.estimate.1.max(u64::from(seg.ack.wrapping_sub(q.s1)));
+                        st.estimate.1 = st.estimate.1.max(u64::from(seg.ack.wrapping_sub(q.s1)));
                     }
                     !std::mem::replace(&mut st.fin_client, true)
                 }
                 _ => {
                     st.estimate.1 = u64::from(seg.seq.wrapping_sub(q.r2));
                     if seg.flags.ack() {
-                        st.estimate.0 =
-                            st.estimate.0.max(u64::from(seg.ack.wrapping_sub(q.s2)));
+                        st.estimate.0 = st.estimate.0.max(u64::from(seg.ack.wrapping_sub(q.s2)));
                     }
                     !std::mem::replace(&mut st.fin_core, true)
                 }
             };
             st.first_fin.get_or_insert_with(Instant::now);
             if first_from_side && st.variant == Teardown::D {
-                let core_agent = SocketAddr::new(
-                    st.h.legs.core.ip(),
-                    s.maps[st.mapping].cfg.core_agent_port,
-                );
+                let core_agent =
+                    SocketAddr::new(st.h.legs.core.ip(), s.maps[st.mapping].cfg.core_agent_port);
                 notify = Some((
                     core_agent,
                     TeardownMsg {
@@ -845,19 +841,35 @@ fn heartbeat(s: &Shared) {
         let Ok(mut req) = Requester::for_peer(switch, s.keys.clone()) else {
             continue;
         };
-        for chunk in ids.chunks(agent_proto::MAX_HEARTBEAT_IDS) {
+        // Whether the switch says it no longer has any of `ids` (None: no answer).
+        let mut unknown = |ids: &[u32]| {
             let msg = Message::Heartbeat(Heartbeat {
-                stitch_ids: chunk.to_vec(),
+                stitch_ids: ids.to_vec(),
             });
-            if let Ok((Message::Reply(r), _)) =
-                req.request(switch, &msg, Some(Duration::from_secs(1)))
-            {
-                if !r.ok && r.error_code == error_code::NO_SUCH_STITCH {
-                    if let Some(id) = r.stitch_id.filter(|id| chunk.contains(id)) {
-                        if free(s, id, None) {
-                            s.td.forgotten.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+            match req.request(switch, &msg, Some(Duration::from_secs(1))) {
+                Ok((Message::Reply(r), _)) => {
+                    Some(!r.ok && r.error_code == error_code::NO_SUCH_STITCH)
+                }
+                _ => None,
+            }
+        };
+        for chunk in ids.chunks(agent_proto::MAX_HEARTBEAT_IDS) {
+            if unknown(chunk) != Some(true) {
+                continue;
+            }
+            // The answer names the set, not each id: ask for each one alone.
+            let gone: Vec<u32> = if chunk.len() == 1 {
+                chunk.to_vec()
+            } else {
+                chunk
+                    .iter()
+                    .copied()
+                    .filter(|id| unknown(&[*id]) == Some(true))
+                    .collect()
+            };
+            for id in gone {
+                if free(s, id, None) {
+                    s.td.forgotten.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -42,6 +42,8 @@ struct FakeSwitch {
     /// When set: on Commit, first send this shell agent a 4B teardown notice for the
     /// stitch (and wait for its acknowledgement), then answer the commit.
     notice_before_commit: Arc<Mutex<Option<SocketAddr>>>,
+    /// When set: every heartbeat is answered NO_SUCH_STITCH (the switch forgot them).
+    forget: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -58,6 +60,8 @@ impl FakeSwitch {
         let (log2, stop2) = (log.clone(), stop.clone());
         let notice_before_commit = Arc::new(Mutex::new(None::<SocketAddr>));
         let nbc = notice_before_commit.clone();
+        let forget = Arc::new(AtomicBool::new(false));
+        let forget2 = forget.clone();
         let next_id = AtomicU32::new(100);
         let thread = std::thread::spawn(move || {
             let k = keys();
@@ -97,6 +101,9 @@ impl FakeSwitch {
                         expect_ok(answer).unwrap();
                         Message::Reply(Reply::ok(None))
                     }
+                    Message::Heartbeat(_) if forget2.load(Ordering::SeqCst) => Message::Reply(
+                        Reply::error(None, error_code::NO_SUCH_STITCH, "test forgot every stitch"),
+                    ),
                     Message::Commit(c) if commit == CommitAnswer::Refuse => {
                         Message::Reply(Reply::error(
                             Some(c.stitch_id),
@@ -115,6 +122,7 @@ impl FakeSwitch {
             addr,
             log,
             notice_before_commit,
+            forget,
             stop,
             thread: Some(thread),
         }
@@ -371,10 +379,19 @@ fn stitched(
     variant: &str,
     extra: &str,
 ) -> (tempfile::TempDir, FakeSwitch, Shell, TcpStream, TcpStream) {
+    stitched_with(variant, extra, |_| {})
+}
+
+/// [`stitched`], with `tweak` applied to the shell's configuration before it starts.
+fn stitched_with(
+    variant: &str,
+    extra: &str,
+    tweak: impl FnOnce(&mut ShellConfig),
+) -> (tempfile::TempDir, FakeSwitch, Shell, TcpStream, TcpStream) {
     let dir = tempfile::tempdir().unwrap();
     let sw = FakeSwitch::start(CommitAnswer::Accept, None);
     let core = TcpListener::bind("127.0.0.1:0").unwrap();
-    let cfg = shell_config(
+    let mut cfg = shell_config(
         sw.addr,
         core.local_addr().unwrap(),
         &dir.path().join("s.sock"),
@@ -382,6 +399,7 @@ fn stitched(
             "bypass = {{ policy = \"after_bytes\", value = 6 }}\nteardown = \"{variant}\"\n{extra}"
         ),
     );
+    tweak(&mut cfg);
     let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
     assert_eq!(
         shell.status().stitching,
@@ -489,6 +507,22 @@ fn a_teardown_notice_that_overtakes_the_commit_answer_still_frees_the_stitch() {
     );
     // Counted as unmatched when it arrived, then applied.
     assert_eq!((st.teardown.notices, st.teardown.unmatched), (1, 1));
+}
+
+#[test]
+fn a_stitch_the_switch_forgot_is_freed_by_the_next_heartbeat() {
+    // 4E: only FIN copies end it; if they never arrive, the heartbeat must.
+    let (_dir, sw, shell, _client, _server) = stitched_with("4E", "", |c| {
+        c.heartbeat = Duration::from_secs(1);
+    });
+    assert_eq!(shell.status().teardown.forgotten_by_switch, 0);
+    sw.forget.store(true, Ordering::SeqCst);
+    wait_for(
+        "the heartbeat to free the stitch",
+        Duration::from_secs(5),
+        || shell.status().mappings[0].active_stitched == 0,
+    );
+    assert_eq!(shell.status().teardown.forgotten_by_switch, 1);
 }
 
 #[test]

@@ -492,7 +492,7 @@ impl Agent {
                     Message::Reply(Reply::ok(None))
                 } else {
                     Message::Reply(Reply::error(
-                        None,
+                        unknown.first().copied(),
                         error_code::NO_SUCH_STITCH,
                         format!("unknown stitches: {unknown:?}"),
                     ))

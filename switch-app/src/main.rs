@@ -290,7 +290,16 @@ fn run_with_eal(eal: &Eal, cfg: &Config, socket: PathBuf, boot: Boot) -> Result<
                 tx_queues: n_workers.max(p.rx_queues),
             });
         }
-        serve(eal, cfg, socket, &planned, states, active, pool.clone(), boot)
+        serve(
+            eal,
+            cfg,
+            socket,
+            &planned,
+            states,
+            active,
+            pool.clone(),
+            boot,
+        )
     })();
     for p in started {
         if let Err(e) = p.stop() {

@@ -313,7 +313,8 @@ impl SlowPath {
                 "stitchd was started without --config: there is no file to reload",
             ));
         };
-        let new = Config::load(&path).map_err(|e| RpcError::app(format!("{e}; nothing was applied")))?;
+        let new =
+            Config::load(&path).map_err(|e| RpcError::app(format!("{e}; nothing was applied")))?;
         let fixed = fixed_sections_changed(&self.config, &new);
         if !fixed.is_empty() {
             return Err(RpcError::app(format!(
@@ -757,34 +758,25 @@ fn fixed_sections_changed(a: &Config, b: &Config) -> Vec<&'static str> {
         c
     };
     let (a, b) = (live_blanked(a), live_blanked(b));
-    let mut out = Vec::new();
-    if a.eal != b.eal {
-        out.push("eal");
-    }
-    if a.ports != b.ports {
-        out.push("ports (other than allowed_macs and learning)");
-    }
-    if a.mempool != b.mempool {
-        out.push("mempool");
-    }
-    if a.control != b.control {
-        out.push("control");
-    }
-    if a.l2 != b.l2 {
-        out.push("l2 (other than static_macs)");
-    }
-    if a.stitch != b.stitch {
-        out.push("stitch");
-    }
-    if a.agent != b.agent {
-        out.push("agent");
-    }
-    if a.metrics != b.metrics {
-        out.push("metrics");
-    }
-    if a.state != b.state {
-        out.push("state");
-    }
+    let sections = [
+        ("eal", a.eal != b.eal),
+        (
+            "ports (other than allowed_macs and learning)",
+            a.ports != b.ports,
+        ),
+        ("mempool", a.mempool != b.mempool),
+        ("control", a.control != b.control),
+        ("l2 (other than static_macs)", a.l2 != b.l2),
+        ("stitch", a.stitch != b.stitch),
+        ("agent", a.agent != b.agent),
+        ("metrics", a.metrics != b.metrics),
+        ("state", a.state != b.state),
+    ];
+    let mut out: Vec<&'static str> = sections
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| *name)
+        .collect();
     if out.is_empty() && a != b {
         out.push("other settings");
     }

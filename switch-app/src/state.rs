@@ -327,10 +327,17 @@ mod tests {
 
     #[test]
     fn rebase_applies_only_what_the_toml_changed() {
-        let old = desired(&[("02:00:00:00:00:01", 0), ("02:00:00:00:00:02", 1)], &[(0, true), (1, true)]);
+        let old = desired(
+            &[("02:00:00:00:00:01", 0), ("02:00:00:00:00:02", 1)],
+            &[(0, true), (1, true)],
+        );
         // The operator added :03 and turned learning off on port 1 at run time.
         let current = desired(
-            &[("02:00:00:00:00:01", 0), ("02:00:00:00:00:02", 1), ("02:00:00:00:00:03", 1)],
+            &[
+                ("02:00:00:00:00:01", 0),
+                ("02:00:00:00:00:02", 1),
+                ("02:00:00:00:00:03", 1),
+            ],
             &[(0, true), (1, false)],
         );
         // The TOML drops :01, moves :02 to port 0, turns learning off on port 0.

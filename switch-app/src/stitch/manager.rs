@@ -222,6 +222,23 @@ fn err(msg: impl Into<String>) -> RpcError {
     RpcError::app(msg)
 }
 
+/// The rules of a live stitch: C->A1 translated out of B's port, B->A2 out of C's, the
+/// shell's own sends dropped; FINs copied to the shell in 4D and 4E.
+fn live_actions(b_port: PortId, c_port: PortId, teardown: Teardown) -> impl Fn(Dir) -> Action {
+    let fin_to_shell = matches!(teardown, Teardown::D | Teardown::E);
+    move |d: Dir| match d {
+        Dir::CtoA => Action::Translate {
+            out_port: b_port,
+            fin_to_shell,
+        },
+        Dir::BtoA => Action::Translate {
+            out_port: c_port,
+            fin_to_shell,
+        },
+        Dir::AtoC | Dir::AtoB => Action::DropShell,
+    }
+}
+
 fn key_of(from: SocketAddr, to: SocketAddr, proto: u8) -> FlowKey {
     FlowKey::new(from.ip(), from.port(), to.ip(), to.port(), proto)
 }
@@ -306,19 +323,8 @@ impl Stitcher {
                 if self.stitches.contains_key(&s.id) {
                     return Err("its id is used twice".into());
                 }
-                let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
                 let (b_port, c_port) = (PortId(s.out_ports[0]), PortId(s.out_ports[1]));
-                let actions = |d: Dir| match d {
-                    Dir::CtoA => Action::Translate {
-                        out_port: b_port,
-                        fin_to_shell,
-                    },
-                    Dir::BtoA => Action::Translate {
-                        out_port: c_port,
-                        fin_to_shell,
-                    },
-                    Dir::AtoC | Dir::AtoB => Action::DropShell,
-                };
+                let actions = live_actions(b_port, c_port, s.params.teardown);
                 let saved_next = self.next_id;
                 self.next_id = s.id;
                 let r = self.add(
@@ -498,7 +504,6 @@ impl Stitcher {
             };
             let (t_cb, t_bc) = stitch_pair(&sp);
             let (b_port, c_port) = (PortId(p.ports.b), PortId(p.ports.c));
-            let fin_to_shell = matches!(p.teardown, Teardown::D | Teardown::E);
             let prep = StitchPrepareParams {
                 leg_a: stitch_control::protocol::LegA {
                     client,
@@ -513,17 +518,7 @@ impl Stitcher {
                 idle_timeout: p.idle_timeout,
                 linger: p.linger,
             };
-            let actions = |d: Dir| match d {
-                Dir::CtoA => Action::Translate {
-                    out_port: b_port,
-                    fin_to_shell,
-                },
-                Dir::BtoA => Action::Translate {
-                    out_port: c_port,
-                    fin_to_shell,
-                },
-                Dir::AtoC | Dir::AtoB => Action::DropShell,
-            };
+            let actions = live_actions(b_port, c_port, p.teardown);
             let id = match self.add(
                 prep,
                 actions,
