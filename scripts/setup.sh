@@ -7,6 +7,8 @@ set -euo pipefail
 PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping iperf3 tcpdump
       tshark   # reads back the pcap files of `stitchctl capture` (pmd-tests/tests/capture.rs)
       procps kmod ca-certificates python3
+      # the Debian package (scripts/package.sh): dpkg-shlibdeps finds its library dependencies
+      dpkg-dev
       # the web console's browser test (pmd-tests/tests/console.rs): headless Chromium
       chromium
       # the fleet (stitch-fleet): prosody (started privately by its tests and demo; lua-sec

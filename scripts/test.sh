@@ -14,3 +14,5 @@ cargo test --workspace
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p switch-core --release --lib flow::qsbr::loom_tests
 # The capture rings (one worker producing, the slow path consuming), model-checked the same way.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p switch-core --release --lib capture::ring::loom_tests
+# The Debian package: built with cargo-deb from the release binaries, contents checked.
+scripts/test-package.sh
