@@ -70,6 +70,9 @@ pub struct WorkerRow {
     pub tx_packets: u64,
     #[serde(default)]
     pub stitched: u64,
+    /// TSC cycles of the rounds that received packets (stitchd's `busy_cycles`).
+    #[serde(default)]
+    pub busy_cycles: u64,
     #[serde(default)]
     pub drops: BTreeMap<String, u64>,
 }
@@ -233,6 +236,13 @@ impl Sample {
 
 /// Per-second rate of a counter that went from `before` to `now` in `secs` seconds; 0
 /// when it went backwards (daemon restarted) or no time passed.
+/// Busy cycles per received packet between two samples of a worker; `None` when it
+/// received nothing (an idle worker has no cost per packet).
+pub fn cycles_per_packet(now: &WorkerRow, before: &WorkerRow) -> Option<f64> {
+    let pkts = now.rx_packets.saturating_sub(before.rx_packets);
+    (pkts > 0).then(|| now.busy_cycles.saturating_sub(before.busy_cycles) as f64 / pkts as f64)
+}
+
 pub fn rate(now: u64, before: u64, secs: f64) -> f64 {
     if secs <= 0.0 {
         return 0.0;
@@ -351,6 +361,7 @@ pub fn render(prev: &Sample, cur: &Sample, secs: f64) -> String {
         "TX pkt/s",
         "stitched/s",
         "drops/s",
+        "cyc/pkt",
         "drops since start",
     ]
     .map(String::from)
@@ -375,6 +386,7 @@ pub fn render(prev: &Sample, cur: &Sample, secs: f64) -> String {
             pps(rate(w.tx_packets, b.tx_packets, secs)),
             pps(rate(w.stitched, b.stitched, secs)),
             pps(rate(w.dropped(), b.dropped(), secs)),
+            cycles_per_packet(w, &b).map_or("-".into(), |c| format!("{c:.0}")),
             if reasons.is_empty() {
                 "none".into()
             } else {
@@ -436,6 +448,7 @@ mod tests {
             workers: vec![WorkerRow {
                 lcore: 1,
                 rx_packets: rx,
+                busy_cycles: rx * 150,
                 drops: [("tx_full".to_string(), drops)].into_iter().collect(),
                 ..WorkerRow::default()
             }],
@@ -461,7 +474,11 @@ mod tests {
             .nth(1)
             .expect(&text);
         let cells: Vec<&str> = worker.split_whitespace().collect();
-        assert_eq!(cells[..6], ["0", "1", "1.0k", "0", "0", "2"], "{text}");
+        assert_eq!(
+            cells[..7],
+            ["0", "1", "1.0k", "0", "0", "2", "150"],
+            "{text}"
+        );
         assert!(worker.ends_with("tx_full 5"), "{worker}");
         assert!(text.starts_with("stitchd top: 1 ports, 1 workers, stitches 1 (stitched 1)"));
     }

@@ -510,7 +510,7 @@ fn serve(
                 mac_capacity: cfg.l2.mac_table_size as u64,
             };
             let console_on = cfg.metrics.as_ref().is_some_and(|m| m.console);
-            let console = console_on.then(|| Arc::new(console::Console::new(bridge, tsc_hz)));
+            let console = console_on.then(|| Arc::new(console::Console::new(bridge)));
             let t = ms
                 .spawn(http::Services { exporter, console }, stop.clone())
                 .context("starting the metrics / console threads")?;

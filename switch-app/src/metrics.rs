@@ -91,6 +91,8 @@ pub struct WorkerSample {
     pub punted: u64,
     pub learn_requests: u64,
     pub learn_dropped: u64,
+    /// TSC cycles of the rounds that received packets.
+    pub busy_cycles: u64,
     /// Every drop reason, by name, zeros included.
     pub drops: Vec<(&'static str, u64)>,
 }
@@ -108,6 +110,7 @@ impl WorkerSample {
             punted: w.punted.load(Relaxed),
             learn_requests: w.learn_requests.load(Relaxed),
             learn_dropped: w.learn_dropped.load(Relaxed),
+            busy_cycles: w.busy_cycles.load(Relaxed),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), w.drops[r.index()].load(Relaxed)))
@@ -379,7 +382,13 @@ impl Collector for Sample {
             vec![("worker", i.to_string()), ("lcore", w.lcore.to_string())]
         };
         type WorkerField = (&'static str, &'static str, bool, fn(&WorkerSample) -> u64);
-        let worker_metrics: [WorkerField; 8] = [
+        let worker_metrics: [WorkerField; 9] = [
+            (
+                "worker_busy_cycles",
+                "TSC cycles of poll rounds that received packets (over worker_rx_packets: cycles per packet, idle polling excluded)",
+                false,
+                |w| w.busy_cycles,
+            ),
             (
                 "worker_rx_packets",
                 "Packets received by the worker",

@@ -26,6 +26,10 @@ pub struct WorkerStats {
     pub punted: AtomicU64,
     pub fault_reordered: AtomicU64,
     pub fault_duplicated: AtomicU64,
+    /// TSC cycles spent in rounds that received packets (from the round's start to its
+    /// end): busy cycles over received packets is the cost per packet, without the idle
+    /// polling a wall-clock figure counts (`stitchctl top`, the console, /metrics).
+    pub busy_cycles: AtomicU64,
     /// Poll rounds completed: the slow path waits for every worker's count to move to
     /// know that a change it published is seen (freeze, rule removal).
     pub iterations: AtomicU64,
@@ -60,6 +64,7 @@ impl WorkerStats {
             punted: AtomicU64::new(0),
             fault_reordered: AtomicU64::new(0),
             fault_duplicated: AtomicU64::new(0),
+            busy_cycles: AtomicU64::new(0),
             iterations: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             stitch: (0..stitch_words).map(|_| AtomicU64::new(0)).collect(),
@@ -88,6 +93,7 @@ impl WorkerStats {
             "punted": self.punted.load(Relaxed),
             "fault_reordered": self.fault_reordered.load(Relaxed),
             "fault_duplicated": self.fault_duplicated.load(Relaxed),
+            "busy_cycles": self.busy_cycles.load(Relaxed),
             "drops": drops,
         })
     }

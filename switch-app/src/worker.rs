@@ -94,6 +94,7 @@ const DRAIN_US: u64 = 100;
 #[derive(Default)]
 struct Round {
     rx_pkts: u64,
+    busy_cycles: u64,
     rx_bytes: u64,
     tx_pkts: u64,
     flooded: u64,
@@ -446,6 +447,10 @@ impl Worker {
             } else if !full_burst {
                 out.flush(&mut r);
             }
+            if r.rx_pkts > 0 {
+                // One TSC read per round that did work (not per packet).
+                r.busy_cycles = dpdk::tsc().wrapping_sub(now_tsc);
+            }
             publish(&stats, &r);
             // No reference into the flow table survives this point.
             flows.quiescent();
@@ -460,6 +465,7 @@ impl Worker {
 fn publish(s: &WorkerStats, r: &Round) {
     bump(&s.iterations, 1);
     bump(&s.rx_packets, r.rx_pkts);
+    bump(&s.busy_cycles, r.busy_cycles);
     bump(&s.rx_bytes, r.rx_bytes);
     bump(&s.tx_packets, r.tx_pkts);
     bump(&s.flooded, r.flooded);

@@ -14,11 +14,10 @@
 //!   messages, never blocks the hub).
 //!
 //! Rates are counter differences over the time between two samples (`top`'s
-//! [`rate`]); the hub samples only while a stream is open. Cycles per packet are
-//! wall-clock: a poll-mode worker spins on its lcore, so its cycles in an interval are the
-//! TSC frequency times the interval, and cycles per received packet is that over the
-//! packets; at low rates it mostly counts idle polling (like `wall-clock cycles/packet` in
-//! the benchmarks). A stitch's age counts from its `prepared` / `installed` event, or,
+//! [`rate`]); the hub samples only while a stream is open. Cycles per packet are the
+//! worker's busy cycles (TSC cycles of the rounds that received packets, counted by the
+//! worker) over the packets it received in the interval, `top`'s
+//! [`top::cycles_per_packet`]: idle polling is not in them. A stitch's age counts from its `prepared` / `installed` event, or,
 //! for one the console saw first in a list, from then.
 //!
 //! Static assets (`index.html`, `console.js`, `console.css`) are compiled into the
@@ -104,8 +103,8 @@ pub struct WorkerView {
     pub rx_pps: f64,
     pub tx_pps: f64,
     pub stitched_pps: f64,
-    /// Wall-clock TSC cycles per received packet over the interval (module doc); `None`
-    /// when the worker received nothing.
+    /// Busy TSC cycles per received packet over the interval (module doc); `None` when
+    /// the worker received nothing.
     pub cycles_per_packet: Option<f64>,
     /// Drops since start, by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
@@ -249,13 +248,12 @@ impl Ages {
 
 /// Builds the snapshot of `cur` with rates against `prev` (`None`: rates 0).
 ///
-/// Pure: the times, the TSC frequency and the MAC answer are inputs.
+/// Pure: the times and the MAC answer are inputs.
 fn build(
     prev: Option<&Timed>,
     cur: &Timed,
     macs: MacView,
     ages: &mut Ages,
-    tsc_hz: u64,
     time_ms: u64,
 ) -> Snapshot {
     let secs = prev.map_or(0.0, |p| {
@@ -302,7 +300,6 @@ fn build(
                 .filter(|x| x.lcore == w.lcore)
                 .cloned()
                 .unwrap_or_else(|| w.clone());
-            let received = w.rx_packets.saturating_sub(b.rx_packets);
             let dropped = |r: &top::WorkerRow| r.drops.values().sum::<u64>();
             WorkerView {
                 index: i,
@@ -312,8 +309,9 @@ fn build(
                 rx_pps: rate(w.rx_packets, b.rx_packets, secs),
                 tx_pps: rate(w.tx_packets, b.tx_packets, secs),
                 stitched_pps: rate(w.stitched, b.stitched, secs),
-                cycles_per_packet: (received > 0 && secs > 0.0)
-                    .then(|| tsc_hz as f64 * secs / received as f64),
+                cycles_per_packet: (secs > 0.0)
+                    .then(|| top::cycles_per_packet(w, &b))
+                    .flatten(),
                 drops: w.drops.clone(),
                 drops_per_sec: rate(dropped(w), dropped(&b), secs),
             }
@@ -391,7 +389,6 @@ struct Sampler {
 /// The console's state: how to reach the slow path, the sampler, the open streams.
 pub struct Console {
     slow: Arc<dyn Handler>,
-    tsc_hz: u64,
     sampler: Mutex<Sampler>,
     streams: Mutex<Vec<SyncSender<Arc<str>>>>,
     recent: Mutex<VecDeque<Arc<str>>>,
@@ -417,11 +414,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Console {
-    /// A console that asks the slow path through `slow`; `tsc_hz` for cycles per packet.
-    pub fn new(slow: Arc<dyn Handler>, tsc_hz: u64) -> Console {
+    /// A console that asks the slow path through `slow`.
+    pub fn new(slow: Arc<dyn Handler>) -> Console {
         Console {
             slow,
-            tsc_hz,
             sampler: Mutex::new(Sampler::default()),
             streams: Mutex::new(Vec::new()),
             recent: Mutex::new(VecDeque::new()),
@@ -471,7 +467,6 @@ impl Console {
                 entries: list.entries,
             },
             ages,
-            self.tsc_hz,
             unix_ms(),
         );
         history.push_back(cur);
@@ -595,6 +590,7 @@ mod tests {
                 workers: vec![top::WorkerRow {
                     lcore: 1,
                     rx_packets: rx,
+                    busy_cycles: rx * 250,
                     drops: [("tx_full".to_string(), rx / 10)].into_iter().collect(),
                     ..top::WorkerRow::default()
                 }],
@@ -646,14 +642,14 @@ mod tests {
         );
         let a = timed(t0, 1000, 0);
         let b = timed(t0 + Duration::from_secs(2), 3000, 4_000_000);
-        let s = build(Some(&a), &b, macs(), &mut ages, 2_000_000_000, 42);
+        let s = build(Some(&a), &b, macs(), &mut ages, 42);
         assert_eq!(s.interval_secs, 2.0);
         assert_eq!(s.ports[0].rx_pps, 1000.0);
         assert_eq!(s.ports[0].rx_bytes_per_sec, 100_000.0);
         let w = &s.workers[0];
         assert_eq!(w.rx_pps, 1000.0);
-        // 2 s at 2 GHz over 2000 packets.
-        assert_eq!(w.cycles_per_packet, Some(2_000_000.0));
+        // 500k busy cycles over 2000 packets.
+        assert_eq!(w.cycles_per_packet, Some(250.0));
         assert_eq!(w.drops_per_sec, 100.0);
         let st = &s.stitches.rows[0];
         assert_eq!(st.bytes_per_sec, 2_000_000.0);
@@ -664,14 +660,7 @@ mod tests {
     #[test]
     fn the_first_snapshot_has_zero_rates_and_no_cycles() {
         let mut ages = Ages::default();
-        let s = build(
-            None,
-            &timed(Instant::now(), 500, 10),
-            macs(),
-            &mut ages,
-            1,
-            0,
-        );
+        let s = build(None, &timed(Instant::now(), 500, 10), macs(), &mut ages, 0);
         assert_eq!(s.ports[0].rx_pps, 0.0);
         assert_eq!(s.workers[0].cycles_per_packet, None);
         assert_eq!(s.stitches.rows[0].age_secs, Some(0));
@@ -686,7 +675,6 @@ mod tests {
             &timed(t0 + Duration::from_secs(1), 10, 0),
             macs(),
             &mut ages,
-            1000,
             1_700_000_000_000,
         );
         let v: Value = serde_json::to_value(&s).unwrap();
@@ -694,7 +682,7 @@ mod tests {
         assert_eq!(v["ports"][0]["name"], "net_tap0");
         assert_eq!(v["ports"][0]["rx_pps"], 10.0);
         assert_eq!(v["workers"][0]["drops"]["tx_full"], 1);
-        assert_eq!(v["workers"][0]["cycles_per_packet"], 100.0);
+        assert_eq!(v["workers"][0]["cycles_per_packet"], 250.0);
         assert_eq!(v["macs"]["entries"][0]["static"], false);
         assert_eq!(v["macs"]["total"], 1);
         assert_eq!(v["stitches"]["by_state"]["stitched"], 1);
