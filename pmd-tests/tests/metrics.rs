@@ -80,10 +80,16 @@ fn parse(text: &str) -> Vec<Sample> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name {name:?}"
         );
-        let family = match name.strip_suffix("_total") {
-            Some(f) if types.get(f).map(String::as_str) == Some("counter") => f.to_string(),
-            _ => name.clone(),
+        let of_type = |suffixes: &[&str], ty: &str| {
+            suffixes.iter().find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some(ty))
+                    .map(str::to_string)
+            })
         };
+        let family = of_type(&["_total"], "counter")
+            .or_else(|| of_type(&["_bucket", "_sum", "_count"], "histogram"))
+            .unwrap_or_else(|| name.clone());
         let ty = types
             .get(&family)
             .unwrap_or_else(|| panic!("sample {name} before its # TYPE"));
@@ -182,6 +188,15 @@ fn metrics_agree_with_stats_get_after_a_known_pcap_is_replayed() {
         s.worker_sum("rx_packets") == total && s.worker_sum("tx_packets") == FRAMES
     });
 
+    // One hand-off begun and given up: counted as prepared, and removed as deleted.
+    let prep = sd.ok(
+        "stitch.prepare",
+        Some(serde_json::json!({
+            "leg_a": {"client": "198.18.0.1:40000", "shell": "198.18.0.2:7000"},
+            "leg_b": {"shell": "198.18.0.2:45000", "core": "198.18.0.3:8000"}
+        })),
+    );
+    sd.ok("stitch.delete", Some(serde_json::json!({"id": prep["id"]})));
     let (status, rest) = http(&addr, "GET /metrics HTTP/1.1");
     assert_eq!(status, "HTTP/1.1 200 OK", "{rest}");
     let (head, body) = rest.split_once("\r\n\r\n").expect("head and body");
@@ -276,6 +291,41 @@ fn metrics_agree_with_stats_get_after_a_known_pcap_is_replayed() {
     );
     assert_eq!(value(&m, "stitchd_flow_table_entries", &[]), 0);
     assert_eq!(value(&m, "stitchd_stitches", &[]), 0);
+    let h = &st["handoffs"];
+    for outcome in [
+        "prepared",
+        "frozen",
+        "committed",
+        "commit_refused",
+        "aborted",
+    ] {
+        assert_eq!(
+            value(&m, "stitchd_handoffs_total", &[("outcome", outcome)]),
+            h[outcome].as_u64().unwrap(),
+            "{outcome}"
+        );
+    }
+    assert_eq!(h["prepared"], 1);
+    assert_eq!(
+        value(
+            &m,
+            "stitchd_stitches_removed_total",
+            &[("reason", "deleted")]
+        ),
+        1
+    );
+    assert_eq!(
+        value(&m, "stitchd_handoff_frozen_seconds_count", &[]),
+        h["committed"].as_u64().unwrap()
+    );
+    assert_eq!(
+        value(
+            &m,
+            "stitchd_handoff_frozen_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        h["committed"].as_u64().unwrap()
+    );
     assert!(
         body.contains("# TYPE stitchd_stitches_by_state gauge"),
         "few stitches: counted by state"

@@ -32,6 +32,8 @@ use stitch_control::server::Handler;
 use switch_core::verdict::DropReason;
 
 use crate::stats::WorkerStats;
+use crate::stitch::handoff::HandoffsView;
+use serde::Deserialize;
 
 /// Above this many stitches a scrape does not list them (`stitch.list` copies each one)
 /// to count their states: `stitchd_stitches_by_state` is then absent.
@@ -137,6 +139,8 @@ pub struct SlowSample {
     pub acks_to_shell: u64,
     /// Agent protocol counters by name (empty without `[agent]`).
     pub agent: Vec<(String, u64)>,
+    /// Hand-off outcomes, removals by reason, freeze times (`stats.get` -> `stitch.handoffs`).
+    pub handoffs: HandoffsView,
 }
 
 fn u64_at(v: &Value, method: &'static str, field: &'static str) -> Result<u64, MetricsError> {
@@ -262,6 +266,12 @@ impl SlowSample {
             held_total: u64_at(st, SG, "held_total")?,
             acks_to_shell: u64_at(st, SG, "acks_to_shell")?,
             agent: counters_of(&stats["agent"]["counters"]),
+            handoffs: HandoffsView::deserialize(&st["handoffs"]).map_err(|_| {
+                MetricsError::Missing {
+                    method: SG,
+                    field: "stitch.handoffs",
+                }
+            })?,
         })
     }
 }
@@ -548,6 +558,43 @@ impl Collector for Sample {
             None,
             &one(s.acks_to_shell),
         )?;
+        let h = &s.handoffs;
+        let rows: Vec<_> = [
+            ("prepared", h.prepared),
+            ("frozen", h.frozen),
+            ("committed", h.committed),
+            ("commit_refused", h.commit_refused),
+            ("aborted", h.aborted),
+        ]
+        .iter()
+        .map(|(k, n)| (vec![("outcome", k.to_string())], *n))
+        .collect();
+        counters(
+            &mut enc,
+            "handoffs",
+            "Hand-off steps and outcomes (prepared, frozen, committed, commit_refused, aborted)",
+            None,
+            &rows,
+        )?;
+        let rows: Vec<_> = h
+            .removed
+            .iter()
+            .map(|(k, n)| (vec![("reason", k.clone())], *n))
+            .collect();
+        counters(
+            &mut enc,
+            "stitches_removed",
+            "Stitches removed, by reason (closed, idle, rst, deleted, new_connection)",
+            None,
+            &rows,
+        )?;
+        let m = enc.encode_descriptor(
+            "handoff_frozen",
+            "Time a committed stitch was frozen (its data towards the shell held), freeze to commit",
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        FrozenHistogram(h).encode(m)?;
         let rows: Vec<_> = s
             .agent
             .iter()
@@ -561,6 +608,25 @@ impl Collector for Sample {
             &rows,
         )?;
         Ok(())
+    }
+}
+
+/// The freeze-time histogram of a [`HandoffsView`], as an OpenMetrics histogram.
+#[derive(Debug)]
+struct FrozenHistogram<'a>(&'a HandoffsView);
+
+impl EncodeMetric for FrozenHistogram<'_> {
+    fn encode(&self, mut e: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        e.encode_histogram::<()>(
+            self.0.frozen_sum_secs,
+            self.0.frozen_count(),
+            &self.0.frozen_histogram(),
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
     }
 }
 
@@ -614,7 +680,10 @@ mod tests {
             "tx_errors": 1, "queues": []}]});
         let stats = json!({"workers": [], "slow_path": {"learned": 2, "aged": 1, "learn_pending": 0},
             "stitch": {"stitches": 1, "flow_entries": 4, "flow_capacity": 1024, "table_full": 0,
-                "held_total": 3, "acks_to_shell": 0},
+                "held_total": 3, "acks_to_shell": 0,
+                "handoffs": {"prepared": 2, "frozen": 2, "committed": 1, "commit_refused": 1,
+                    "aborted": 0, "removed": {"rst": 1},
+                    "frozen_buckets": [0, 0, 1, 0, 0, 0, 0, 0, 0], "frozen_sum_secs": 0.004}},
             "agent": null});
         let macs = json!({"entries": [{"bridge": 0}, {"bridge": 0}, {"bridge": 2}], "capacity": 8});
         (ports, stats, macs)
@@ -686,6 +755,13 @@ mod tests {
             "stitchd_flow_table_entries 4",
             "stitchd_stitches 1",
             "# TYPE stitchd_port_rx_bytes counter",
+            "stitchd_handoffs_total{outcome=\"committed\"} 1",
+            "stitchd_handoffs_total{outcome=\"commit_refused\"} 1",
+            "stitchd_stitches_removed_total{reason=\"rst\"} 1",
+            "# TYPE stitchd_handoff_frozen_seconds histogram",
+            "stitchd_handoff_frozen_seconds_bucket{le=\"0.005\"} 1",
+            "stitchd_handoff_frozen_seconds_bucket{le=\"+Inf\"} 1",
+            "stitchd_handoff_frozen_seconds_count 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -33,6 +33,7 @@ use switch_core::{MacAddr, PortId};
 
 use super::ack::{bare_fin, pure_ack};
 use super::fastpath::{copy_fin, FinCopy};
+use super::handoff::{HandoffsView, Outcome};
 use super::rule::{counter_slot, Action, Dir, DirState, DirStates, FlowRule, StitchRec, COUNTERS};
 use crate::agent::AgentNotice;
 use crate::state::{SavedStitch, StateFile};
@@ -86,6 +87,8 @@ struct Stitch {
     fin_from_c: bool,
     fin_from_b: bool,
     closing_since: Option<Instant>,
+    /// When it was frozen (for the freeze-time histogram).
+    frozen_at: Option<Instant>,
     last_packets: u64,
     last_activity: Instant,
 }
@@ -216,6 +219,8 @@ pub struct Stitcher {
     pub state: Option<StateFile>,
     /// A stitch went away since the state file was written.
     state_dirty: bool,
+    /// Hand-off outcomes, removals by reason, freeze times.
+    pub handoffs: HandoffsView,
 }
 
 fn err(msg: impl Into<String>) -> RpcError {
@@ -262,6 +267,7 @@ impl Stitcher {
             notices: Vec::new(),
             state: None,
             state_dirty: false,
+            handoffs: HandoffsView::default(),
         }
     }
 
@@ -448,6 +454,7 @@ impl Stitcher {
             "table_full": self.table_full,
             "held_total": self.held_total,
             "acks_to_shell": self.acks_sent,
+            "handoffs": serde_json::to_value(&self.handoffs).unwrap_or_default(),
         })
     }
 
@@ -455,6 +462,7 @@ impl Stitcher {
     pub fn prepare(&mut self, p: StitchPrepareParams) -> Result<Value, RpcError> {
         self.check_variant(p.teardown)?;
         let id = self.add(p, |_| Action::Watch, Phase::Watching, None)?;
+        self.handoffs.count(Outcome::Prepared);
         self.emit(json!({"event": "prepared", "id": id}));
         Ok(self.stitches[&id].summary())
     }
@@ -711,6 +719,7 @@ impl Stitcher {
             fin_from_c: false,
             fin_from_b: false,
             closing_since: None,
+            frozen_at: None,
             last_packets: 0,
             last_activity: Instant::now(),
         };
@@ -749,6 +758,10 @@ impl Stitcher {
             }
             return Err(e);
         }
+        if let Some(s) = self.stitches.get_mut(&id) {
+            s.frozen_at = Some(Instant::now());
+        }
+        self.handoffs.count(Outcome::Frozen);
         self.emit(json!({"event": "frozen", "id": id}));
         Ok(json!({"id": id, "state": "frozen"}))
     }
@@ -756,6 +769,27 @@ impl Stitcher {
     /// `stitch.commit`: checks the shell's state against what the switch saw, then goes
     /// live in both directions and releases what was held, translated.
     pub fn commit(&mut self, c: StitchCommitParams, io: &mut Io<'_>) -> Result<Value, RpcError> {
+        let id = c.id;
+        let frozen_at = self.stitches.get(&id).map(|s| s.frozen_at);
+        let r = self.commit_checked(c, io);
+        match (&r, frozen_at) {
+            (Ok(v), Some(at)) if v.get("already_committed").is_none() => {
+                self.handoffs.count(Outcome::Committed);
+                if let Some(at) = at {
+                    self.handoffs.frozen_for(at.elapsed());
+                }
+            }
+            (Err(_), Some(_)) => self.handoffs.count(Outcome::CommitRefused),
+            _ => {}
+        }
+        r
+    }
+
+    fn commit_checked(
+        &mut self,
+        c: StitchCommitParams,
+        io: &mut Io<'_>,
+    ) -> Result<Value, RpcError> {
         let id = c.id;
         let s = self
             .stitches
@@ -1046,6 +1080,7 @@ impl Stitcher {
         for (d, m) in std::mem::take(&mut s.held) {
             Self::send_to_shell(&s, d, m, io);
         }
+        self.handoffs.count(Outcome::Aborted);
         self.emit(json!({"event": "aborted", "id": id}));
         Ok(json!({"id": id, "state": "aborted", "released": released}))
     }
@@ -1096,6 +1131,7 @@ impl Stitcher {
             EndKind::Deleted,
             &[Side::Shell, Side::Core],
         );
+        self.handoffs.removed("deleted");
         self.emit(json!({"event": "removed", "id": id, "reason": "deleted"}));
         Ok(json!({"id": id, "deleted": true, "released_to_shell": n}))
     }
@@ -1156,6 +1192,7 @@ impl Stitcher {
                         );
                     }
                     self.emit(json!({"event": "syn", "id": id, "from": from}));
+                    self.handoffs.removed("new_connection");
                     self.emit(json!({"event": "removed", "id": id, "reason": "new_connection"}));
                     return;
                 }
@@ -1170,6 +1207,7 @@ impl Stitcher {
                         self.notice(&s, side, EndKind::Rst, &[Side::Shell, Side::Core]);
                     }
                     self.emit(json!({"event": "rst", "id": id, "from": from}));
+                    self.handoffs.removed("rst");
                     self.emit(json!({"event": "removed", "id": id, "reason": "rst"}));
                     return;
                 }
@@ -1266,6 +1304,7 @@ impl Stitcher {
                     );
                 }
             }
+            self.handoffs.removed(reason);
             self.emit(json!({"event": "removed", "id": id, "reason": reason}));
         }
         self.table.reclaim();
