@@ -58,7 +58,10 @@ EXAMPLE:
   stitchd --no-huge -m 1024 --no-pci -l 0-1 --vdev=net_tap0 --vdev=net_tap1 -- \\
           --control-socket /tmp/s.sock
 
-Stop with SIGINT/SIGTERM or `stitchctl shutdown`.";
+Stop with SIGINT/SIGTERM or `stitchctl shutdown`. SIGHUP (or `stitchctl config reload`)
+re-reads --config and applies changed static MACs and port policies. With a state file
+([state] file or --state-file), committed stitches, static MACs and port policies survive a
+restart (docs/state.md).";
 
 /// stitchd: a DPDK userspace L2 switch that can stitch TCP connections.
 #[derive(Debug, Parser)]
