@@ -243,6 +243,24 @@ impl Stitchd {
             .unwrap_or_else(|e| panic!("{method} failed: {e}\nstitchd log:\n{}", self.log_text()))
     }
 
+    /// The `ADDR` of the first `MARKER http://ADDR/...` line stitchd logs (a listener
+    /// bound to port 0 says where it is that way), waiting up to 10 s for it.
+    pub fn logged_addr(&self, marker: &str) -> String {
+        let needle = format!("{marker} http://");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if let Some(rest) = log.split(needle.as_str()).nth(1) {
+                return rest.split('/').next().unwrap_or_default().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no '{needle}' line in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Subscribes to stitchd's events (`events.subscribe`): each event's params arrive on
     /// the channel, from a thread that ends when stitchd closes the stream.
     pub fn events(&self) -> std::sync::mpsc::Receiver<Value> {
@@ -542,6 +560,7 @@ pub fn sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of `b` (how the SHA-256 helpers print digests).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

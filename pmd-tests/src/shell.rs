@@ -9,6 +9,14 @@ use stitch_shell::ShellStatus;
 
 use crate::{stitchd_bin, Netns};
 
+/// The agent key the shell tests give stitchd (`[agent] keys`, id 7), the shell and the
+/// core agent.
+pub const AGENT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+/// Where the shell listens (namespace A, 198.18.0.2) in the C / A / B layout of the tests.
+pub const SHELL_ADDR: &str = "198.18.0.2:7000";
+/// Where the core listens (namespace B, 198.18.0.3).
+pub const CORE_ADDR: &str = "198.18.0.3:8000";
+
 /// A running stitch-shell.
 pub struct ShellProc {
     child: Child,

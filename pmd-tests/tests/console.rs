@@ -23,22 +23,6 @@ use serde_json::{json, Value};
 /// Event streams the switch serves at once (`console::MAX_STREAMS`).
 const MAX_STREAMS: usize = 8;
 
-/// The console's address, from the log line stitchd prints once it listens.
-fn console_addr(sd: &Stitchd) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = sd.log_text();
-        if let Some(rest) = log.split("web console on http://").nth(1) {
-            return rest.split('/').next().unwrap_or_default().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no 'web console on' line in the log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Sends `request` (whole, head and all) and reads the response to its end.
 fn http_raw(addr: &str, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
@@ -336,7 +320,7 @@ fn the_console_in_chromium_shows_live_numbers_move_as_traffic_flows() {
         &["-l".into(), "0-1".into(), "--no-pci".into()],
         &["--config".into(), cfg.display().to_string()],
     );
-    let addr = console_addr(&sd);
+    let addr = sd.logged_addr("web console on");
     let ns: Vec<Netns> = (0..2).map(|i| Netns::new(&format!("sc{id}{i}"))).collect();
     let macs = ["02:00:00:00:0c:01", "02:00:00:00:0c:02"];
     for i in 0..2 {
@@ -475,7 +459,7 @@ fn event_streams_are_bounded_metrics_stay_answerable_and_bad_requests_get_4xx() 
         &["-l".into(), "0-1".into()],
         &["--config".into(), cfg.display().to_string()],
     );
-    let addr = console_addr(&sd);
+    let addr = sd.logged_addr("web console on");
 
     let mut streams: Vec<TcpStream> = (0..MAX_STREAMS).map(|_| open_stream(&addr)).collect();
     let (status, body) = get(&addr, "/events");

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use pmd_tests::{pcap, require_root, serial, stitchd_bin, unique_id, Stitchd};
@@ -171,18 +171,7 @@ fn metrics_agree_with_stats_get_after_a_known_pcap_is_replayed() {
         &["--config".into(), cfg.display().to_string()],
     );
     // The bound address (port 0 = any free port) is in the log.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let log = sd.log_text();
-        if let Some(rest) = log.split("metrics on http://").nth(1) {
-            break rest.split('/').next().unwrap_or_default().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no 'metrics on' line in the log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = sd.logged_addr("metrics on");
     let total = FRAMES + TRUNCATED;
     sd.wait_until(20, "the pcap replayed", |s| {
         s.worker_sum("rx_packets") == total && s.worker_sum("tx_packets") == FRAMES

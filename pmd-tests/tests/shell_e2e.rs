@@ -11,9 +11,7 @@ use pmd_tests::shell::ShellProc;
 use pmd_tests::{pattern, require_root, serial, sha256, sha256_of, unique_id, Netns, Stitchd};
 use stitch_shell::ShellStatus;
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const SHELL: &str = "198.18.0.2:7000";
-const CORE: &str = "198.18.0.3:8000";
+use pmd_tests::shell::{AGENT_KEY as KEY, CORE_ADDR as CORE, SHELL_ADDR as SHELL};
 
 struct World {
     sd: Stitchd,

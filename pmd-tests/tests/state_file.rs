@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use pmd_tests::shell::ShellProc;
-use pmd_tests::{pattern, require_root, serial, stitchd_bin, unique_id, Netns, RootLinks, Stitchd};
+use pmd_tests::{
+    hex, pattern, require_root, serial, sha256_of, stitchd_bin, unique_id, Netns, RootLinks,
+    Stitchd,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const SHELL: &str = "198.18.0.2:7000";
-const CORE: &str = "198.18.0.3:8000";
+use pmd_tests::shell::{AGENT_KEY as KEY, CORE_ADDR as CORE, SHELL_ADDR as SHELL};
 
 struct World {
     sd: Stitchd,
@@ -101,24 +102,13 @@ fn send_until(mut s: TcpStream, seed: u64, stop: Arc<AtomicBool>) -> (String, u6
         std::thread::sleep(Duration::from_millis(2));
     }
     s.shutdown(Shutdown::Write).expect("shutdown write");
-    (to_hex(&h.finalize()), n)
+    (hex(&h.finalize()), n)
 }
 
 /// Reads to EOF; SHA-256 and length.
-fn recv_all(mut s: TcpStream) -> (String, u64) {
+fn recv_all(s: TcpStream) -> (String, u64) {
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
-    let mut h = Sha256::new();
-    let mut n = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let k = s.read(&mut buf).expect("receive");
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    (to_hex(&h.finalize()), n)
+    sha256_of(s)
 }
 
 /// Both directions at once on one connection: (sent, received).
@@ -478,8 +468,4 @@ fn config_reload_applies_static_macs_and_port_policies_under_traffic_and_refuses
     let out = ping.wait_with_output().expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" 0% packet loss"), "{text}");
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -263,17 +263,11 @@ fn transfer_through(
 
 #[test]
 fn refused_commit_resumes_relaying_without_losing_a_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let sw = FakeSwitch::start(CommitAnswer::Refuse, None);
-    let core = TcpListener::bind("127.0.0.1:0").unwrap();
-    let cfg = shell_config(
-        sw.addr,
-        core.local_addr().unwrap(),
-        &dir.path().join("s.sock"),
+    let (_dir, sw, core, shell) = start_relay(
+        CommitAnswer::Refuse,
         "bypass = { policy = \"after_bytes\", value = 5000000 }\nteardown = \"4B\"",
+        |_| {},
     );
-    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
-    assert_eq!(shell.status().stitching, "available");
     transfer_through(&shell, core, 10 << 20, |s| {
         s.mappings[0].failed_handoffs >= 1
     });
@@ -388,16 +382,35 @@ fn stitched_with(
     extra: &str,
     tweak: impl FnOnce(&mut ShellConfig),
 ) -> (tempfile::TempDir, FakeSwitch, Shell, TcpStream, TcpStream) {
+    let (dir, sw, core, shell) = start_relay(
+        CommitAnswer::Accept,
+        &format!(
+            "bypass = {{ policy = \"after_bytes\", value = 6 }}\nteardown = \"{variant}\"\n{extra}"
+        ),
+        tweak,
+    );
+    let (client, server) = hello(&shell, &core);
+    wait_for("the hand-off", Duration::from_secs(10), || {
+        shell.status().mappings[0].active_stitched == 1
+    });
+    (dir, sw, shell, client, server)
+}
+
+/// A fake switch answering commits with `answer`, a core listener, and a shell between
+/// them with `mapping_extra` in its mapping (and `tweak` applied); stitching available.
+fn start_relay(
+    answer: CommitAnswer,
+    mapping_extra: &str,
+    tweak: impl FnOnce(&mut ShellConfig),
+) -> (tempfile::TempDir, FakeSwitch, TcpListener, Shell) {
     let dir = tempfile::tempdir().unwrap();
-    let sw = FakeSwitch::start(CommitAnswer::Accept, None);
+    let sw = FakeSwitch::start(answer, None);
     let core = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = shell_config(
         sw.addr,
         core.local_addr().unwrap(),
         &dir.path().join("s.sock"),
-        &format!(
-            "bypass = {{ policy = \"after_bytes\", value = 6 }}\nteardown = \"{variant}\"\n{extra}"
-        ),
+        mapping_extra,
     );
     tweak(&mut cfg);
     let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
@@ -407,16 +420,18 @@ fn stitched_with(
         "{:?}",
         shell.status()
     );
+    (dir, sw, core, shell)
+}
+
+/// One connection through the shell carrying "hello!" to the core: (client, core side).
+fn hello(shell: &Shell, core: &TcpListener) -> (TcpStream, TcpStream) {
     let mut client = TcpStream::connect(shell.listen_addrs()[0]).unwrap();
     let (mut server, _) = core.accept().unwrap();
     client.write_all(b"hello!").unwrap();
     let mut buf = [0u8; 6];
     server.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"hello!");
-    wait_for("the hand-off", Duration::from_secs(10), || {
-        shell.status().mappings[0].active_stitched == 1
-    });
-    (dir, sw, shell, client, server)
+    (client, server)
 }
 
 #[test]
@@ -476,22 +491,13 @@ fn a_teardown_notice_that_overtakes_the_commit_answer_still_frees_the_stitch() {
     // The switch can end a stitch before the shell has the commit's answer (a FIN held
     // during the freeze goes out at commit; a lost answer is retransmitted seconds later):
     // the early notice is kept and applied once the stitch is recorded.
-    let dir = tempfile::tempdir().unwrap();
-    let sw = FakeSwitch::start(CommitAnswer::Accept, None);
-    let core = TcpListener::bind("127.0.0.1:0").unwrap();
-    let cfg = shell_config(
-        sw.addr,
-        core.local_addr().unwrap(),
-        &dir.path().join("s.sock"),
+    let (_dir, sw, core, shell) = start_relay(
+        CommitAnswer::Accept,
         "bypass = { policy = \"after_bytes\", value = 6 }\nteardown = \"4B\"\n",
+        |_| {},
     );
-    let shell = Shell::start(cfg, Arc::new(AtomicBool::new(false))).unwrap();
     *sw.notice_before_commit.lock().unwrap() = Some(shell.agent_addr());
-    let mut client = TcpStream::connect(shell.listen_addrs()[0]).unwrap();
-    let (mut server, _) = core.accept().unwrap();
-    client.write_all(b"hello!").unwrap();
-    let mut buf = [0u8; 6];
-    server.read_exact(&mut buf).unwrap();
+    let (_client, _server) = hello(&shell, &core);
     wait_for("the hand-off", Duration::from_secs(10), || {
         shell.status().mappings[0].bypassed == 1
     });
