@@ -18,6 +18,7 @@
 pub mod capture;
 pub mod flow;
 pub mod l2;
+pub mod lb;
 pub mod stitch;
 pub mod types;
 pub mod verdict;
