@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod lb;
 pub mod client;
 pub mod protocol;
 pub mod server;

@@ -64,6 +64,14 @@
 //! | `capture.start` | `{"port": u16, "dir"?: "rx"\|"tx"\|"both", "count": 1..=100000000, "snaplen"?: 14..=9216 (256), "path": absolute path, "timeout_secs"?: 1..=86400}`; stitchd writes the pcap file (see [`crate::capture`]) |
 //! | `capture.status` | optional `{"port": u16}` |
 //! | `capture.stop` | `{"port": u16}` |
+//! | `lb.service.add` | an [`LbService`](crate::lb::LbService): `{"name", "vip", "proto"?: "tcp"\|"udp", "port", "port_end"?, "mode"?: "nat"\|"dr", "scheduler"?, "backends"?: [backend], "idle_timeout_secs"?, "linger_secs"?}` |
+//! | `lb.service.del` | `{"name": service}` |
+//! | `lb.service.list` | none |
+//! | `lb.service.get` | `{"name": service}` |
+//! | `lb.backend.add` | `{"service", "backend": {"name", "port", "mac", "ip", "soft_ports"?, "weight"?, "rank"?, "state"?}}` |
+//! | `lb.backend.del` | `{"service", "name"}` |
+//! | `lb.backend.set` | `{"service", "name", "weight"?, "rank"?, "state"?: "active"\|"draining"\|"disabled"}` |
+//! | `lb.stats` | optional `{"service": name}` |
 //!
 //! MAC addresses are exactly six colon-separated pairs of hex digits, case
 //! insensitive; responses always use lower case.
@@ -83,6 +91,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 pub use crate::capture::{CaptureStartParams, CaptureStatusParams, CaptureStopParams};
+pub use crate::lb::{
+    LbBackendAdd, LbBackendName, LbBackendSet, LbService, LbServiceName, LbStatsParams,
+};
 pub use crate::stitch_params::*;
 
 /// The only protocol version spoken, sent in every message's `jsonrpc` member.
@@ -133,6 +144,14 @@ pub const METHODS: &[&str] = &[
     "capture.start",
     "capture.status",
     "capture.stop",
+    "lb.service.add",
+    "lb.service.del",
+    "lb.service.list",
+    "lb.service.get",
+    "lb.backend.add",
+    "lb.backend.del",
+    "lb.backend.set",
+    "lb.stats",
 ];
 
 /// A JSON-RPC error object. Also the error type of [`Method::parse`] and of
@@ -457,6 +476,22 @@ pub enum Method {
     CaptureStatus(CaptureStatusParams),
     /// `capture.stop`: end a port's capture now.
     CaptureStop(CaptureStopParams),
+    /// `lb.service.add`: a balanced service with its backends.
+    LbServiceAdd(Box<LbService>),
+    /// `lb.service.del`: remove a service (its connections are forgotten).
+    LbServiceDel(LbServiceName),
+    /// `lb.service.list`: every service as configured.
+    LbServiceList,
+    /// `lb.service.get`: one service as configured.
+    LbServiceGet(LbServiceName),
+    /// `lb.backend.add`: a backend joins a service.
+    LbBackendAdd(Box<LbBackendAdd>),
+    /// `lb.backend.del`: a backend leaves a service.
+    LbBackendDel(LbBackendName),
+    /// `lb.backend.set`: change a backend's weight, rank or state.
+    LbBackendSet(LbBackendSet),
+    /// `lb.stats`: connections and counters per service and destination.
+    LbStats(LbStatsParams),
 }
 
 impl Method {
@@ -492,6 +527,14 @@ impl Method {
             "capture.start" => Method::CaptureStart(typed_params(method, params)?),
             "capture.status" => Method::CaptureStatus(typed_params(method, params)?),
             "capture.stop" => Method::CaptureStop(typed_params(method, params)?),
+            "lb.service.add" => Method::LbServiceAdd(Box::new(typed_params(method, params)?)),
+            "lb.service.del" => Method::LbServiceDel(typed_params(method, params)?),
+            "lb.service.list" => no_params(method, params).map(|()| Method::LbServiceList)?,
+            "lb.service.get" => Method::LbServiceGet(typed_params(method, params)?),
+            "lb.backend.add" => Method::LbBackendAdd(Box::new(typed_params(method, params)?)),
+            "lb.backend.del" => Method::LbBackendDel(typed_params(method, params)?),
+            "lb.backend.set" => Method::LbBackendSet(typed_params(method, params)?),
+            "lb.stats" => Method::LbStats(typed_params(method, params)?),
             _ => return Err(RpcError::method_not_found(method)),
         })
     }
@@ -522,6 +565,14 @@ impl Method {
             Method::CaptureStart(_) => "capture.start",
             Method::CaptureStatus(_) => "capture.status",
             Method::CaptureStop(_) => "capture.stop",
+            Method::LbServiceAdd(_) => "lb.service.add",
+            Method::LbServiceDel(_) => "lb.service.del",
+            Method::LbServiceList => "lb.service.list",
+            Method::LbServiceGet(_) => "lb.service.get",
+            Method::LbBackendAdd(_) => "lb.backend.add",
+            Method::LbBackendDel(_) => "lb.backend.del",
+            Method::LbBackendSet(_) => "lb.backend.set",
+            Method::LbStats(_) => "lb.stats",
         }
     }
 
@@ -538,7 +589,14 @@ impl Method {
             | Method::Shutdown
             | Method::ConfigReload
             | Method::StitchList
-            | Method::EventsSubscribe => None,
+            | Method::EventsSubscribe
+            | Method::LbServiceList => None,
+            Method::LbServiceAdd(p) => serde_json::to_value(p).ok(),
+            Method::LbServiceDel(p) | Method::LbServiceGet(p) => serde_json::to_value(p).ok(),
+            Method::LbBackendAdd(p) => serde_json::to_value(p).ok(),
+            Method::LbBackendDel(p) => serde_json::to_value(p).ok(),
+            Method::LbBackendSet(p) => serde_json::to_value(p).ok(),
+            Method::LbStats(p) => serde_json::to_value(p).ok(),
             Method::StitchPrepare(p) => serde_json::to_value(p).ok(),
             Method::StitchFreeze(p)
             | Method::StitchAbort(p)
@@ -976,6 +1034,36 @@ mod tests {
             }),
             Method::CaptureStatus(CaptureStatusParams { port: Some(1) }),
             Method::CaptureStop(CaptureStopParams { port: 1 }),
+            Method::LbServiceAdd(Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "name": "web", "vip": "198.18.100.1", "port": 80, "scheduler": "rr",
+                    "backends": [{"name": "b1", "port": 1, "mac": "02:00:00:00:00:01",
+                                  "ip": "198.18.0.11", "soft_ports": [8080]}]
+                }))
+                .unwrap(),
+            )),
+            Method::LbServiceDel(LbServiceName { name: "web".into() }),
+            Method::LbServiceList,
+            Method::LbServiceGet(LbServiceName { name: "web".into() }),
+            Method::LbBackendAdd(Box::new(LbBackendAdd {
+                service: "web".into(),
+                backend: serde_json::from_value(serde_json::json!({
+                    "name": "b2", "port": 2, "mac": "02:00:00:00:00:02", "ip": "198.18.0.12"
+                }))
+                .unwrap(),
+            })),
+            Method::LbBackendDel(LbBackendName {
+                service: "web".into(),
+                name: "b2".into(),
+            }),
+            Method::LbBackendSet(LbBackendSet {
+                service: "web".into(),
+                name: "b1".into(),
+                weight: Some(3),
+                rank: None,
+                state: Some(crate::lb::BackendState::Draining),
+            }),
+            Method::LbStats(LbStatsParams { service: None }),
         ];
         let names: Vec<&str> = samples.iter().map(Method::name).collect();
         assert_eq!(names, METHODS, "METHODS and Method::name are out of step");

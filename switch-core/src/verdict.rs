@@ -52,11 +52,18 @@ pub enum DropReason {
     /// The source MAC belongs to another port and the move policy keeps it there: a
     /// port cannot claim an address it does not own (seed 003).
     MacOwned = 12,
+    /// A new connection to a balanced service found no usable destination.
+    LbNoDest = 13,
+    /// A TCP segment to a balanced service that belongs to no connection and does not
+    /// open one (no SYN): dropped, as IPVS does.
+    LbNoConn = 14,
+    /// A worker's connection table was full: the new connection is refused.
+    LbTableFull = 15,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -73,6 +80,9 @@ impl DropReason {
         DropReason::TranslateError,
         DropReason::FaultInjected,
         DropReason::MacOwned,
+        DropReason::LbNoDest,
+        DropReason::LbNoConn,
+        DropReason::LbTableFull,
     ];
 
     /// The stable snake_case name used in stats and metrics.
@@ -91,6 +101,9 @@ impl DropReason {
             DropReason::TranslateError => "translate_error",
             DropReason::FaultInjected => "fault_injected",
             DropReason::MacOwned => "mac_owned",
+            DropReason::LbNoDest => "lb_no_dest",
+            DropReason::LbNoConn => "lb_no_conn",
+            DropReason::LbTableFull => "lb_table_full",
         }
     }
 

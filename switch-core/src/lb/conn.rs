@@ -59,8 +59,8 @@ pub struct Conn {
     /// Service slot and destination index within it.
     pub svc: u16,
     pub dest: u16,
-    /// The service's generation when the connection was made.
-    pub gen: u32,
+    /// The id of the service it was made for (a slot may later hold another).
+    pub svc_id: u32,
     pub state: ConnState,
     /// Counted in the destination's active connections (else in its inactive ones).
     pub active: bool,
@@ -194,7 +194,9 @@ impl ConnTable {
     /// key is taken.
     pub fn insert(&mut self, conn: Conn) -> Result<u32, InsertError> {
         if self.lookup(&conn.fwd_key).is_some()
-            || conn.rev_key.is_some_and(|k| k == conn.fwd_key || self.lookup(&k).is_some())
+            || conn
+                .rev_key
+                .is_some_and(|k| k == conn.fwd_key || self.lookup(&k).is_some())
         {
             return Err(InsertError::Exists);
         }
@@ -349,7 +351,7 @@ mod tests {
             rev_key: Some(FlowKey::v4(be, 8080, client, port, 6)),
             svc: 0,
             dest: (i % 4) as u16,
-            gen: 1,
+            svc_id: 1,
             state: ConnState::SynSent,
             active: true,
             fins: 0,
@@ -429,7 +431,8 @@ mod tests {
     fn expiry_walks_the_pool_in_steps_and_reports_each_connection() {
         let mut t = ConnTable::new(64, 3);
         for i in 0..64 {
-            t.insert(conn(i, if i % 2 == 0 { 10 } else { 1000 })).unwrap();
+            t.insert(conn(i, if i % 2 == 0 { 10 } else { 1000 }))
+                .unwrap();
         }
         let mut seen = 0;
         let mut removed = 0;

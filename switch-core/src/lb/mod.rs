@@ -7,5 +7,7 @@
 //! What it guarantees: everything a worker calls per packet or per new connection is
 //! allocation-free, lock-free and clock-free (time is passed in).
 
+pub mod balancer;
 pub mod conn;
 pub mod sched;
+pub mod table;

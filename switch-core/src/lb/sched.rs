@@ -167,3 +167,13 @@ pub fn schedule(
     }
     None
 }
+
+/// Smooths a response-time sample into the running figure (alpha 1/8, as TCP's SRTT);
+/// an unknown (0) figure takes the sample.
+pub fn ewma_update(old_us: u32, sample_us: u32) -> u32 {
+    if old_us == 0 {
+        return sample_us.max(1);
+    }
+    let v = (u64::from(old_us) * 7 + u64::from(sample_us)) / 8;
+    v.clamp(1, u64::from(u32::MAX)) as u32
+}

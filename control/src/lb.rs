@@ -1,0 +1,469 @@
+//! The load balancer on the control socket: services, their backends, and what
+//! `lb.service.list`, `lb.service.get` and `lb.stats` answer.
+//!
+//! A **service** is a virtual address (IPv4 or IPv6), a protocol and a port (or a port
+//! range) with a pool of **backends**; each backend is a station behind a switch port
+//! (its MAC and IP) with one or more **software ports** (the same application listening
+//! on several TCP/UDP ports). Each software port of a backend is one destination, the
+//! unit IPVS calls a real server.
+//!
+//! The same types are the `[[lb.services]]` tables of the TOML configuration, so a
+//! service reads the same in a file and on the socket. Unknown fields are refused
+//! everywhere; [`LbService::check`] and [`LbBackend::check`] refuse what serde cannot
+//! (ranges, duplicates), naming the field and the reason.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Mac;
+
+/// Most services a switch balances.
+pub const MAX_SERVICES: usize = 64;
+/// Most destinations (backend x software port) one service has.
+pub const MAX_DESTS: usize = 256;
+/// Longest service or backend name.
+pub const MAX_NAME: usize = 64;
+/// Idle timeout when none is given: IPVS's for an established TCP connection.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 900;
+/// Linger after both FINs or an RST when none is given.
+pub const DEFAULT_LINGER_SECS: u32 = 10;
+
+/// Transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbProto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl LbProto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            LbProto::Tcp => 6,
+            LbProto::Udp => 17,
+        }
+    }
+}
+
+/// How frames reach the chosen backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbMode {
+    /// Destination address and port rewritten to the backend's, replies rewritten
+    /// back (IPVS masquerading).
+    #[default]
+    Nat,
+    /// Only the destination MAC is rewritten; the backend owns the service address
+    /// on a loopback and answers the client directly (IPVS direct routing).
+    Dr,
+}
+
+/// A service's scheduler (IPVS names, plus `maglev` and `queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbScheduler {
+    Rr,
+    Wrr,
+    Lc,
+    /// IPVS's default.
+    #[default]
+    Wlc,
+    Lblc,
+    Lblcr,
+    Dh,
+    Sh,
+    Sed,
+    Nq,
+    Maglev,
+    Queue,
+}
+
+/// Whether a backend takes new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new connections.
+    #[default]
+    Active,
+    /// Takes none; its connections go on until they end.
+    Draining,
+    /// Takes none (an operator's choice); its connections go on until they end.
+    Disabled,
+}
+
+/// One backend of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbBackend {
+    /// Unique within the service.
+    pub name: String,
+    /// The switch port the backend is behind.
+    pub port: u16,
+    /// The backend's MAC address.
+    pub mac: Mac,
+    /// The backend's IP address (the service's family).
+    pub ip: IpAddr,
+    /// The ports the application listens on; empty: the service's port. In DR mode the
+    /// port cannot change, so only the service's port is allowed.
+    #[serde(default)]
+    pub soft_ports: Vec<u16>,
+    /// Relative share (0: no new connections), as an IPVS weight.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Failover rank: lower ranks are used first.
+    #[serde(default)]
+    pub rank: u32,
+    #[serde(default)]
+    pub state: BackendState,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Largest weight (IPVS allows up to INT_MAX; this keeps weighted sums in 64 bits).
+pub const MAX_WEIGHT: u32 = 65_535;
+
+fn check_name(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_NAME {
+        return Err(format!("'{what}': must be 1-{MAX_NAME} characters"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "'{what}': '{s}' may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+impl LbBackend {
+    /// The software ports in effect (the service port when none are given).
+    pub fn ports(&self, service_port: u16) -> Vec<u16> {
+        if self.soft_ports.is_empty() {
+            vec![service_port]
+        } else {
+            self.soft_ports.clone()
+        }
+    }
+
+    /// Checks what serde cannot, for a backend of `svc`.
+    pub fn check(&self, svc: &LbService) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        let b = &self.name;
+        if self.ip.is_ipv4() != svc.vip.is_ipv4() {
+            return Err(format!(
+                "backend '{b}': 'ip' {} is not of the service's family ({})",
+                self.ip, svc.vip
+            ));
+        }
+        if self.ip.is_unspecified() || self.ip.is_multicast() || self.ip == svc.vip {
+            return Err(format!(
+                "backend '{b}': 'ip' {} cannot be a backend address",
+                self.ip
+            ));
+        }
+        if self.mac.0[0] & 1 == 1 || self.mac.0 == [0; 6] {
+            return Err(format!(
+                "backend '{b}': 'mac' {} is not a unicast address",
+                self.mac
+            ));
+        }
+        if self.weight > MAX_WEIGHT {
+            return Err(format!(
+                "backend '{b}': 'weight' {} is above {MAX_WEIGHT}",
+                self.weight
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for &p in &self.soft_ports {
+            if p == 0 {
+                return Err(format!("backend '{b}': 'soft_ports': port 0"));
+            }
+            if !seen.insert(p) {
+                return Err(format!("backend '{b}': 'soft_ports': {p} given twice"));
+            }
+        }
+        if svc.mode == LbMode::Dr && self.soft_ports.iter().any(|&p| p != svc.port) {
+            return Err(format!(
+                "backend '{b}': 'soft_ports': direct routing cannot change the port; \
+                 give none (or only {})",
+                svc.port
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A balanced service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbService {
+    /// Unique on the switch.
+    pub name: String,
+    /// The virtual address clients connect to.
+    pub vip: IpAddr,
+    #[serde(default)]
+    pub proto: LbProto,
+    /// The service port (the first of a range when `port_end` is given).
+    pub port: u16,
+    /// The last port of a range (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_end: Option<u16>,
+    #[serde(default)]
+    pub mode: LbMode,
+    #[serde(default)]
+    pub scheduler: LbScheduler,
+    #[serde(default)]
+    pub backends: Vec<LbBackend>,
+    /// Seconds an idle connection is kept (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u32>,
+    /// Seconds a connection is kept after both FINs or an RST (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger_secs: Option<u32>,
+}
+
+impl LbService {
+    /// The last port of the service's range.
+    pub fn last_port(&self) -> u16 {
+        self.port_end.unwrap_or(self.port)
+    }
+
+    /// Destinations (backend x software port) the service has.
+    pub fn dest_count(&self) -> usize {
+        self.backends
+            .iter()
+            .map(|b| b.ports(self.port).len())
+            .sum()
+    }
+
+    /// Checks what serde cannot: names, ranges, families, duplicates.
+    pub fn check(&self) -> Result<(), String> {
+        check_name("name", &self.name)?;
+        if self.vip.is_unspecified() || self.vip.is_multicast() || self.vip.is_loopback() {
+            return Err(format!("'vip': {} cannot be a service address", self.vip));
+        }
+        if self.port == 0 {
+            return Err("'port': must be 1-65535".into());
+        }
+        if let Some(e) = self.port_end {
+            if e < self.port {
+                return Err(format!(
+                    "'port_end': {e} is below 'port' {}",
+                    self.port
+                ));
+            }
+        }
+        if let Some(t) = self.idle_timeout_secs {
+            if !(1..=604_800).contains(&t) {
+                return Err(format!("'idle_timeout_secs': {t} is not 1-604800"));
+            }
+        }
+        if let Some(t) = self.linger_secs {
+            if t > 3600 {
+                return Err(format!("'linger_secs': {t} is not 0-3600"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for b in &self.backends {
+            b.check(self)?;
+            if !names.insert(&b.name) {
+                return Err(format!("'backends': name '{}' given twice", b.name));
+            }
+            for p in b.ports(self.port) {
+                if !addrs.insert((b.ip, p)) {
+                    return Err(format!(
+                        "'backends': {} port {p} is given by two backends",
+                        b.ip
+                    ));
+                }
+            }
+        }
+        if self.dest_count() > MAX_DESTS {
+            return Err(format!(
+                "'backends': {} destinations (backend x software port); at most {MAX_DESTS}",
+                self.dest_count()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `lb.service.del`, `lb.service.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbServiceName {
+    pub name: String,
+}
+
+/// `lb.backend.add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbBackendAdd {
+    pub service: String,
+    pub backend: LbBackend,
+}
+
+/// `lb.backend.del`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbBackendName {
+    pub service: String,
+    pub name: String,
+}
+
+/// `lb.backend.set`: the fields given change, the others stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbBackendSet {
+    pub service: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BackendState>,
+}
+
+/// `lb.stats`: one service, or every one.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbStatsParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// One destination's counters, summed over the workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbDestStats {
+    pub backend: String,
+    pub ip: IpAddr,
+    pub soft_port: u16,
+    /// Connections given to it since it was added.
+    pub conns: u64,
+    pub active: u64,
+    pub inactive: u64,
+    /// Requests sent and not yet answered (NAT mode).
+    pub inflight: u64,
+    /// Smoothed response time in microseconds (the workers' mean; 0: unknown).
+    pub resp_ewma_us: u64,
+    /// Frames towards it, and replies from it (NAT).
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+/// One service's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbServiceStats {
+    pub name: String,
+    /// Connections scheduled.
+    pub conns: u64,
+    /// New connections refused: no usable destination.
+    pub no_dest: u64,
+    /// New connections refused: a worker's connection table was full.
+    pub table_full: u64,
+    /// Frames for the service that started no connection and belonged to none (a TCP
+    /// segment without SYN): dropped, as IPVS does.
+    pub no_conn: u64,
+    /// Connections held now, over the workers.
+    pub conns_now: u64,
+    pub dests: Vec<LbDestStats>,
+}
+
+/// `lb.stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbStats {
+    pub services: Vec<LbServiceStats>,
+}
+
+/// `lb.service.list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbServiceList {
+    pub services: Vec<LbService>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc() -> LbService {
+        serde_json::from_value(json!({
+            "name": "web", "vip": "198.18.100.1", "port": 80,
+            "backends": [
+                {"name": "b1", "port": 1, "mac": "02:00:00:00:00:01", "ip": "198.18.0.11",
+                 "soft_ports": [8080, 8081]},
+                {"name": "b2", "port": 2, "mac": "02:00:00:00:00:02", "ip": "198.18.0.12"}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_ipvs_like_and_destinations_count_soft_ports() {
+        let s = svc();
+        assert_eq!(
+            (s.proto, s.mode, s.scheduler),
+            (LbProto::Tcp, LbMode::Nat, LbScheduler::Wlc)
+        );
+        assert_eq!(s.backends[1].weight, 1);
+        assert_eq!(s.dest_count(), 3);
+        assert_eq!(s.backends[1].ports(80), vec![80]);
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn bad_services_name_the_field() {
+        let cases: Vec<(Box<dyn Fn(&mut LbService)>, &str)> = vec![
+            (Box::new(|s| s.name = "a b".into()), "'name'"),
+            (Box::new(|s| s.port = 0), "'port'"),
+            (Box::new(|s| s.port_end = Some(79)), "'port_end'"),
+            (Box::new(|s| s.vip = "0.0.0.0".parse().unwrap()), "'vip'"),
+            (Box::new(|s| s.backends[1].name = "b1".into()), "twice"),
+            (Box::new(|s| s.backends[1].ip = "2001:db8::1".parse().unwrap()), "family"),
+            (Box::new(|s| s.backends[0].soft_ports = vec![8080, 8080]), "twice"),
+            (Box::new(|s| s.backends[0].weight = 70_000), "'weight'"),
+            (Box::new(|s| s.backends[0].mac = Mac([1, 0, 0, 0, 0, 1])), "'mac'"),
+            (Box::new(|s| s.mode = LbMode::Dr), "direct routing"),
+            (Box::new(|s| s.idle_timeout_secs = Some(0)), "'idle_timeout_secs'"),
+            (
+                Box::new(|s| {
+                    s.backends[1].ip = s.backends[0].ip;
+                    s.backends[1].soft_ports = vec![8081];
+                }),
+                "two backends",
+            ),
+        ];
+        for (f, want) in cases {
+            let mut s = svc();
+            f(&mut s);
+            let e = s.check().unwrap_err();
+            assert!(e.contains(want), "{e} (wanted {want})");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_schedulers_are_refused_by_serde() {
+        let mut v = serde_json::to_value(svc()).unwrap();
+        v["sched"] = json!("rr");
+        assert!(serde_json::from_value::<LbService>(v)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
+        let mut v = serde_json::to_value(svc()).unwrap();
+        v["scheduler"] = json!("fastest");
+        assert!(serde_json::from_value::<LbService>(v)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant"));
+    }
+}

@@ -1,0 +1,116 @@
+//! What the slow path publishes for the workers: every balanced service, ready to use.
+//!
+//! What it does: [`LbTable`] is an immutable snapshot (the slow path builds a new one on
+//! every change and swaps it in; workers load it once per poll round). Services sit in
+//! fixed slots ([`MAX_SERVICES`]); each has its destinations in fixed indices
+//! ([`MAX_DESTS`] at most), so per-destination counters kept by the workers stay valid
+//! across changes: a removed destination leaves a hole (weight 0, unusable) rather than
+//! shifting the others.
+//!
+//! What it guarantees: [`LbTable::service_for`] never allocates (a scan of a short array
+//! of the services' addresses).
+
+use std::net::IpAddr;
+
+use super::sched::{Dest, SchedKind, SchedTables};
+use crate::flow::key::FlowKey;
+use crate::{MacAddr, PortId};
+
+/// Service slots.
+pub const MAX_SERVICES: usize = 64;
+/// Destination indices per service.
+pub const MAX_DESTS: usize = 256;
+
+/// How frames reach a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Address and port rewritten, replies rewritten back.
+    Nat,
+    /// Destination MAC rewritten only.
+    Dr,
+}
+
+/// Where a destination is on the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestPort {
+    pub mac: MacAddr,
+    pub port: PortId,
+}
+
+/// One service, as the workers use it.
+#[derive(Debug, Clone)]
+pub struct ServiceRt {
+    /// Unique for the service's lifetime (a slot reused by another service gets a new
+    /// id: workers reset their counts for the slot when it changes).
+    pub id: u32,
+    /// Bumped on every change of the service (workers reset their scheduler state).
+    pub gen: u32,
+    pub vip: IpAddr,
+    pub proto: u8,
+    pub port: u16,
+    pub port_end: u16,
+    pub mode: Forwarding,
+    pub sched: SchedKind,
+    /// By destination index; holes are unusable with weight 0.
+    pub dests: Vec<Dest>,
+    /// Same indices as `dests`.
+    pub dest_ports: Vec<DestPort>,
+    pub tables: SchedTables,
+    pub idle_us: u64,
+    pub linger_us: u64,
+}
+
+/// The balancer's published state.
+#[derive(Debug, Clone)]
+pub struct LbTable {
+    /// The MAC the switch answers ARP/ND for service addresses with, and sends
+    /// balanced frames from.
+    pub mac: MacAddr,
+    /// By slot.
+    pub services: Vec<Option<ServiceRt>>,
+    /// (address, protocol, first port, last port, slot) of every service: the per-packet
+    /// match scans this short array.
+    index: Vec<(IpAddr, u8, u16, u16, u16)>,
+}
+
+impl LbTable {
+    /// A table with the given services (by slot; at most [`MAX_SERVICES`]).
+    pub fn new(mac: MacAddr, services: Vec<Option<ServiceRt>>) -> LbTable {
+        let index = services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .map(|s| (s.vip, s.proto, s.port, s.port_end, i as u16))
+            })
+            .collect();
+        LbTable {
+            mac,
+            services,
+            index,
+        }
+    }
+
+    /// True when no service exists (workers skip the balancer).
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The service a client's frame is for.
+    #[inline]
+    pub fn service_for(&self, key: &FlowKey) -> Option<(u16, &ServiceRt)> {
+        let dst = key.dst_ip();
+        let &(_, _, _, _, slot) = self.index.iter().find(|&&(ip, proto, lo, hi, _)| {
+            proto == key.proto && (lo..=hi).contains(&key.dst_port) && ip == dst
+        })?;
+        self.services
+            .get(usize::from(slot))?
+            .as_ref()
+            .map(|s| (slot, s))
+    }
+
+    /// True if `ip` is a service address (the switch answers ARP/ND for it).
+    pub fn is_vip(&self, ip: IpAddr) -> bool {
+        self.index.iter().any(|e| e.0 == ip)
+    }
+}
