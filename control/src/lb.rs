@@ -238,10 +238,7 @@ impl LbService {
 
     /// Destinations (backend x software port) the service has.
     pub fn dest_count(&self) -> usize {
-        self.backends
-            .iter()
-            .map(|b| b.ports(self.port).len())
-            .sum()
+        self.backends.iter().map(|b| b.ports(self.port).len()).sum()
     }
 
     /// Checks what serde cannot: names, ranges, families, duplicates.
@@ -255,10 +252,7 @@ impl LbService {
         }
         if let Some(e) = self.port_end {
             if e < self.port {
-                return Err(format!(
-                    "'port_end': {e} is below 'port' {}",
-                    self.port
-                ));
+                return Err(format!("'port_end': {e} is below 'port' {}", self.port));
             }
         }
         if let Some(t) = self.idle_timeout_secs {
@@ -423,18 +417,31 @@ mod tests {
 
     #[test]
     fn bad_services_name_the_field() {
+        #[allow(clippy::type_complexity)]
         let cases: Vec<(Box<dyn Fn(&mut LbService)>, &str)> = vec![
             (Box::new(|s| s.name = "a b".into()), "'name'"),
             (Box::new(|s| s.port = 0), "'port'"),
             (Box::new(|s| s.port_end = Some(79)), "'port_end'"),
             (Box::new(|s| s.vip = "0.0.0.0".parse().unwrap()), "'vip'"),
             (Box::new(|s| s.backends[1].name = "b1".into()), "twice"),
-            (Box::new(|s| s.backends[1].ip = "2001:db8::1".parse().unwrap()), "family"),
-            (Box::new(|s| s.backends[0].soft_ports = vec![8080, 8080]), "twice"),
+            (
+                Box::new(|s| s.backends[1].ip = "2001:db8::1".parse().unwrap()),
+                "family",
+            ),
+            (
+                Box::new(|s| s.backends[0].soft_ports = vec![8080, 8080]),
+                "twice",
+            ),
             (Box::new(|s| s.backends[0].weight = 70_000), "'weight'"),
-            (Box::new(|s| s.backends[0].mac = Mac([1, 0, 0, 0, 0, 1])), "'mac'"),
+            (
+                Box::new(|s| s.backends[0].mac = Mac([1, 0, 0, 0, 0, 1])),
+                "'mac'",
+            ),
             (Box::new(|s| s.mode = LbMode::Dr), "direct routing"),
-            (Box::new(|s| s.idle_timeout_secs = Some(0)), "'idle_timeout_secs'"),
+            (
+                Box::new(|s| s.idle_timeout_secs = Some(0)),
+                "'idle_timeout_secs'",
+            ),
             (
                 Box::new(|s| {
                     s.backends[1].ip = s.backends[0].ip;

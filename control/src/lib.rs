@@ -10,8 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
-pub mod lb;
 pub mod client;
+pub mod lb;
 pub mod protocol;
 pub mod server;
 pub mod stitch_params;

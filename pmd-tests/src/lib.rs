@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stitch_control::client::Client;
 
+pub mod lb;
 pub mod pcap;
 pub mod relay;
 pub mod shell;

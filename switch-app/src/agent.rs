@@ -22,7 +22,6 @@ use stitch_control::protocol::{
     LegA, LegB, PerEndpoint, PerLeg, Proto, StitchCommitParams, StitchPrepareParams, Teardown,
 };
 use switch_core::flow::key::parse_flow;
-use switch_core::wire::checksum;
 use switch_core::{MacAddr, PortId};
 
 use crate::config::AgentConfig;
@@ -239,58 +238,24 @@ impl Agent {
 
     fn on_arp(&mut self, f: &[u8], port: PortId, tx: &SlowTx, pool: &Mempool) {
         let Some(ip) = self.addrs.ipv4 else { return };
-        // Ethernet/IPv4 ARP request (op 1) for our address.
-        if f.len() < 42 || f[14..22] != [0, 1, 8, 0, 6, 4, 0, 1] || f[38..42] != ip.octets() {
-            return self.count("arp_ignored");
+        match crate::neighbor::arp_reply(f, self.addrs.mac, ip) {
+            Some(r) => {
+                self.send_frame(&r, Some(port), tx, pool);
+                self.count("arp_replies");
+            }
+            None => self.count("arp_ignored"),
         }
-        let mut r = Vec::with_capacity(42);
-        r.extend_from_slice(&f[22..28]); // to the requester's MAC
-        r.extend_from_slice(&self.addrs.mac.0);
-        r.extend_from_slice(&ETH_ARP.to_be_bytes());
-        r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
-        r.extend_from_slice(&self.addrs.mac.0);
-        r.extend_from_slice(&ip.octets());
-        r.extend_from_slice(&f[22..32]); // target: the requester's MAC and IP
-        self.send_frame(&r, Some(port), tx, pool);
-        self.count("arp_replies");
     }
 
     fn on_ns(&mut self, f: &[u8], port: PortId, tx: &SlowTx, pool: &Mempool) {
         let Some(ip) = self.addrs.ipv6 else { return };
-        if f.len() < 78 || f[54] != 135 || f[62..78] != ip.octets() {
-            return self.count("nd_ignored");
+        match crate::neighbor::na_reply(f, self.addrs.mac, ip) {
+            Some(r) => {
+                self.send_frame(&r, Some(port), tx, pool);
+                self.count("nd_replies");
+            }
+            None => self.count("nd_ignored"),
         }
-        let src: [u8; 16] = f[22..38].try_into().unwrap_or([0; 16]);
-        let dst = if src == [0; 16] {
-            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets()
-        } else {
-            src
-        };
-        // ICMPv6 neighbour advertisement: solicited + override, target link-layer option.
-        let mut icmp = vec![136u8, 0, 0, 0, 0x60, 0, 0, 0];
-        icmp.extend_from_slice(&ip.octets());
-        icmp.extend_from_slice(&[2, 1]);
-        icmp.extend_from_slice(&self.addrs.mac.0);
-        let ph = checksum::pseudo_header_v6(
-            ip,
-            Ipv6Addr::from(dst),
-            switch_core::wire::IpProtocol::Icmpv6,
-            icmp.len() as u32,
-        );
-        let c = checksum::fold(ph + checksum::sum(&icmp));
-        icmp[2..4].copy_from_slice(&(!c).to_be_bytes());
-        let mut r = Vec::with_capacity(14 + 40 + icmp.len());
-        r.extend_from_slice(&f[6..12]);
-        r.extend_from_slice(&self.addrs.mac.0);
-        r.extend_from_slice(&ETH_IPV6.to_be_bytes());
-        r.extend_from_slice(&[0x60, 0, 0, 0]);
-        r.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-        r.extend_from_slice(&[58, 255]);
-        r.extend_from_slice(&ip.octets());
-        r.extend_from_slice(&dst);
-        r.extend_from_slice(&icmp);
-        self.send_frame(&r, Some(port), tx, pool);
-        self.count("nd_replies");
     }
 
     fn send_frame(&mut self, frame: &[u8], port: Option<PortId>, tx: &SlowTx, pool: &Mempool) {

@@ -43,6 +43,33 @@ pub struct Config {
     /// The state file (absent: off; a restart then starts from the TOML alone).
     #[serde(default)]
     pub state: Option<StateConfig>,
+    /// Load balancing (seed 003): services and their backends.
+    #[serde(default)]
+    pub lb: LbConfig,
+}
+
+/// `[lb]`: the balancer's settings and the services it starts with (`[[lb.services]]`,
+/// the same fields as `lb.service.add`; see docs/lb.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbConfig {
+    /// The MAC the switch answers ARP/ND for service addresses with, and sends balanced
+    /// frames from.
+    pub mac: MacAddr,
+    /// Connections each worker's table holds (new ones beyond are refused and counted).
+    pub connections: usize,
+    /// Services at start.
+    pub services: Vec<stitch_control::lb::LbService>,
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            mac: MacAddr([0x02, 0x53, 0x54, 0x4c, 0x42, 0x01]),
+            connections: 1 << 16,
+            services: vec![],
+        }
+    }
 }
 
 /// `[state]`: where the switch keeps its desired state (static MACs, port policies,
@@ -452,6 +479,35 @@ impl Config {
                 "stitch.flow_table_size = {} (must be 4 - 16777216)",
                 self.stitch.flow_table_size
             ));
+        }
+        if self.lb.connections == 0 || self.lb.connections > (1 << 24) {
+            return bad(format!(
+                "lb.connections = {} (must be 1 - 16777216)",
+                self.lb.connections
+            ));
+        }
+        if !self.lb.mac.is_unicast() || self.lb.mac.is_zero() {
+            return bad(format!("lb.mac {} is not a unicast address", self.lb.mac));
+        }
+        for (i, s) in self.lb.services.iter().enumerate() {
+            s.check().map_err(|e| {
+                ConfigError::Invalid(format!("lb.services[{i}] ('{}'): {e}", s.name))
+            })?;
+            if self.lb.services[..i].iter().any(|o| o.name == s.name) {
+                return bad(format!("lb.services[{i}]: name '{}' used twice", s.name));
+            }
+            if !self.ports.is_empty() {
+                if let Some(b) = s
+                    .backends
+                    .iter()
+                    .find(|b| usize::from(b.port) >= self.ports.len())
+                {
+                    return bad(format!(
+                        "lb.services[{i}] ('{}'): backend '{}' on port {} but only {} ports are configured",
+                        s.name, b.name, b.port, self.ports.len()
+                    ));
+                }
+            }
         }
         if let Some(a) = &self.agent {
             if a.ipv4.is_none() && a.ipv6.is_none() {

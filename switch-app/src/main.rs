@@ -12,7 +12,9 @@ mod config;
 mod console;
 mod fault;
 mod http;
+mod lb;
 mod metrics;
+mod neighbor;
 mod slowpath;
 mod state;
 mod stats;
@@ -433,6 +435,10 @@ fn serve(
         slow.stitcher.agents = true;
     }
     let agent_addrs = slow.agent.as_ref().map(agent::Agent::addrs);
+    slow.lb = lb::LbManager::new(cfg.lb.mac, n_ports);
+    slow.lb
+        .add_configured(&cfg.lb.services)
+        .map_err(anyhow::Error::msg)?;
     for (i, inst) in cfg.stitch.install.iter().enumerate() {
         for port in [inst.ports.c, inst.ports.b] {
             if usize::from(port) >= n_ports {
@@ -474,6 +480,11 @@ fn serve(
         slow.learn_queues.push(learn.clone());
         slow.punt_queues.push(punt.clone());
         slow.worker_stats.push(stats.clone());
+        let lb_counters = Arc::new(switch_core::lb::balancer::LbCounters::default());
+        slow.lb.counters.push(lb_counters.clone());
+        // The connection table's hash seed: per worker and per run, so clients cannot
+        // aim at one probe run.
+        let seed = tsc_start ^ u64::from(std::process::id()).rotate_left(32) ^ (i as u64) << 48;
         let w = Worker {
             rx,
             tx: (0..n_ports)
@@ -493,6 +504,9 @@ fn serve(
             tsc_start,
             tsc_hz,
             capture: capture::CaptureTap::new(slow.capture.ctl(), i),
+            lb: slow.lb.table.clone(),
+            balancer: switch_core::lb::balancer::Balancer::new(cfg.lb.connections, seed),
+            lb_counters,
         };
         if let Err(e) = eal.launch(lcore, move || w.run()) {
             stop.store(true, Ordering::SeqCst);

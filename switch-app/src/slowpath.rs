@@ -95,6 +95,8 @@ pub struct SlowPath {
     pub reload: Arc<AtomicBool>,
     /// Packet captures: the rings' consumer and the pcap files' writer.
     pub capture: crate::capture::Captures,
+    /// The load balancer's services.
+    pub lb: crate::lb::LbManager,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -142,6 +144,7 @@ impl SlowPath {
             config_path: None,
             reload: Arc::new(AtomicBool::new(false)),
             capture: crate::capture::Captures::new(0, tsc_hz),
+            lb: crate::lb::LbManager::new(MacAddr([0x02, 0x53, 0x54, 0x4c, 0x42, 0x01]), 0),
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -388,6 +391,7 @@ impl SlowPath {
             &self.punt_queues,
             &mut self.stitcher,
             &mut self.agent,
+            &mut self.lb,
             &mut io,
         )
     }
@@ -690,6 +694,20 @@ impl SlowPath {
                 }
                 Ok(self.capture.status(p.port, Instant::now()))
             }
+            Method::LbServiceAdd(p) => self.lb.add(*p),
+            Method::LbServiceDel(p) => self.lb.del(&p.name),
+            Method::LbServiceList => Ok(serde_json::to_value(self.lb.list()).unwrap_or_default()),
+            Method::LbServiceGet(p) => self
+                .lb
+                .get(&p.name)
+                .map(|s| serde_json::to_value(s).unwrap_or_default()),
+            Method::LbBackendAdd(p) => self.lb.backend_add(*p),
+            Method::LbBackendDel(p) => self.lb.backend_del(p),
+            Method::LbBackendSet(p) => self.lb.backend_set(p),
+            Method::LbStats(p) => self
+                .lb
+                .stats(p.service.as_deref())
+                .map(|s| serde_json::to_value(s).unwrap_or_default()),
             Method::CaptureStop(p) => {
                 self.port(p.port)?;
                 self.capture.stop(p.port, Instant::now())
@@ -771,6 +789,7 @@ fn fixed_sections_changed(a: &Config, b: &Config) -> Vec<&'static str> {
         ("agent", a.agent != b.agent),
         ("metrics", a.metrics != b.metrics),
         ("state", a.state != b.state),
+        ("lb (change services with lb.* methods)", a.lb != b.lb),
     ];
     let mut out: Vec<&'static str> = sections
         .iter()

@@ -20,6 +20,8 @@ pub struct WorkerStats {
     pub learn_dropped: AtomicU64,
     /// Packets translated by a stitch rule.
     pub stitched: AtomicU64,
+    /// Packets rewritten by the load balancer.
+    pub balanced: AtomicU64,
     /// FINs and RSTs on stitched flows with a wrong TCP checksum: forwarded, not acted on.
     pub ignored_ends: AtomicU64,
     /// Packets handed to the slow path (held).
@@ -60,6 +62,7 @@ impl WorkerStats {
             learn_requests: AtomicU64::new(0),
             learn_dropped: AtomicU64::new(0),
             stitched: AtomicU64::new(0),
+            balanced: AtomicU64::new(0),
             ignored_ends: AtomicU64::new(0),
             punted: AtomicU64::new(0),
             fault_reordered: AtomicU64::new(0),
@@ -89,6 +92,7 @@ impl WorkerStats {
             "learn_requests": self.learn_requests.load(Relaxed),
             "learn_dropped": self.learn_dropped.load(Relaxed),
             "stitched": self.stitched.load(Relaxed),
+            "balanced": self.balanced.load(Relaxed),
             "ignored_ends": self.ignored_ends.load(Relaxed),
             "punted": self.punted.load(Relaxed),
             "fault_reordered": self.fault_reordered.load(Relaxed),

@@ -18,6 +18,8 @@ use switch_core::flow::key::{parse_flow, FlowKey, L4Info};
 use switch_core::flow::table::FlowTableReader;
 use switch_core::l2::pipeline::{classify, L2Outcome, L2Ports, LearnCache, LearnRequest};
 use switch_core::l2::table::MacTableReader;
+use switch_core::lb::balancer::{Balancer, LbCounters, LbVerdict};
+use switch_core::lb::table::LbTable;
 use switch_core::verdict::DropReason;
 use switch_core::{MacAddr, PortId};
 
@@ -37,6 +39,8 @@ pub enum PuntKind {
     Notice,
     /// For the switch's own service address (ARP, ND, agent protocol).
     Agent,
+    /// An ARP request or neighbour solicitation for a balanced service's address.
+    Neighbor,
 }
 
 /// One item on a worker's queue to the slow path.
@@ -85,6 +89,11 @@ pub struct Worker {
     pub tsc_hz: u64,
     /// Packet capture: one load per poll round while none is armed.
     pub capture: CaptureTap,
+    /// The balanced services (published by the slow path), this worker's balancer and
+    /// its counters.
+    pub lb: Arc<ArcSwap<LbTable>>,
+    pub balancer: Balancer,
+    pub lb_counters: Arc<LbCounters>,
 }
 
 /// Drain interval: the longest a packet waits in a TX buffer.
@@ -101,6 +110,7 @@ struct Round {
     learn_req: u64,
     learn_drop: u64,
     stitched: u64,
+    balanced: u64,
     ignored_ends: u64,
     punted: u64,
     fault_reordered: u64,
@@ -210,6 +220,9 @@ impl Worker {
             tsc_start,
             tsc_hz,
             capture,
+            lb,
+            mut balancer,
+            lb_counters,
         } = self;
         let n_ports = tx.len();
         let mut out = Output {
@@ -245,12 +258,24 @@ impl Worker {
         let drain_cycles = (tsc_hz / 1_000_000).max(1) * DRAIN_US;
         let mut last_drain = dpdk::tsc();
         let hz = tsc_hz.max(1);
+        let tsc_per_us = (hz / 1_000_000).max(1);
         let _ = l2.load();
+        let mut lb_seen = 0usize;
         while !stop.load(Ordering::Relaxed) {
             let ports = l2.load();
             let now_tsc = dpdk::tsc();
             let now = (now_tsc.wrapping_sub(tsc_start) / hz) as u32;
             let stitching = flow_count.load(Ordering::Relaxed) > 0;
+            let lbt = lb.load();
+            let now_us = now_tsc.wrapping_sub(tsc_start) / tsc_per_us;
+            let balancing = !lbt.is_empty();
+            if Arc::as_ptr(&*lbt) as usize != lb_seen {
+                lb_seen = Arc::as_ptr(&*lbt) as usize;
+                balancer.sync(&lbt, &lb_counters);
+            }
+            if balancing || !balancer.is_empty() {
+                balancer.tick(&lbt, now_us, &lb_counters);
+            }
             let mut r = Round::default();
             out.refresh_faults();
             out.tap.refresh(now_tsc);
@@ -284,8 +309,9 @@ impl Worker {
                     n += 1;
                 }
                 out.tap.rx_burst(in_port, pkts[..n].iter().flatten());
-                if stitching {
-                    let mut k = 0;
+                let mut hits = [None; MAX_BURST];
+                let mut k = 0;
+                if stitching || balancing {
                     for (i, slot) in pkts[..n].iter_mut().enumerate() {
                         let Some(m) = slot else { continue };
                         let Some(l4) = parse_flow(m.data()) else {
@@ -302,10 +328,11 @@ impl Worker {
                         idx[k] = i as u8;
                         k += 1;
                     }
+                }
+                if stitching {
                     // Stage 2: one bulk lookup for the burst (the table overlaps the
                     // cache misses); the per-record counters this worker will write are
                     // prefetched as the hits come; then each hit is handled in order.
-                    let mut hits = [None; MAX_BURST];
                     flows.for_each_bulk_by(
                         &l4s[..k],
                         |l| &l.key,
@@ -373,6 +400,32 @@ impl Worker {
                         }
                     }
                 }
+                // Stage 2b: frames of balanced services (and their NAT replies) that no
+                // stitch took.
+                if balancing || !balancer.is_empty() {
+                    for j in 0..k {
+                        if hits[j].is_some() {
+                            continue;
+                        }
+                        let slot = &mut pkts[usize::from(idx[j])];
+                        let Some(m) = slot.as_mut() else { continue };
+                        let Some(frame) = m.data_mut() else { continue };
+                        match balancer.process(frame, &l4s[j], in_port, &lbt, now_us, &lb_counters)
+                        {
+                            LbVerdict::NotMine => {}
+                            LbVerdict::Out(p) => {
+                                if let Some(m) = slot.take() {
+                                    r.balanced += 1;
+                                    out.push(usize::from(p.0), m, &mut r);
+                                }
+                            }
+                            LbVerdict::Drop(reason) => {
+                                *slot = None;
+                                r.drops[reason.index()] += 1;
+                            }
+                        }
+                    }
+                }
                 // Stage 3: everything else is switched by L2. First the MAC table slots
                 // of every frame's source and destination are prefetched, so the probes'
                 // misses overlap (as the flow table's bulk lookup does).
@@ -385,6 +438,23 @@ impl Worker {
                     }
                 }
                 for m in pkts[..n].iter_mut().filter_map(Option::take) {
+                    if balancing
+                        && crate::neighbor::query_target(m.data()).is_some_and(|ip| lbt.is_vip(ip))
+                    {
+                        let p = Punt {
+                            stitch: 0,
+                            dir: Dir::CtoA,
+                            kind: PuntKind::Neighbor,
+                            tcp_flags: 0,
+                            mbuf: Some(m),
+                            fin: FinCopy::default(),
+                        };
+                        match punt.push(p) {
+                            Ok(()) => r.punted += 1,
+                            Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                        }
+                        continue;
+                    }
                     if let Some(a) = &agent {
                         if for_agent(m.data(), a) {
                             let p = Punt {
@@ -472,6 +542,7 @@ fn publish(s: &WorkerStats, r: &Round) {
     bump(&s.learn_requests, r.learn_req);
     bump(&s.learn_dropped, r.learn_drop);
     bump(&s.stitched, r.stitched);
+    bump(&s.balanced, r.balanced);
     bump(&s.ignored_ends, r.ignored_ends);
     bump(&s.punted, r.punted);
     bump(&s.fault_reordered, r.fault_reordered);

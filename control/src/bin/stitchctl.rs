@@ -322,6 +322,118 @@ enum Cmd {
         port: u16,
     },
 
+    /// Add a balanced service: clients connect to VIP:PORT (ipvsadm -A).
+    ///
+    /// Backends join with lb.backend.add (or give the whole service as JSON with
+    /// `stitchctl call lb.service.add '{...}'`). See docs/lb.md.
+    #[command(name = "lb.service.add")]
+    LbServiceAdd {
+        /// Service name (letters, digits, '-', '_', '.').
+        name: String,
+        /// The service address and port: 198.18.100.1:80 or [2001:db8::1]:80.
+        vip: std::net::SocketAddr,
+        /// Last port of a port range (inclusive).
+        #[arg(long, value_name = "PORT")]
+        port_end: Option<u16>,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// nat (addresses and ports rewritten both ways) or dr (MAC only; the backend
+        /// owns the VIP on a loopback).
+        #[arg(long, default_value = "nat")]
+        mode: String,
+        /// rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, maglev or queue.
+        #[arg(long, default_value = "wlc")]
+        scheduler: String,
+        /// Seconds an idle connection is kept (default 900).
+        #[arg(long, value_name = "SECS")]
+        idle_timeout: Option<u32>,
+        /// Seconds a connection is kept after both FINs or an RST (default 10).
+        #[arg(long, value_name = "SECS")]
+        linger: Option<u32>,
+    },
+
+    /// Remove a service; its connections are forgotten as they expire.
+    #[command(name = "lb.service.del")]
+    LbServiceDel {
+        /// Service name.
+        name: String,
+    },
+
+    /// List the services with their backends.
+    #[command(name = "lb.service.list")]
+    LbServiceList,
+
+    /// Show one service as configured (JSON).
+    #[command(name = "lb.service.get")]
+    LbServiceGet {
+        /// Service name.
+        name: String,
+    },
+
+    /// Add a backend to a service (ipvsadm -a).
+    #[command(name = "lb.backend.add")]
+    LbBackendAdd {
+        /// Service name.
+        service: String,
+        /// Backend name, unique within the service.
+        name: String,
+        /// The switch port the backend is behind.
+        #[arg(long)]
+        port: u16,
+        /// The backend's MAC address.
+        #[arg(long)]
+        mac: Mac,
+        /// The backend's IP address.
+        #[arg(long)]
+        ip: std::net::IpAddr,
+        /// Ports the application listens on, comma-separated (default: the service port).
+        #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+        soft_ports: Vec<u16>,
+        /// Relative share (0: no new connections).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Failover rank (lower first).
+        #[arg(long, default_value_t = 0)]
+        rank: u32,
+        /// active, draining or disabled.
+        #[arg(long, default_value = "active")]
+        state: String,
+    },
+
+    /// Remove a backend from a service.
+    #[command(name = "lb.backend.del")]
+    LbBackendDel {
+        /// Service name.
+        service: String,
+        /// Backend name.
+        name: String,
+    },
+
+    /// Change a backend's weight, rank or state (the others stay).
+    #[command(name = "lb.backend.set")]
+    LbBackendSet {
+        /// Service name.
+        service: String,
+        /// Backend name.
+        name: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        rank: Option<u32>,
+        /// active, draining or disabled.
+        #[arg(long)]
+        state: Option<String>,
+    },
+
+    /// Connections and counters per service and destination (ipvsadm -L --stats).
+    #[command(name = "lb.stats")]
+    LbStats {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+
     /// Call any method with raw JSON params and print the JSON result.
     Call {
         /// Method name, e.g. ports.list.
@@ -443,6 +555,63 @@ fn run(cli: Cli) -> Result<String> {
             Call::Typed(Method::CaptureStatus(CaptureStatusParams { port }))
         }
         Cmd::CaptureStop { port } => Call::Typed(Method::CaptureStop(CaptureStopParams { port })),
+        Cmd::LbServiceAdd {
+            name,
+            vip,
+            port_end,
+            proto,
+            mode,
+            scheduler,
+            idle_timeout,
+            linger,
+        } => typed(
+            "lb.service.add",
+            serde_json::json!({
+                "name": name, "vip": vip.ip(), "port": vip.port(), "port_end": port_end,
+                "proto": proto, "mode": mode, "scheduler": scheduler,
+                "idle_timeout_secs": idle_timeout, "linger_secs": linger,
+            }),
+        )?,
+        Cmd::LbServiceDel { name } => typed("lb.service.del", serde_json::json!({"name": name}))?,
+        Cmd::LbServiceList => Call::Typed(Method::LbServiceList),
+        Cmd::LbServiceGet { name } => typed("lb.service.get", serde_json::json!({"name": name}))?,
+        Cmd::LbBackendAdd {
+            service,
+            name,
+            port,
+            mac,
+            ip,
+            soft_ports,
+            weight,
+            rank,
+            state,
+        } => typed(
+            "lb.backend.add",
+            serde_json::json!({"service": service, "backend": {
+                "name": name, "port": port, "mac": mac, "ip": ip, "soft_ports": soft_ports,
+                "weight": weight, "rank": rank, "state": state,
+            }}),
+        )?,
+        Cmd::LbBackendDel { service, name } => typed(
+            "lb.backend.del",
+            serde_json::json!({"service": service, "name": name}),
+        )?,
+        Cmd::LbBackendSet {
+            service,
+            name,
+            weight,
+            rank,
+            state,
+        } => typed(
+            "lb.backend.set",
+            serde_json::json!({"service": service, "name": name, "weight": weight,
+                               "rank": rank, "state": state}),
+        )?,
+        Cmd::LbStats { service } => {
+            Call::Typed(Method::LbStats(stitch_control::lb::LbStatsParams {
+                service,
+            }))
+        }
         Cmd::Top { count, interval } => return top(&cli.socket, count, interval),
         Cmd::PortFaultSet {
             port,
@@ -488,6 +657,13 @@ fn usage_error(subcommand: &str, message: &str) -> ! {
 }
 
 /// Drops null members so optional params are simply absent.
+/// A typed call from JSON built here, checked exactly as the daemon checks it.
+fn typed(method: &str, params: Value) -> Result<Call> {
+    Ok(Call::Typed(
+        Method::parse(method, Some(strip_nulls(params))).map_err(|e| anyhow::anyhow!(e.message))?,
+    ))
+}
+
 fn strip_nulls(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
@@ -867,6 +1043,14 @@ fn render(method: &Method, result: &Value) -> String {
             shaped(result, |c: CaptureInfo| format!("{}\n", c.summary()))
         }
         Method::CaptureStatus(_) => shaped(result, render_captures),
+        Method::LbServiceAdd(_)
+        | Method::LbServiceDel(_)
+        | Method::LbBackendAdd(_)
+        | Method::LbBackendDel(_)
+        | Method::LbBackendSet(_) => Some(render_ok(result)),
+        Method::LbServiceGet(_) => None,
+        Method::LbServiceList => shaped(result, render_lb_services),
+        Method::LbStats(_) => shaped(result, render_lb_stats),
     };
     text.unwrap_or_else(|| pretty(result))
 }
@@ -1170,6 +1354,145 @@ fn render_macs(table: MacTable) -> String {
 }
 
 /// Acknowledgements: "ok", then the object's fields one per line.
+fn table(rows: Vec<Vec<String>>) -> String {
+    let mut widths = vec![0; rows.iter().map(Vec::len).max().unwrap_or(0)];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn render_lb_services(l: stitch_control::lb::LbServiceList) -> String {
+    let mut rows = vec![[
+        "SERVICE",
+        "ADDRESS",
+        "PROTO",
+        "MODE",
+        "SCHED",
+        "BACKEND",
+        "AT",
+        "SOFT PORTS",
+        "WEIGHT",
+        "RANK",
+        "STATE",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
+    for s in &l.services {
+        let addr = match s.port_end {
+            Some(e) => format!("{}:{}-{e}", bracket(s.vip), s.port),
+            None => format!("{}:{}", bracket(s.vip), s.port),
+        };
+        let head = vec![
+            s.name.clone(),
+            addr,
+            wire_name(&s.proto),
+            wire_name(&s.mode),
+            wire_name(&s.scheduler),
+        ];
+        if s.backends.is_empty() {
+            let mut r = head.clone();
+            r.push("-".into());
+            rows.push(r);
+        }
+        for (i, b) in s.backends.iter().enumerate() {
+            let mut r = if i == 0 {
+                head.clone()
+            } else {
+                vec![String::new(); 5]
+            };
+            let ports = b
+                .ports(s.port)
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            r.extend([
+                b.name.clone(),
+                format!("{} {} port {}", b.ip, b.mac, b.port),
+                ports,
+                b.weight.to_string(),
+                b.rank.to_string(),
+                wire_name(&b.state),
+            ]);
+            rows.push(r);
+        }
+    }
+    let mut out = table(rows);
+    out.push_str(&format!("{} services\n", l.services.len()));
+    out
+}
+
+fn bracket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// The wire name of a unit enum.
+fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
+fn render_lb_stats(st: stitch_control::lb::LbStats) -> String {
+    let mut out = String::new();
+    for s in &st.services {
+        out.push_str(&format!(
+            "{}: {} connections ({} now), refused: {} no destination, {} table full; {} segments of no connection\n",
+            s.name, s.conns, s.conns_now, s.no_dest, s.table_full, s.no_conn
+        ));
+        let mut rows = vec![[
+            "  BACKEND",
+            "DEST",
+            "CONNS",
+            "ACTIVE",
+            "INACTIVE",
+            "INFLIGHT",
+            "RESP_US",
+            "PKTS_IN",
+            "PKTS_OUT",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+        for d in &s.dests {
+            rows.push(vec![
+                format!("  {}", d.backend),
+                format!("{}:{}", bracket(d.ip), d.soft_port),
+                d.conns.to_string(),
+                d.active.to_string(),
+                d.inactive.to_string(),
+                d.inflight.to_string(),
+                d.resp_ewma_us.to_string(),
+                d.packets_in.to_string(),
+                d.packets_out.to_string(),
+            ]);
+        }
+        out.push_str(&table(rows));
+    }
+    if st.services.is_empty() {
+        out.push_str("no services\n");
+    }
+    out
+}
+
 fn render_ok(result: &Value) -> String {
     let mut out = String::from("ok\n");
     if let Value::Object(map) = result {

@@ -1156,7 +1156,7 @@ impl Stitcher {
         };
         match p.kind {
             // Routed to the agent endpoint by drain_punts, never here.
-            PuntKind::Agent => {}
+            PuntKind::Agent | PuntKind::Neighbor => {}
             PuntKind::Hold => {
                 let Some(m) = p.mbuf else { return };
                 match s.phase {
@@ -1398,18 +1398,28 @@ pub fn drain_punts(
     queues: &[Arc<ArrayQueue<Punt>>],
     stitcher: &mut Stitcher,
     agent: &mut Option<crate::agent::Agent>,
+    lb: &mut crate::lb::LbManager,
     io: &mut Io<'_>,
 ) -> usize {
     let mut n = 0;
     for q in queues {
         while let Some(p) = q.pop() {
             n += 1;
-            if p.kind == PuntKind::Agent {
-                if let (Some(a), Some(m)) = (agent.as_mut(), p.mbuf) {
-                    a.on_frame(m, stitcher, io);
+            match p.kind {
+                PuntKind::Agent => {
+                    if let (Some(a), Some(m)) = (agent.as_mut(), p.mbuf) {
+                        a.on_frame(m, stitcher, io);
+                    }
                 }
-            } else {
-                stitcher.on_punt(p, io);
+                PuntKind::Neighbor => {
+                    let Some(m) = p.mbuf else { continue };
+                    if let Some(r) = lb.neighbor_reply(m.data()) {
+                        if let Ok(reply) = Mbuf::from_slice(io.pool, &r) {
+                            io.tx.send(PortId(m.port()), reply);
+                        }
+                    }
+                }
+                PuntKind::Hold | PuntKind::Notice => stitcher.on_punt(p, io),
             }
         }
     }

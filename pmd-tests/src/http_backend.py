@@ -1,0 +1,51 @@
+# A real HTTP server for the load-balancer tests: one process per backend namespace,
+# serving every port given (dual stack), answering any GET with "NAME:PORT\n".
+# If the file DELAYFILE exists, each answer waits the number of milliseconds it holds
+# (the `queue` scheduler test slows a backend down this way). Prints "ready" once every
+# port listens.
+import os, socket, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+name, delayfile, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+
+
+class Dual(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    request_queue_size = 512
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        super().server_bind()
+
+
+def handler_for(port):
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            try:
+                with open(delayfile) as f:
+                    time.sleep(int(f.read().strip() or "0") / 1000.0)
+            except (FileNotFoundError, ValueError):
+                pass
+            body = f"{name}:{port}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *a):
+            pass
+
+    return H
+
+
+servers = [Dual(("::", p), handler_for(p)) for p in ports]
+for s in servers:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes our stdin (or kills us by pid)
