@@ -7,4 +7,5 @@
 //! What it guarantees: everything a worker calls per packet or per new connection is
 //! allocation-free, lock-free and clock-free (time is passed in).
 
+pub mod maglev;
 pub mod sched;
