@@ -81,8 +81,16 @@ impl Drop for HttpBackend {
 /// invocation, `Connection: close`); returns the answers in order. Fails the test if
 /// curl fails.
 pub fn curl_many(ns: &Netns, url: &str, count: usize) -> Vec<String> {
+    curl_many_from(ns, url, count, None)
+}
+
+/// [`curl_many`] from source address `source` (one of the namespace's addresses).
+pub fn curl_many_from(ns: &Netns, url: &str, count: usize, source: Option<&str>) -> Vec<String> {
     require_cmd("curl", "curl");
-    let mut args: Vec<String> = vec![
+    let mut args: Vec<String> = source
+        .map(|s| vec!["--interface".to_string(), s.to_string()])
+        .unwrap_or_default();
+    args.extend([
         "-sS".into(),
         "-g".into(),
         "--fail".into(),
@@ -92,7 +100,7 @@ pub fn curl_many(ns: &Netns, url: &str, count: usize) -> Vec<String> {
         "5".into(),
         "-H".into(),
         "Connection: close".into(),
-    ];
+    ]);
     args.extend(std::iter::repeat_n(url.to_string(), count));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ns.exec("curl", &a);

@@ -6,9 +6,7 @@
 //! destination served each request is in its answer (`NAME:PORT`), so the distribution is
 //! checked against a model of the scheduler computed here, independently.
 
-use std::collections::BTreeMap;
-
-use pmd_tests::lb::{curl_many, HttpBackend};
+use pmd_tests::lb::{curl_many, curl_many_from, HttpBackend};
 use pmd_tests::{require_cmd, require_root, serial, unique_id, Netns, Stitchd};
 use serde_json::{json, Value};
 
@@ -21,6 +19,7 @@ const VIP_DR: &str = "198.18.0.101";
 struct Lab {
     sd: Stitchd,
     client: Netns,
+    tap0: String,
     backends: Vec<(Netns, HttpBackend)>,
 }
 
@@ -73,6 +72,7 @@ fn lab() -> Lab {
     Lab {
         sd,
         client,
+        tap0: taps[0].clone(),
         backends,
     }
 }
@@ -113,14 +113,6 @@ fn nat_dests() -> Vec<String> {
     (1..=BACKENDS)
         .flat_map(|b| SOFT_PORTS.iter().map(move |p| format!("b{b}:{p}")))
         .collect()
-}
-
-fn counts(answers: &[String]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for a in answers {
-        *m.entry(a.clone()).or_default() += 1;
-    }
-    m
 }
 
 /// IPVS's weighted round robin (ip_vs_wrr_schedule: current weight from the largest down
@@ -294,6 +286,240 @@ fn bad_lb_requests_name_the_problem_and_change_nothing() {
     assert_eq!(
         curl_many(&lab.client, &format!("http://{VIP4}/"), 2),
         vec!["b1:8080", "b1:8081"]
+    );
+    drop(lab);
+}
+
+/// `hash_32` of include/linux/hash.h (what ip_vs_dh and ip_vs_sh hash with).
+fn hash_32(v: u32, bits: u32) -> u32 {
+    v.wrapping_mul(0x61C8_8647) >> (32 - bits)
+}
+
+/// Least-connection family, as ip_vs_{lc,wlc,sed,nq}_schedule choose: the first usable
+/// destination is the candidate, a later one replaces it only when strictly better
+/// (`overhead(candidate) * weight(d) > overhead(d) * weight(candidate)`); nq takes the
+/// first idle one outright.
+fn least_model(kind: &str, w: &[u32], active: &[u64], inactive: &[u64]) -> usize {
+    let overhead = |d: usize| match kind {
+        "sed" | "nq" => active[d] + 1,
+        _ => active[d] * 256 + inactive[d],
+    };
+    if kind == "nq" {
+        if let Some(d) = (0..w.len()).find(|&d| w[d] > 0 && active[d] == 0) {
+            return d;
+        }
+    }
+    let mut least = (0..w.len())
+        .find(|&d| w[d] > 0)
+        .expect("a usable destination");
+    for d in least + 1..w.len() {
+        if w[d] == 0 {
+            continue;
+        }
+        let better = if kind == "lc" {
+            overhead(least) > overhead(d)
+        } else {
+            overhead(least) * u64::from(w[d]) > overhead(d) * u64::from(w[least])
+        };
+        if better {
+            least = d;
+        }
+    }
+    least
+}
+
+/// Every scheduler over the same pool (weights 4, 3, 2, 1 per backend, two software ports
+/// each), connections one after another from one client (sh: from four), each answer
+/// checked against a model of the scheduler computed here: exact for the deterministic
+/// ones, shares for maglev and queue.
+#[test]
+fn every_scheduler_distributes_as_its_model_says() {
+    let _g = serial();
+    let lab = lab();
+    let sources = ["198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.5"];
+    for s in sources {
+        lab.client
+            .ip(&["addr", "add", &format!("{s}/24"), "dev", &lab.tap0]);
+    }
+    let dests = nat_dests();
+    let bw = [4u32, 3, 2, 1];
+    let w: Vec<u32> = (0..BACKENDS).flat_map(|b| [bw[b], bw[b]]).collect();
+    let url = format!("http://{VIP4}/");
+    let index = |a: &str| {
+        dests
+            .iter()
+            .position(|d| d == a)
+            .unwrap_or_else(|| panic!("answer {a}"))
+    };
+    for sched in [
+        "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "dh", "sh", "maglev", "queue",
+    ] {
+        lab.sd.ok(
+            "lb.service.add",
+            Some(service(sched, VIP4, 80, sched, "nat", bw)),
+        );
+        let n = 16;
+        match sched {
+            "rr" | "wrr" | "lc" | "wlc" | "sed" | "nq" | "lblc" | "lblcr" | "dh" => {
+                let got: Vec<usize> = curl_many(&lab.client, &url, n)
+                    .iter()
+                    .map(|a| index(a))
+                    .collect();
+                let want: Vec<usize> = match sched {
+                    "rr" => (0..n).map(|k| k % 8).collect(),
+                    "wrr" => wrr_model(&w, n),
+                    // Locality: every connection is for the same service address, so
+                    // after the first choice (wlc-like, all idle: the first) it sticks.
+                    "lblc" | "lblcr" => vec![0; n],
+                    // Keyed by the destination address: the service's, always.
+                    "dh" => {
+                        let vip: std::net::Ipv4Addr = VIP4.parse().unwrap();
+                        vec![hash_32(u32::from(vip), 8) as usize % 8; n]
+                    }
+                    _ => {
+                        // Each connection is closed (inactive, kept 600 s) before the
+                        // next one is scheduled.
+                        let mut inactive = [0u64; 8];
+                        (0..n)
+                            .map(|_| {
+                                let d = least_model(sched, &w, &[0; 8], &inactive);
+                                inactive[d] += 1;
+                                d
+                            })
+                            .collect()
+                    }
+                };
+                assert_eq!(got, want, "{sched}: destinations chosen, in order");
+            }
+            "sh" => {
+                // ip_vs_sh: 256 buckets dealt to the destinations in list order, each
+                // repeated by its weight; the bucket is hash_32 of the source address.
+                let dealt: Vec<usize> = (0..8)
+                    .flat_map(|d| std::iter::repeat_n(d, w[d] as usize))
+                    .collect();
+                for src in sources {
+                    let ip: std::net::Ipv4Addr = src.parse().unwrap();
+                    let want = dealt[hash_32(u32::from(ip), 8) as usize % dealt.len()];
+                    let got = curl_many_from(&lab.client, &url, 4, Some(src));
+                    assert!(
+                        got.iter().all(|a| index(a) == want),
+                        "sh from {src}: {got:?}, want {}",
+                        dests[want]
+                    );
+                }
+            }
+            "maglev" => {
+                // Random client ports: every destination gets a share, weighted.
+                let got = curl_many(&lab.client, &url, 200);
+                let mut per = [0usize; 8];
+                for a in &got {
+                    per[index(a)] += 1;
+                }
+                assert!(
+                    per.iter().all(|&c| c > 0),
+                    "maglev: every destination used: {per:?}"
+                );
+                assert!(
+                    per[0] + per[1] > per[6] + per[7],
+                    "maglev honours weights: {per:?}"
+                );
+            }
+            "queue" => {
+                let got = curl_many(&lab.client, &url, 32);
+                let mut per = [0usize; 8];
+                for a in &got {
+                    per[index(a)] += 1;
+                }
+                // One connection at a time: the expected wait is the measured response
+                // time over the weight, so the heavy destinations (4 and 3, the first
+                // four) take nearly all of them, and no light one is starved of a first
+                // try for long.
+                let heavy: usize = per[..4].iter().sum();
+                assert!(heavy >= 24, "queue prefers the heavy destinations: {per:?}");
+            }
+            _ => unreachable!(),
+        }
+        lab.sd.ok("lb.service.del", Some(json!({"name": sched})));
+    }
+    drop(lab);
+}
+
+/// `queue`: a backend that answers slowly loses its share within seconds, and wins it
+/// back once it answers fast again.
+#[test]
+fn queue_moves_connections_away_from_a_slow_backend_and_back() {
+    let _g = serial();
+    let lab = lab();
+    lab.sd.ok(
+        "lb.service.add",
+        Some(service("q", VIP4, 80, "queue", "nat", [1; 4])),
+    );
+    let url = format!("http://{VIP4}/");
+    let share_of_b1 = |lab: &Lab| {
+        // Eight clients at once, 12 requests each.
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let ns = lab.client.name.clone();
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let out = std::process::Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            &ns,
+                            "curl",
+                            "-sS",
+                            "--fail",
+                            "--max-time",
+                            "60",
+                            "-H",
+                            "Connection: close",
+                        ])
+                        .args(std::iter::repeat_n(url.as_str(), 12))
+                        .output()
+                        .expect("curl");
+                    assert!(out.status.success(), "{out:?}");
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect();
+        assert_eq!(all.len(), 96);
+        all.iter().filter(|a| a.starts_with("b1:")).count() as f64 / all.len() as f64
+    };
+    let fair = share_of_b1(&lab);
+    lab.backends[0].1.set_delay(300);
+    // Warm-up: the slow answers are measured (one request per destination suffices).
+    share_of_b1(&lab);
+    let slow = share_of_b1(&lab);
+    lab.backends[0].1.set_delay(0);
+    // Back to fast: its measured time drifts back while it is idle, then is measured
+    // again; wait on the switch's own figure, not on a clock.
+    lab.sd
+        .wait_until(20, "b1's response time to come back down", |sd| {
+            let st = sd.ok("lb.stats", Some(json!({"service": "q"})));
+            st["services"][0]["dests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["backend"] == "b1")
+                .all(|d| d["resp_ewma_us"].as_u64().unwrap_or(0) < 5_000)
+        });
+    let restored = share_of_b1(&lab);
+    eprintln!("b1 share: fair {fair:.2}, slowed {slow:.2}, restored {restored:.2}");
+    assert!(
+        slow < 0.10,
+        "a slow backend keeps its share: {slow:.2} (fair {fair:.2})"
+    );
+    assert!(
+        restored > 0.15,
+        "a recovered backend does not win its share back: {restored:.2}"
     );
     drop(lab);
 }

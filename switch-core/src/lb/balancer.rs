@@ -39,6 +39,9 @@ const SYN_TIMEOUT_US: u64 = 60_000_000;
 const FIN_TIMEOUT_US: u64 = 120_000_000;
 /// Pool slots the expiry walk visits per poll round.
 const EXPIRE_BUDGET: usize = 64;
+/// How often an idle destination's response time is pulled towards its service's
+/// fastest (see [`Balancer::tick`]).
+const DECAY_EVERY_US: u64 = 100_000;
 
 /// Words per service in [`LbCounters::svc`].
 pub const SVC_WORDS: usize = 4;
@@ -145,6 +148,7 @@ pub struct Balancer {
     /// By `slot * MAX_DESTS + dest`.
     loads: Vec<DestLoad>,
     slots: Vec<Option<SlotState>>,
+    last_decay_us: u64,
 }
 
 fn no_translation(mac: MacAddr, ip: std::net::IpAddr) -> Translation {
@@ -172,6 +176,7 @@ impl Balancer {
             conns: ConnTable::new(connections, seed),
             loads: vec![DestLoad::default(); MAX_SERVICES * MAX_DESTS],
             slots: (0..MAX_SERVICES).map(|_| None).collect(),
+            last_decay_us: 0,
         }
     }
 
@@ -238,12 +243,21 @@ impl Balancer {
         }
     }
 
-    /// Forgets expired connections (a step of the walk; call once per poll round).
+    /// Forgets expired connections (a step of the walk; call once per poll round), and
+    /// every 100 ms pulls the response time of each destination with nothing in flight
+    /// a quarter of the way towards the fastest of its service: a destination measured slow
+    /// and then avoided gets no new sample, so without this it would never be tried
+    /// again once it recovers (the `queue` scheduler). Its next request re-measures it.
     pub fn tick(&mut self, t: &LbTable, now_us: u64, c: &LbCounters) {
+        if now_us.saturating_sub(self.last_decay_us) >= DECAY_EVERY_US {
+            self.last_decay_us = now_us;
+            self.decay(t, c);
+        }
         let Balancer {
             conns,
             loads,
             slots,
+            ..
         } = self;
         conns.expire_step(now_us, EXPIRE_BUDGET, |conn| {
             uncount(loads, slots, t, conn, c);
@@ -253,6 +267,36 @@ impl Balancer {
             0,
             self.conns.len() as u64,
         );
+    }
+
+    fn decay(&mut self, t: &LbTable, c: &LbCounters) {
+        for (slot, s) in t.services.iter().enumerate() {
+            let Some(s) = s else { continue };
+            if s.sched != SchedKind::Queue {
+                continue;
+            }
+            let n = s.dests.len().min(MAX_DESTS);
+            let base = slot * MAX_DESTS;
+            let loads = &mut self.loads[base..base + n];
+            let Some(fastest) = loads
+                .iter()
+                .map(|l| l.resp_ewma_us)
+                .filter(|&v| v > 0)
+                .min()
+            else {
+                continue;
+            };
+            for (d, l) in loads.iter_mut().enumerate() {
+                if l.inflight == 0 && l.resp_ewma_us > fastest {
+                    l.resp_ewma_us -= (l.resp_ewma_us - fastest).div_ceil(4);
+                    put(
+                        &c.dest,
+                        (base + d) * DEST_WORDS + DEST_RESP_US,
+                        u64::from(l.resp_ewma_us),
+                    );
+                }
+            }
+        }
     }
 
     /// Handles one frame (see the module docs). `l4` is the frame's parse.
@@ -880,5 +924,27 @@ mod tests {
         ));
         assert_eq!(c.svc(0, SVC_CONNS), 31);
         assert_eq!(b.len(), 30);
+    }
+
+    #[test]
+    fn an_idle_slow_destination_drifts_back_towards_the_fastest_but_a_busy_one_does_not() {
+        let t = service(Forwarding::Nat, SchedKind::Queue, 3);
+        let c = LbCounters::default();
+        let mut b = Balancer::new(16, 1);
+        b.sync(&t, &c);
+        b.loads[0].resp_ewma_us = 300_000;
+        b.loads[1].resp_ewma_us = 1_000;
+        b.loads[2].resp_ewma_us = 300_000;
+        b.loads[2].inflight = 1;
+        for i in 1..=30 {
+            b.tick(&t, i * DECAY_EVERY_US, &c);
+        }
+        assert!(b.load(0, 0).resp_ewma_us < 2_000, "{:?}", b.load(0, 0));
+        assert_eq!(
+            c.dest(0, 0, DEST_RESP_US),
+            u64::from(b.load(0, 0).resp_ewma_us)
+        );
+        assert_eq!(b.load(0, 1).resp_ewma_us, 1_000);
+        assert_eq!(b.load(0, 2).resp_ewma_us, 300_000);
     }
 }
