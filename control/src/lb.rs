@@ -201,6 +201,102 @@ impl LbBackend {
     }
 }
 
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP SYN to the software port: a SYN-ACK passes, an RST or silence fails.
+    #[default]
+    Tcp,
+    /// A TCP connection and `GET path`: the answer's status must be `expect_status`.
+    Http,
+}
+
+/// A service's health checks (keepalived's `TCP_CHECK`/`HTTP_GET`, HAProxy's `check`):
+/// sent from the switch's own address (`[lb] health_ipv4`/`health_ipv6`) to every
+/// software port of every backend. Passive checks (an RST answering a client's SYN, a SYN
+/// never answered) count as failed checks too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbHealth {
+    #[serde(default)]
+    pub kind: HealthKind,
+    /// Milliseconds between checks of one destination (50-600000, default 2000).
+    #[serde(default = "health_interval")]
+    pub interval_ms: u32,
+    /// Milliseconds a check may take (10-60000, default 1000).
+    #[serde(default = "health_timeout")]
+    pub timeout_ms: u32,
+    /// Passed checks in a row that bring a destination up (1-100, default 2).
+    #[serde(default = "two")]
+    pub rise: u32,
+    /// Failed checks in a row that take it down (1-100, default 3).
+    #[serde(default = "three")]
+    pub fall: u32,
+    /// HTTP: the path requested (default "/").
+    #[serde(default = "slash")]
+    pub path: String,
+    /// HTTP: the status that passes (default 200).
+    #[serde(default = "ok200")]
+    pub expect_status: u16,
+}
+
+fn health_interval() -> u32 {
+    2000
+}
+fn health_timeout() -> u32 {
+    1000
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn slash() -> String {
+    "/".into()
+}
+fn ok200() -> u16 {
+    200
+}
+
+impl LbHealth {
+    /// Checks the ranges.
+    pub fn check(&self) -> Result<(), String> {
+        if !(50..=600_000).contains(&self.interval_ms) {
+            return Err(format!(
+                "'health.interval_ms': {} is not 50-600000",
+                self.interval_ms
+            ));
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            return Err(format!(
+                "'health.timeout_ms': {} is not 10-60000",
+                self.timeout_ms
+            ));
+        }
+        if !(1..=100).contains(&self.rise) || !(1..=100).contains(&self.fall) {
+            return Err("'health.rise' and 'health.fall' must be 1-100".into());
+        }
+        if !self.path.starts_with('/')
+            || self.path.len() > 1024
+            || self.path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+        {
+            return Err(format!(
+                "'health.path': '{}' must start with '/', have no spaces or control characters, and be at most 1024 bytes",
+                self.path.chars().take(40).collect::<String>()
+            ));
+        }
+        if !(100..=599).contains(&self.expect_status) {
+            return Err(format!(
+                "'health.expect_status': {} is not 100-599",
+                self.expect_status
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A balanced service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +324,9 @@ pub struct LbService {
     /// Seconds a connection is kept after both FINs or an RST (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger_secs: Option<u32>,
+    /// Active health checks (absent: none; passive checks still apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<LbHealth>,
 }
 
 impl LbService {
@@ -264,6 +363,9 @@ impl LbService {
             if t > 3600 {
                 return Err(format!("'linger_secs': {t} is not 0-3600"));
             }
+        }
+        if let Some(h) = &self.health {
+            h.check()?;
         }
         let mut names = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -353,6 +455,13 @@ pub struct LbDestStats {
     /// Frames towards it, and replies from it (NAT).
     pub packets_in: u64,
     pub packets_out: u64,
+    /// Whether it takes new connections now (its backend active and its checks passing).
+    pub up: bool,
+    /// Why it is down (the last failed check), or "" when up.
+    #[serde(default)]
+    pub reason: String,
+    /// Checks failed by traffic: an RST answering a client's SYN, a SYN never answered.
+    pub passive_failures: u64,
 }
 
 /// One service's counters.

@@ -1,18 +1,24 @@
 # A real HTTP server for the load-balancer tests: one process per backend namespace,
 # serving every port given (dual stack), answering any GET with "NAME:PORT\n".
 # If the file DELAYFILE exists, each answer waits the number of milliseconds it holds
-# (the `queue` scheduler test slows a backend down this way). Prints "ready" once every
-# port listens.
+# (the `queue` scheduler test slows a backend down this way); if "status-NAME" exists
+# beside it, answers carry that HTTP status (health check tests). Prints "ready" once
+# every port listens.
 import os, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 name, delayfile, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+statusfile = os.path.join(os.path.dirname(delayfile), "status-" + name)
 
 
 class Dual(ThreadingHTTPServer):
     address_family = socket.AF_INET6
     daemon_threads = True
     request_queue_size = 512
+
+    def handle_error(self, request, client_address):
+        # Health checks reset the connection once they have the status line.
+        pass
 
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -31,7 +37,12 @@ def handler_for(port):
             except (FileNotFoundError, ValueError):
                 pass
             body = f"{name}:{port}\n".encode()
-            self.send_response(200)
+            try:
+                with open(statusfile) as f:
+                    status = int(f.read().strip())
+            except (FileNotFoundError, ValueError):
+                status = 200
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()

@@ -64,6 +64,22 @@ impl HttpBackend {
         }
     }
 
+    /// Makes every answer carry HTTP status `code` (200: back to normal).
+    pub fn set_status(&self, code: u16) {
+        let f = self.delay_file.with_file_name(
+            self.delay_file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| n.replacen("delay-", "status-", 1))
+                .unwrap_or_default(),
+        );
+        if code == 200 {
+            let _ = std::fs::remove_file(f);
+        } else {
+            std::fs::write(f, code.to_string()).expect("write status file");
+        }
+    }
+
     /// Stops the server (by its pid).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -15,11 +15,14 @@ const SOFT_PORTS: [u16; 2] = [8080, 8081];
 const VIP4: &str = "198.18.0.100";
 const VIP6: &str = "2001:db8::100";
 const VIP_DR: &str = "198.18.0.101";
+/// The switch's own address, health checks come from it.
+const HEALTH4: &str = "198.18.0.254";
 
 struct Lab {
     sd: Stitchd,
     client: Netns,
     tap0: String,
+    dir: std::path::PathBuf,
     backends: Vec<(Netns, HttpBackend)>,
 }
 
@@ -34,11 +37,21 @@ fn lab() -> Lab {
     let id = unique_id();
     let dir = Stitchd::make_dir(&id);
     let taps: Vec<String> = (0..=BACKENDS).map(|i| format!("t{id}{i}")).collect();
-    let mut eal = vec!["-l".to_string(), "0-1".into(), "--no-pci".into()];
+    let mut cfg = String::new();
     for (i, t) in taps.iter().enumerate() {
-        eal.push(format!("--vdev=net_tap{i},iface={t}"));
+        cfg.push_str(&format!("[[ports]]\ndevargs = \"net_tap{i},iface={t}\"\n"));
     }
-    let sd = Stitchd::start(&id, dir.clone(), &eal, &[]);
+    cfg.push_str(&format!(
+        "[lb]\nhealth_ipv4 = \"{HEALTH4}\"\nhealth_ipv6 = \"2001:db8::fe\"\n"
+    ));
+    let cfg_path = dir.join("stitchd.toml");
+    std::fs::write(&cfg_path, cfg).expect("write config");
+    let sd = Stitchd::start(
+        &id,
+        dir.clone(),
+        &["-l".into(), "0-1".into()],
+        &["--config".into(), cfg_path.display().to_string()],
+    );
     let client = Netns::new(&format!("st{id}c"));
     client.attach(&taps[0], Some("02:00:00:00:02:01"), "198.18.0.1/24");
     client.ip(&["addr", "add", "2001:db8::1/64", "dev", &taps[0], "nodad"]);
@@ -73,6 +86,7 @@ fn lab() -> Lab {
         sd,
         client,
         tap0: taps[0].clone(),
+        dir,
         backends,
     }
 }
@@ -521,5 +535,108 @@ fn queue_moves_connections_away_from_a_slow_backend_and_back() {
         restored > 0.15,
         "a recovered backend does not win its share back: {restored:.2}"
     );
+    drop(lab);
+}
+
+fn dest_state(sd: &Stitchd, svc: &str, backend: &str) -> Vec<Value> {
+    let st = sd.ok("lb.stats", Some(json!({"service": svc})));
+    st["services"][0]["dests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["backend"] == backend)
+        .cloned()
+        .collect()
+}
+
+/// Active checks from the switch's own address: a killed backend is taken out after
+/// `fall` failed checks while a connection to another one goes on undisturbed; restarted,
+/// it comes back after `rise`; a backend answering HTTP 503 fails the HTTP check.
+#[test]
+fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
+    let _g = serial();
+    let mut lab = lab();
+    let mut svc = service("h", VIP4, 80, "rr", "nat", [1; 4]);
+    svc["health"] =
+        json!({"kind": "http", "interval_ms": 200, "timeout_ms": 300, "rise": 2, "fall": 2});
+    lab.sd.ok("lb.service.add", Some(svc));
+    let events = lab.sd.events();
+    // A slow request to b1 (the first destination of a fresh rr service) is under way.
+    lab.backends[0].1.set_delay(3000);
+    let (ns, url) = (lab.client.name.clone(), format!("http://{VIP4}/"));
+    let long = std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "30",
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    });
+    lab.sd.wait_until(10, "the slow request to reach b1", |sd| {
+        dest_state(sd, "h", "b1").iter().any(|d| d["inflight"] == 1)
+    });
+    lab.backends[0].1.set_delay(0);
+
+    lab.backends[1].1.stop();
+    lab.sd.wait_until(10, "b2 to be taken out", |sd| {
+        dest_state(sd, "h", "b2").iter().all(|d| d["up"] == false)
+    });
+    let down = dest_state(&lab.sd, "h", "b2");
+    assert!(
+        down.iter()
+            .all(|d| d["reason"].as_str().unwrap_or("").contains("refused")
+                || d["reason"].as_str().unwrap_or("").contains("in time")),
+        "{down:?}"
+    );
+    let got = curl_many(&lab.client, &format!("http://{VIP4}/"), 24);
+    assert!(
+        got.iter().all(|a| !a.starts_with("b2:")),
+        "a down backend got connections: {got:?}"
+    );
+    let (ok, body) = long.join().expect("long request");
+    assert!(
+        ok && body == "b1:8080",
+        "the connection in flight to b1 was disturbed: {ok} {body:?}"
+    );
+    let ev = events
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("an lb_dest_down event");
+    assert_eq!(ev["event"], "lb_dest_down", "{ev}");
+
+    let (ns1, dir) = (&lab.backends[1].0, lab.dir.clone());
+    let again = HttpBackend::start(ns1, &dir, "b2", &SOFT_PORTS);
+    lab.backends[1].1 = again;
+    lab.sd.wait_until(10, "b2 to come back", |sd| {
+        dest_state(sd, "h", "b2").iter().all(|d| d["up"] == true)
+    });
+    let got = curl_many(&lab.client, &format!("http://{VIP4}/"), 16);
+    assert!(
+        got.iter().any(|a| a.starts_with("b2:")),
+        "b2 is back but got nothing: {got:?}"
+    );
+
+    lab.backends[2].1.set_status(503);
+    lab.sd
+        .wait_until(10, "b3 (HTTP 503) to be taken out", |sd| {
+            dest_state(sd, "h", "b3").iter().all(|d| d["up"] == false)
+        });
+    let down = dest_state(&lab.sd, "h", "b3");
+    assert!(
+        down[0]["reason"].as_str().unwrap().contains("503"),
+        "{down:?}"
+    );
+    lab.backends[2].1.set_status(200);
     drop(lab);
 }

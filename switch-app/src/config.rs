@@ -58,6 +58,11 @@ pub struct LbConfig {
     pub mac: MacAddr,
     /// Connections each worker's table holds (new ones beyond are refused and counted).
     pub connections: usize,
+    /// The switch's own addresses on the backends' networks, which health checks are
+    /// sent from (answered for ARP/ND like the service addresses). Needed by services
+    /// with `health` of that family.
+    pub health_ipv4: Option<std::net::Ipv4Addr>,
+    pub health_ipv6: Option<std::net::Ipv6Addr>,
     /// Services at start.
     pub services: Vec<stitch_control::lb::LbService>,
 }
@@ -67,6 +72,8 @@ impl Default for LbConfig {
         LbConfig {
             mac: MacAddr([0x02, 0x53, 0x54, 0x4c, 0x42, 0x01]),
             connections: 1 << 16,
+            health_ipv4: None,
+            health_ipv6: None,
             services: vec![],
         }
     }

@@ -435,7 +435,7 @@ fn serve(
         slow.stitcher.agents = true;
     }
     let agent_addrs = slow.agent.as_ref().map(agent::Agent::addrs);
-    slow.lb = lb::LbManager::new(cfg.lb.mac, n_ports);
+    slow.lb = lb::LbManager::new(cfg.lb.mac, n_ports, cfg.lb.health_ipv4, cfg.lb.health_ipv6);
     slow.lb
         .add_configured(&cfg.lb.services)
         .map_err(anyhow::Error::msg)?;

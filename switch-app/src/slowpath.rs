@@ -144,7 +144,12 @@ impl SlowPath {
             config_path: None,
             reload: Arc::new(AtomicBool::new(false)),
             capture: crate::capture::Captures::new(0, tsc_hz),
-            lb: crate::lb::LbManager::new(MacAddr([0x02, 0x53, 0x54, 0x4c, 0x42, 0x01]), 0),
+            lb: crate::lb::LbManager::new(
+                MacAddr([0x02, 0x53, 0x54, 0x4c, 0x42, 0x01]),
+                0,
+                None,
+                None,
+            ),
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -159,6 +164,14 @@ impl SlowPath {
         let mut last_age = self.now();
         while !self.stop.load(Ordering::Relaxed) {
             let learned = self.apply_learning() + self.apply_punts();
+            for o in self.lb.tick(Instant::now()) {
+                if let Ok(m) = dpdk::Mbuf::from_slice(&self.pool, &o.frame) {
+                    self.tx.send(o.port, m);
+                }
+            }
+            for e in std::mem::take(&mut self.lb.events) {
+                self.stitcher.emit(e);
+            }
             self.capture.poll(Instant::now());
             let now = self.now();
             if now != last_age {

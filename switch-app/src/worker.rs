@@ -41,6 +41,8 @@ pub enum PuntKind {
     Agent,
     /// An ARP request or neighbour solicitation for a balanced service's address.
     Neighbor,
+    /// For one of the balancer's own addresses (a health check's answer).
+    Health,
 }
 
 /// One item on a worker's queue to the slow path.
@@ -408,6 +410,21 @@ impl Worker {
                             continue;
                         }
                         let slot = &mut pkts[usize::from(idx[j])];
+                        if lbt.is_own(l4s[j].key.dst_ip()) {
+                            let h = Punt {
+                                stitch: 0,
+                                dir: Dir::CtoA,
+                                kind: PuntKind::Health,
+                                tcp_flags: l4s[j].tcp_flags,
+                                mbuf: slot.take(),
+                                fin: FinCopy::default(),
+                            };
+                            match punt.push(h) {
+                                Ok(()) => r.punted += 1,
+                                Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                            }
+                            continue;
+                        }
                         let Some(m) = slot.as_mut() else { continue };
                         let Some(frame) = m.data_mut() else { continue };
                         match balancer.process(frame, &l4s[j], in_port, &lbt, now_us, &lb_counters)

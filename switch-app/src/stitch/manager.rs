@@ -1156,7 +1156,7 @@ impl Stitcher {
         };
         match p.kind {
             // Routed to the agent endpoint by drain_punts, never here.
-            PuntKind::Agent | PuntKind::Neighbor => {}
+            PuntKind::Agent | PuntKind::Neighbor | PuntKind::Health => {}
             PuntKind::Hold => {
                 let Some(m) = p.mbuf else { return };
                 match s.phase {
@@ -1416,6 +1416,14 @@ pub fn drain_punts(
                     if let Some(r) = lb.neighbor_reply(m.data()) {
                         if let Ok(reply) = Mbuf::from_slice(io.pool, &r) {
                             io.tx.send(PortId(m.port()), reply);
+                        }
+                    }
+                }
+                PuntKind::Health => {
+                    let Some(m) = p.mbuf else { continue };
+                    if let Some(o) = lb.on_health_frame(m.data()) {
+                        if let Ok(out) = Mbuf::from_slice(io.pool, &o.frame) {
+                            io.tx.send(o.port, out);
                         }
                     }
                 }

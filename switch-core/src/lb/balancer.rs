@@ -55,7 +55,7 @@ pub const SVC_TABLE_FULL: usize = 2;
 pub const SVC_NO_CONN: usize = 3;
 
 /// Words per destination in [`LbCounters::dest`].
-pub const DEST_WORDS: usize = 7;
+pub const DEST_WORDS: usize = 8;
 /// Destination counters (see [`LbCounters`]).
 pub const DEST_CONNS: usize = 0;
 pub const DEST_ACTIVE: usize = 1;
@@ -64,6 +64,9 @@ pub const DEST_INFLIGHT: usize = 3;
 pub const DEST_RESP_US: usize = 4;
 pub const DEST_PKTS_IN: usize = 5;
 pub const DEST_PKTS_OUT: usize = 6;
+/// Passive health failures: an RST from the backend answering a SYN, or a connection
+/// that expired before the backend answered its SYN.
+pub const DEST_PASSIVE_FAIL: usize = 7;
 
 /// One worker's balancer counters: written by that worker only (load and store), read by
 /// the slow path for `lb.stats` and `/metrics`.
@@ -260,6 +263,10 @@ impl Balancer {
             ..
         } = self;
         conns.expire_step(now_us, EXPIRE_BUDGET, |conn| {
+            if conn.state == ConnState::SynSent {
+                let i = (usize::from(conn.svc) * MAX_DESTS + usize::from(conn.dest)) * DEST_WORDS;
+                inc(&c.dest, i + DEST_PASSIVE_FAIL);
+            }
             uncount(loads, slots, t, conn, c);
         });
         put(
@@ -424,6 +431,9 @@ impl Balancer {
         let tcp = l4.key.proto == PROTO_TCP;
         let flags = if tcp { l4.tcp_flags } else { 0 };
         let was_active = conn.active;
+        if side == Side::Rev && flags & RST != 0 && conn.state == ConnState::SynSent {
+            inc(&c.dest, di + DEST_PASSIVE_FAIL);
+        }
         let mut closed_req = false;
         let mut sample = None;
         if tcp {

@@ -71,6 +71,9 @@ pub struct LbTable {
     /// (address, protocol, first port, last port, slot) of every service: the per-packet
     /// match scans this short array.
     index: Vec<(IpAddr, u8, u16, u16, u16)>,
+    /// The switch's own addresses for the balancer (health checks come from them): their
+    /// frames go to the slow path, and ARP/ND for them is answered.
+    own: Vec<IpAddr>,
 }
 
 impl LbTable {
@@ -88,12 +91,25 @@ impl LbTable {
             mac,
             services,
             index,
+            own: Vec::new(),
         }
+    }
+
+    /// The same table with the switch's own balancer addresses.
+    pub fn with_own(mut self, own: Vec<IpAddr>) -> LbTable {
+        self.own = own;
+        self
+    }
+
+    /// True if `ip` is one of the switch's own balancer addresses.
+    #[inline]
+    pub fn is_own(&self, ip: IpAddr) -> bool {
+        !self.own.is_empty() && self.own.contains(&ip)
     }
 
     /// True when no service exists (workers skip the balancer).
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.is_empty() && self.own.is_empty()
     }
 
     /// The service a client's frame is for.
@@ -109,8 +125,9 @@ impl LbTable {
             .map(|s| (slot, s))
     }
 
-    /// True if `ip` is a service address (the switch answers ARP/ND for it).
+    /// True if `ip` is a service address or one of the switch's own balancer addresses
+    /// (the switch answers ARP/ND for it).
     pub fn is_vip(&self, ip: IpAddr) -> bool {
-        self.index.iter().any(|e| e.0 == ip)
+        self.index.iter().any(|e| e.0 == ip) || self.own.contains(&ip)
     }
 }

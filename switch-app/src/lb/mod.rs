@@ -7,8 +7,10 @@
 //! per-connection state lives in their own [`Balancer`](switch_core::lb::balancer)s;
 //! this side never touches it.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
+pub mod health;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +23,11 @@ use stitch_control::lb::{
 };
 use stitch_control::protocol::RpcError;
 use switch_core::lb::balancer::{
-    LbCounters, DEST_ACTIVE, DEST_CONNS, DEST_INACTIVE, DEST_INFLIGHT, DEST_PKTS_IN, DEST_PKTS_OUT,
-    DEST_RESP_US, SVC_CONNS, SVC_NO_CONN, SVC_NO_DEST, SVC_TABLE_FULL,
+    LbCounters, DEST_ACTIVE, DEST_CONNS, DEST_INACTIVE, DEST_INFLIGHT, DEST_PASSIVE_FAIL,
+    DEST_PKTS_IN, DEST_PKTS_OUT, DEST_RESP_US, SVC_CONNS, SVC_NO_CONN, SVC_NO_DEST, SVC_TABLE_FULL,
 };
+
+use health::{Checker, Endpoint, Outgoing, Target, Verdict};
 use switch_core::lb::sched::{Dest, SchedKind, SchedTables};
 use switch_core::lb::table::{DestPort, Forwarding, LbTable, ServiceRt, MAX_DESTS, MAX_SERVICES};
 use switch_core::{MacAddr, PortId};
@@ -57,8 +61,27 @@ struct Svc {
     dests: Vec<Option<(String, u16)>>,
 }
 
+/// What the checks say about one destination.
+#[derive(Debug, Clone)]
+struct DestHealth {
+    up: bool,
+    passes: u32,
+    fails: u32,
+    next_at: Instant,
+    reason: String,
+    /// Passive failures already counted.
+    passive_seen: u64,
+}
+
 /// The slow path's balancer state (see the module docs).
 pub struct LbManager {
+    /// The switch's own addresses health checks are sent from.
+    health_v4: Option<Ipv4Addr>,
+    health_v6: Option<Ipv6Addr>,
+    checker: Checker,
+    health: HashMap<Target, DestHealth>,
+    /// Events for `events.subscribe`, taken by the slow path.
+    pub events: Vec<Value>,
     mac: MacAddr,
     n_ports: usize,
     services: BTreeMap<String, Svc>,
@@ -75,8 +98,19 @@ pub struct LbManager {
 
 impl LbManager {
     /// No services yet; `mac` answers for service addresses; `n_ports` ports exist.
-    pub fn new(mac: MacAddr, n_ports: usize) -> LbManager {
+    pub fn new(
+        mac: MacAddr,
+        n_ports: usize,
+        health_v4: Option<Ipv4Addr>,
+        health_v6: Option<Ipv6Addr>,
+    ) -> LbManager {
+        let seed = std::process::id();
         LbManager {
+            health_v4,
+            health_v6,
+            checker: Checker::new(mac, seed),
+            health: HashMap::new(),
+            events: Vec::new(),
             mac,
             n_ports,
             services: BTreeMap::new(),
@@ -95,6 +129,18 @@ impl LbManager {
     /// replaces).
     fn check(&self, spec: &LbService, except: Option<&str>) -> Result<(), RpcError> {
         spec.check().map_err(RpcError::app)?;
+        if spec.health.is_some() {
+            let missing = match spec.vip {
+                IpAddr::V4(_) if self.health_v4.is_none() => Some("health_ipv4"),
+                IpAddr::V6(_) if self.health_v6.is_none() => Some("health_ipv6"),
+                _ => None,
+            };
+            if let Some(k) = missing {
+                return Err(RpcError::app(format!(
+                    "'health': the switch has no address to check these backends from; set [lb] {k}"
+                )));
+            }
+        }
         for b in &spec.backends {
             if usize::from(b.port) >= self.n_ports {
                 return Err(RpcError::app(format!(
@@ -174,7 +220,9 @@ impl LbManager {
                         port: p,
                         backend: i as u16,
                         weight: b.weight,
-                        usable: b.state == BackendState::Active && b.weight > 0,
+                        usable: b.state == BackendState::Active
+                            && b.weight > 0
+                            && self.is_up((s.id, dests.len())),
                     });
                     ports.push(DestPort {
                         mac: MacAddr(b.mac.0),
@@ -223,7 +271,15 @@ impl LbManager {
         for s in self.services.values() {
             slots[usize::from(s.slot)] = Some(self.runtime(s));
         }
-        let old = self.table.swap(Arc::new(LbTable::new(self.mac, slots)));
+        let own: Vec<IpAddr> = self
+            .health_v4
+            .map(IpAddr::from)
+            .into_iter()
+            .chain(self.health_v6.map(IpAddr::from))
+            .collect();
+        let old = self
+            .table
+            .swap(Arc::new(LbTable::new(self.mac, slots).with_own(own)));
         let now = Instant::now();
         self.retired.push_back((now, old));
         while self
@@ -268,7 +324,9 @@ impl LbManager {
 
     /// `lb.service.del`.
     pub fn del(&mut self, name: &str) -> Result<Value, RpcError> {
-        self.services.remove(name).ok_or_else(|| no_service(name))?;
+        let gone = self.services.remove(name).ok_or_else(|| no_service(name))?;
+        self.checker.forget(gone.id);
+        self.health.retain(|t, _| t.0 != gone.id);
         self.publish();
         Ok(json!({"service": name, "deleted": true}))
     }
@@ -407,6 +465,7 @@ impl LbManager {
                     .filter(|&v| v > 0)
                     .collect();
                 let active = sum(DEST_ACTIVE);
+                let h = self.health.get(&(s.id, i));
                 let inactive = sum(DEST_INACTIVE);
                 st.conns_now += active + inactive;
                 st.dests.push(LbDestStats {
@@ -424,6 +483,17 @@ impl LbManager {
                     },
                     packets_in: sum(DEST_PKTS_IN),
                     packets_out: sum(DEST_PKTS_OUT),
+                    up: b.state == BackendState::Active && b.weight > 0 && self.is_up((s.id, i)),
+                    reason: if b.state != BackendState::Active {
+                        format!("backend {}", state_name(b.state))
+                    } else if b.weight == 0 {
+                        "weight 0".into()
+                    } else {
+                        h.filter(|h| !h.up)
+                            .map(|h| h.reason.clone())
+                            .unwrap_or_default()
+                    },
+                    passive_failures: sum(DEST_PASSIVE_FAIL),
                 });
             }
             out.services.push(st);
@@ -442,6 +512,153 @@ impl LbManager {
         Some(r)
     }
 
+    /// True unless checks have taken the destination down.
+    fn is_up(&self, t: Target) -> bool {
+        self.health.get(&t).is_none_or(|h| h.up)
+    }
+
+    /// Runs the health checks: sends those due, fails those late, counts passive
+    /// failures, and republishes when a destination went up or down. Returns frames to
+    /// send.
+    pub fn tick(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut verdicts = Vec::new();
+        for (t, v, rst) in self.checker.expire(now) {
+            verdicts.push((t, v));
+            out.extend(rst);
+        }
+        let mut starts = Vec::new();
+        for s in self.services.values() {
+            let Some(hc) = &s.spec.health else { continue };
+            let slot = usize::from(s.slot);
+            for (i, d) in s.dests.iter().enumerate() {
+                let Some((bname, port)) = d else { continue };
+                let Some(b) = s.spec.backends.iter().find(|b| &b.name == bname) else {
+                    continue;
+                };
+                let t = (s.id, i);
+                // Passive: failures the workers saw in traffic since the last tick.
+                let passive: u64 = self
+                    .counters
+                    .iter()
+                    .filter(|c| {
+                        c.svc_id.get(slot).is_some_and(|x| {
+                            x.load(std::sync::atomic::Ordering::Relaxed) == u64::from(s.id)
+                        })
+                    })
+                    .map(|c| c.dest(slot, i, DEST_PASSIVE_FAIL))
+                    .sum();
+                let h = self.health.entry(t).or_insert_with(|| DestHealth {
+                    up: true,
+                    passes: 0,
+                    fails: 0,
+                    next_at: now,
+                    reason: String::new(),
+                    passive_seen: passive,
+                });
+                if passive > h.passive_seen {
+                    let n = passive - h.passive_seen;
+                    h.passive_seen = passive;
+                    verdicts.push((
+                        t,
+                        Verdict::Fail(format!(
+                            "{n} client connection(s) refused or unanswered (passive check)"
+                        )),
+                    ));
+                }
+                if now < h.next_at || self.checker.busy(t) {
+                    continue;
+                }
+                h.next_at = now + Duration::from_millis(u64::from(hc.interval_ms));
+                let source = match b.ip {
+                    IpAddr::V4(_) => self.health_v4.map(IpAddr::from),
+                    IpAddr::V6(_) => self.health_v6.map(IpAddr::from),
+                };
+                let Some(source) = source else { continue };
+                starts.push((
+                    t,
+                    Endpoint {
+                        ip: b.ip,
+                        port: *port,
+                        mac: MacAddr(b.mac.0),
+                        switch_port: PortId(b.port),
+                        source,
+                    },
+                    hc.clone(),
+                ));
+            }
+        }
+        for (t, ep, hc) in starts {
+            out.extend(self.checker.start(t, ep, &hc, now));
+        }
+        self.apply(verdicts);
+        out
+    }
+
+    /// A frame for one of the switch's balancer addresses (a check's answer).
+    pub fn on_health_frame(&mut self, frame: &[u8]) -> Option<Outgoing> {
+        let (t, v, out) = self.checker.on_frame(frame)?;
+        if let Some(v) = v {
+            self.apply(vec![(t, v)]);
+        }
+        out
+    }
+
+    /// Counts verdicts: a destination goes down after `fall` failures in a row and comes
+    /// back after `rise` passes in a row. Only services with checks are judged (without
+    /// them, nothing could bring a destination back).
+    fn apply(&mut self, verdicts: Vec<(Target, Verdict)>) {
+        let mut changed = false;
+        for (t, v) in verdicts {
+            let Some(s) = self.services.values().find(|s| s.id == t.0) else {
+                continue;
+            };
+            let Some(hc) = s.spec.health.clone() else {
+                continue;
+            };
+            let name = s.spec.name.clone();
+            let dest = s.dests.get(t.1).cloned().flatten();
+            let Some(h) = self.health.get_mut(&t) else {
+                continue;
+            };
+            let (backend, soft_port) = dest.map_or((String::new(), 0), |d| d);
+            match v {
+                Verdict::Pass => {
+                    h.fails = 0;
+                    h.passes += 1;
+                    if !h.up && h.passes >= hc.rise {
+                        h.up = true;
+                        h.reason.clear();
+                        changed = true;
+                        self.events.push(json!({
+                            "event": "lb_dest_up", "service": name,
+                            "backend": backend, "soft_port": soft_port,
+                        }));
+                    }
+                }
+                Verdict::Fail(why) => {
+                    h.passes = 0;
+                    h.fails += 1;
+                    h.reason.clone_from(&why);
+                    if h.up && h.fails >= hc.fall {
+                        h.up = false;
+                        changed = true;
+                        self.events.push(json!({
+                            "event": "lb_dest_down", "service": name,
+                            "backend": backend, "soft_port": soft_port, "reason": why,
+                        }));
+                    }
+                }
+            }
+        }
+        if changed {
+            for s in self.services.values_mut() {
+                s.gen += 1;
+            }
+            self.publish();
+        }
+    }
+
     /// Services in the configuration, added at start (each checked like `lb.service.add`).
     pub fn add_configured(&mut self, services: &[LbService]) -> Result<(), String> {
         for s in services {
@@ -449,6 +666,14 @@ impl LbManager {
                 .map_err(|e| format!("lb.services '{}': {}", s.name, e.message))?;
         }
         Ok(())
+    }
+}
+
+fn state_name(s: BackendState) -> &'static str {
+    match s {
+        BackendState::Active => "active",
+        BackendState::Draining => "draining",
+        BackendState::Disabled => "disabled",
     }
 }
 
@@ -477,7 +702,7 @@ mod tests {
     }
 
     fn lb() -> LbManager {
-        LbManager::new(MacAddr([2, 0x53, 0x54, 0x4c, 0x42, 1]), 3)
+        LbManager::new(MacAddr([2, 0x53, 0x54, 0x4c, 0x42, 1]), 3, None, None)
     }
 
     #[test]
