@@ -297,6 +297,55 @@ impl LbHealth {
     }
 }
 
+/// Launch on demand (seed 003, figure 6): when no backend of the service can take a new
+/// connection, `command` is run (with the service name and the reason appended as two
+/// more arguments) to start one, and new connections are held meanwhile: their SYNs (or
+/// first datagrams) wait in the switch, at most `hold_max` per worker and `hold_ms` each,
+/// and are released to the first backend that comes up. The client sees a slower
+/// connect, not a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbLaunch {
+    /// The program and its first arguments (absolute path; no shell).
+    pub command: Vec<String>,
+    /// Connections held at once, per worker (1-4096, default 256).
+    #[serde(default = "hold_max")]
+    pub hold_max: u32,
+    /// Longest a connection is held, in milliseconds (100-120000, default 10000).
+    #[serde(default = "hold_ms")]
+    pub hold_ms: u32,
+}
+
+fn hold_max() -> u32 {
+    256
+}
+fn hold_ms() -> u32 {
+    10_000
+}
+
+impl LbLaunch {
+    /// Checks the ranges.
+    pub fn check(&self) -> Result<(), String> {
+        match self.command.first() {
+            Some(c) if c.starts_with('/') => {}
+            _ => return Err("'launch.command': give the program's absolute path first".into()),
+        }
+        if !(1..=4096).contains(&self.hold_max) {
+            return Err(format!(
+                "'launch.hold_max': {} is not 1-4096",
+                self.hold_max
+            ));
+        }
+        if !(100..=120_000).contains(&self.hold_ms) {
+            return Err(format!(
+                "'launch.hold_ms': {} is not 100-120000",
+                self.hold_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A balanced service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +376,16 @@ pub struct LbService {
     /// Active health checks (absent: none; passive checks still apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<LbHealth>,
+    /// A destination with this many connections (active + inactive, over the workers)
+    /// counts as overloaded: it gets no new ones, and when every destination of the
+    /// lowest rank is down or overloaded the next rank is used (IPVS's upper threshold,
+    /// keepalived's failover). Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<u32>,
+    /// Launch on demand (absent: a service with no usable backend refuses new
+    /// connections, counted as `no_dest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LbLaunch>,
 }
 
 impl LbService {
@@ -366,6 +425,12 @@ impl LbService {
         }
         if let Some(h) = &self.health {
             h.check()?;
+        }
+        if let Some(l) = &self.launch {
+            l.check()?;
+        }
+        if self.max_conns == Some(0) {
+            return Err("'max_conns': 0 would refuse every connection".into());
         }
         let mut names = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -477,6 +542,17 @@ pub struct LbServiceStats {
     /// Frames for the service that started no connection and belonged to none (a TCP
     /// segment without SYN): dropped, as IPVS does.
     pub no_conn: u64,
+    /// New connections held while a backend was launched, released to it, and dropped
+    /// after `hold_ms` or beyond `hold_max`.
+    pub held: u64,
+    pub released: u64,
+    pub held_dropped: u64,
+    /// Connections held now.
+    pub held_now: u64,
+    /// The ranks whose backends take new connections now (failover order).
+    pub ranks_in_use: Vec<u32>,
+    /// Launch hooks run.
+    pub launches: u64,
     /// Connections held now, over the workers.
     pub conns_now: u64,
     pub dests: Vec<LbDestStats>,

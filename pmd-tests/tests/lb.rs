@@ -640,3 +640,142 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     lab.backends[2].1.set_status(200);
     drop(lab);
 }
+
+/// Failover order and launch on demand (seed 003, figure 6): rank 0 serves while it can;
+/// when it is down the next rank takes over; when every backend is down the launch hook
+/// runs and new connections are held until the launched backend passes its checks, then
+/// released to it (no client refused or reset); and nothing is held past `hold_ms`.
+#[test]
+fn failover_order_then_launch_on_demand_holds_connections_until_the_new_backend_is_up() {
+    let _g = serial();
+    let mut lab = lab();
+    let launched = lab.dir.join("launched");
+    let mut svc = service("f", VIP4, 80, "rr", "nat", [1; 4]);
+    svc["health"] =
+        json!({"kind": "tcp", "interval_ms": 100, "timeout_ms": 200, "rise": 2, "fall": 2});
+    svc["launch"] = json!({
+        "command": ["/bin/sh", "-c", format!("echo \"$1: $2\" >> {}", launched.display()), "hook"],
+        "hold_ms": 8000,
+    });
+    // b1 and b2 first (rank 0), b3 next (rank 1); b4 is not in the pool yet.
+    let backends = svc["backends"].as_array_mut().unwrap();
+    backends.truncate(3);
+    backends[2]["rank"] = json!(1);
+    lab.sd.ok("lb.service.add", Some(svc));
+    // b4's server is not running until it is "launched".
+    lab.backends[3].1.stop();
+    let events = lab.sd.events();
+    let url = format!("http://{VIP4}/");
+    let stats =
+        |sd: &Stitchd| sd.ok("lb.stats", Some(json!({"service": "f"})))["services"][0].clone();
+
+    let got = curl_many(&lab.client, &url, 8);
+    assert!(
+        got.iter()
+            .all(|a| a.starts_with("b1:") || a.starts_with("b2:")),
+        "rank 0 first: {got:?}"
+    );
+    assert_eq!(stats(&lab.sd)["ranks_in_use"], json!([0]));
+
+    lab.backends[0].1.stop();
+    lab.backends[1].1.stop();
+    lab.sd.wait_until(10, "rank 1 to take over", |sd| {
+        stats(sd)["ranks_in_use"] == json!([0, 1])
+    });
+    let got = curl_many(&lab.client, &url, 8);
+    assert!(
+        got.iter().all(|a| a.starts_with("b3:")),
+        "rank 1 after rank 0 failed: {got:?}"
+    );
+    let ev = loop {
+        let e = events
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("events");
+        if e["event"] == "lb_failover" {
+            break e;
+        }
+    };
+    assert_eq!(ev["ranks_in_use"], json!([0, 1]), "{ev}");
+
+    lab.backends[2].1.stop();
+    lab.sd.wait_until(10, "every backend down", |sd| {
+        stats(sd)["dests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["up"] == false)
+    });
+    // Clients connect while nothing can take them: held, and the hook runs.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (ns, url) = (lab.client.name.clone(), url.clone());
+            std::thread::spawn(move || {
+                std::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns,
+                        "curl",
+                        "-sS",
+                        "--fail",
+                        "--connect-timeout",
+                        "20",
+                        "--max-time",
+                        "30",
+                        &url,
+                    ])
+                    .output()
+                    .expect("curl")
+            })
+        })
+        .collect();
+    lab.sd
+        .wait_until(10, "the launch hook to run", |_| launched.exists());
+    let line = std::fs::read_to_string(&launched).unwrap();
+    assert!(
+        line.starts_with("f: no backend can take"),
+        "hook arguments: {line:?}"
+    );
+    lab.sd.wait_until(10, "the connections to be held", |sd| {
+        stats(sd)["held_now"].as_u64() >= Some(4)
+    });
+    // The "launched" backend: its server starts, then it joins the pool; it gets
+    // connections only once its checks pass.
+    let (ns4, dir) = (&lab.backends[3].0, lab.dir.clone());
+    lab.backends[3].1 = HttpBackend::start(ns4, &dir, "b4", &SOFT_PORTS);
+    lab.sd.ok(
+        "lb.backend.add",
+        Some(
+            json!({"service": "f", "backend": {"name": "b4", "port": 4, "mac": backend_mac(3),
+            "ip": "198.18.0.14", "soft_ports": SOFT_PORTS, "rank": 2}}),
+        ),
+    );
+    for c in clients {
+        let out = c.join().expect("client");
+        assert!(out.status.success(), "a held connection failed: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("b4:"),
+            "{out:?}"
+        );
+    }
+    let st = stats(&lab.sd);
+    assert!(st["released"].as_u64() >= Some(4), "{st}");
+    assert_eq!(st["launches"], 1, "{st}");
+
+    // Nothing is held past the bound: with no backend at all, a client's SYNs are held
+    // hold_ms at most, then dropped and counted.
+    lab.sd.ok(
+        "lb.backend.del",
+        Some(json!({"service": "f", "name": "b4"})),
+    );
+    let out = lab
+        .client
+        .exec("curl", &["-sS", "--connect-timeout", "2", &url]);
+    assert!(!out.status.success(), "connected with no backend: {out:?}");
+    lab.sd
+        .wait_until(15, "held connections to be dropped at hold_ms", |sd| {
+            let st = stats(sd);
+            st["held_now"] == 0 && st["held_dropped"].as_u64() >= Some(1)
+        });
+    drop(lab);
+}

@@ -26,9 +26,11 @@ use switch_core::{MacAddr, PortId};
 use crate::agent::{for_agent, AgentAddrs};
 use crate::capture::CaptureTap;
 use crate::fault::{draw, Fault, PortFault, Rng};
+use crate::lb::hold::{Held, HoldQueue, Pushed};
 use crate::stats::{bump, WorkerStats};
 use crate::stitch::fastpath::{process, FinCopy, StitchVerdict};
 use crate::stitch::rule::{Dir, FlowRule, StitchRec, COUNTERS};
+use switch_core::lb::balancer::{SVC_HELD, SVC_HELD_DROPPED, SVC_HELD_NOW, SVC_RELEASED};
 
 /// Why a packet went to the slow path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +265,11 @@ impl Worker {
         let tsc_per_us = (hz / 1_000_000).max(1);
         let _ = l2.load();
         let mut lb_seen = 0usize;
+        // Launch on demand: first frames held until a destination comes up; the scratch
+        // list is where they wait while being offered again (both allocated here, once).
+        let mut hold = HoldQueue::new();
+        let mut retry: Vec<Held> = Vec::with_capacity(crate::lb::hold::CAPACITY);
+        let mut last_retry_us = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let ports = l2.load();
             let now_tsc = dpdk::tsc();
@@ -271,7 +278,8 @@ impl Worker {
             let lbt = lb.load();
             let now_us = now_tsc.wrapping_sub(tsc_start) / tsc_per_us;
             let balancing = !lbt.is_empty();
-            if Arc::as_ptr(&*lbt) as usize != lb_seen {
+            let lb_changed = Arc::as_ptr(&*lbt) as usize != lb_seen;
+            if lb_changed {
                 lb_seen = Arc::as_ptr(&*lbt) as usize;
                 balancer.sync(&lbt, &lb_counters);
             }
@@ -440,6 +448,25 @@ impl Worker {
                                 *slot = None;
                                 r.drops[reason.index()] += 1;
                             }
+                            LbVerdict::Hold {
+                                slot: s,
+                                deadline_us,
+                            } => {
+                                let Some(m) = slot.take() else { continue };
+                                hold_frame(
+                                    &mut hold,
+                                    Held {
+                                        mbuf: m,
+                                        in_port,
+                                        slot: s,
+                                        deadline_us,
+                                    },
+                                    &lbt,
+                                    &lb_counters,
+                                    &mut r,
+                                    true,
+                                );
+                            }
                         }
                     }
                 }
@@ -528,6 +555,57 @@ impl Worker {
                     }
                 }
             }
+            // Held connections are offered again when the services change (a backend came
+            // up) and every millisecond; those past their time are dropped.
+            if !hold.is_empty() && (lb_changed || now_us.saturating_sub(last_retry_us) >= 1000) {
+                last_retry_us = now_us;
+                hold.drain_into(&mut retry);
+                for h in retry.drain(..) {
+                    let s = usize::from(h.slot);
+                    if now_us >= h.deadline_us {
+                        lb_counters.add_svc(s, SVC_HELD_DROPPED, 1);
+                        r.drops[DropReason::LbNoDest.index()] += 1;
+                        continue;
+                    }
+                    let Held {
+                        mut mbuf,
+                        in_port,
+                        slot,
+                        deadline_us,
+                    } = h;
+                    let Some(l4) = parse_flow(mbuf.data()) else {
+                        continue;
+                    };
+                    let Some(frame) = mbuf.data_mut() else {
+                        continue;
+                    };
+                    match balancer.process(frame, &l4, in_port, &lbt, now_us, &lb_counters) {
+                        LbVerdict::Out(p) => {
+                            lb_counters.add_svc(s, SVC_RELEASED, 1);
+                            r.balanced += 1;
+                            out.push(usize::from(p.0), mbuf, &mut r);
+                        }
+                        LbVerdict::Hold { .. } => {
+                            let h = Held {
+                                mbuf,
+                                in_port,
+                                slot,
+                                deadline_us,
+                            };
+                            hold_frame(&mut hold, h, &lbt, &lb_counters, &mut r, false);
+                        }
+                        LbVerdict::NotMine => {
+                            r.drops[DropReason::LbNoDest.index()] += 1;
+                        }
+                        LbVerdict::Drop(reason) => r.drops[reason.index()] += 1,
+                    }
+                }
+                for (s, svc) in lbt.services.iter().enumerate() {
+                    if svc.is_some() {
+                        lb_counters.set_svc(s, SVC_HELD_NOW, u64::from(hold.held(s as u16)));
+                    }
+                }
+            }
             if now_tsc.wrapping_sub(last_drain) >= drain_cycles {
                 out.drain(&mut r);
                 last_drain = now_tsc;
@@ -547,6 +625,36 @@ impl Worker {
         publish(&stats, &r);
         0
     }
+}
+
+/// Holds a connection's first frame (launch on demand), counted once (`first`), or drops
+/// it when the service's share of this worker's hold queue is full.
+fn hold_frame(
+    hold: &mut HoldQueue,
+    h: Held,
+    lbt: &LbTable,
+    c: &LbCounters,
+    r: &mut Round,
+    first: bool,
+) {
+    let s = usize::from(h.slot);
+    let max = lbt
+        .services
+        .get(s)
+        .and_then(Option::as_ref)
+        .map_or(0, |x| x.hold_max);
+    match hold.push(h, max) {
+        Pushed::Held => {
+            if first {
+                c.add_svc(s, SVC_HELD, 1);
+            }
+        }
+        Pushed::Full(_m) => {
+            c.add_svc(s, SVC_HELD_DROPPED, 1);
+            r.drops[DropReason::LbNoDest.index()] += 1;
+        }
+    }
+    c.set_svc(s, SVC_HELD_NOW, u64::from(hold.held(s as u16)));
 }
 
 fn publish(s: &WorkerStats, r: &Round) {

@@ -8,6 +8,7 @@
 //! this side never touches it.
 
 pub mod health;
+pub mod hold;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -24,7 +25,8 @@ use stitch_control::lb::{
 use stitch_control::protocol::RpcError;
 use switch_core::lb::balancer::{
     LbCounters, DEST_ACTIVE, DEST_CONNS, DEST_INACTIVE, DEST_INFLIGHT, DEST_PASSIVE_FAIL,
-    DEST_PKTS_IN, DEST_PKTS_OUT, DEST_RESP_US, SVC_CONNS, SVC_NO_CONN, SVC_NO_DEST, SVC_TABLE_FULL,
+    DEST_PKTS_IN, DEST_PKTS_OUT, DEST_RESP_US, SVC_CONNS, SVC_HELD, SVC_HELD_DROPPED, SVC_HELD_NOW,
+    SVC_NO_CONN, SVC_NO_DEST, SVC_RELEASED, SVC_TABLE_FULL,
 };
 
 use health::{Checker, Endpoint, Outgoing, Target, Verdict};
@@ -61,6 +63,19 @@ struct Svc {
     dests: Vec<Option<(String, u16)>>,
 }
 
+/// Launch-on-demand state of one service.
+#[derive(Debug, Default)]
+struct Launch {
+    /// The hook running now, if any.
+    child: Option<std::process::Child>,
+    /// When the last one was started.
+    started: Option<Instant>,
+    /// Hooks run.
+    count: u64,
+    /// Connections held so far (the workers' `held` summed), at the last look.
+    held_seen: u64,
+}
+
 /// What the checks say about one destination.
 #[derive(Debug, Clone)]
 struct DestHealth {
@@ -82,6 +97,13 @@ pub struct LbManager {
     health: HashMap<Target, DestHealth>,
     /// Events for `events.subscribe`, taken by the slow path.
     pub events: Vec<Value>,
+    /// Destinations at their service's `max_conns` (re-evaluated every 50 ms).
+    overloaded: std::collections::HashSet<Target>,
+    /// The ranks in use per service id, as last published (events on change).
+    ranks: HashMap<u32, Vec<u32>>,
+    /// Launch hooks per service id.
+    launches: HashMap<u32, Launch>,
+    last_eval: Option<Instant>,
     mac: MacAddr,
     n_ports: usize,
     services: BTreeMap<String, Svc>,
@@ -111,6 +133,10 @@ impl LbManager {
             checker: Checker::new(mac, seed),
             health: HashMap::new(),
             events: Vec::new(),
+            overloaded: std::collections::HashSet::new(),
+            ranks: HashMap::new(),
+            launches: HashMap::new(),
+            last_eval: None,
             mac,
             n_ports,
             services: BTreeMap::new(),
@@ -201,8 +227,45 @@ impl LbManager {
         out
     }
 
+    /// The backend of destination `i`, if it is one.
+    fn backend_of(s: &Svc, i: usize) -> Option<&stitch_control::lb::LbBackend> {
+        let (name, _) = s.dests.get(i)?.as_ref()?;
+        s.spec.backends.iter().find(|b| &b.name == name)
+    }
+
+    /// Whether destination `i` may take new connections, failover order aside: its
+    /// backend active with a weight, its checks passing, not overloaded.
+    fn dest_ok(&self, s: &Svc, i: usize) -> bool {
+        Self::backend_of(s, i).is_some_and(|b| {
+            b.state == BackendState::Active
+                && b.weight > 0
+                && self.is_up((s.id, i))
+                && !self.overloaded.contains(&(s.id, i))
+        })
+    }
+
+    /// The ranks whose backends take new connections (failover order): the lowest rank,
+    /// and the next ones while every destination of the ranks taken so far is down or
+    /// overloaded. Every rank when none can take any.
+    fn ranks_in_use(&self, s: &Svc) -> Vec<u32> {
+        let mut ranks: Vec<u32> = s.spec.backends.iter().map(|b| b.rank).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        let mut used = Vec::new();
+        for r in ranks {
+            used.push(r);
+            let any = (0..s.dests.len())
+                .any(|i| Self::backend_of(s, i).is_some_and(|b| b.rank == r) && self.dest_ok(s, i));
+            if any {
+                return used;
+            }
+        }
+        used
+    }
+
     fn runtime(&self, s: &Svc) -> ServiceRt {
         let spec = &s.spec;
+        let ranks = self.ranks_in_use(s);
         let mut dests = Vec::with_capacity(s.dests.len());
         let mut ports = Vec::with_capacity(s.dests.len());
         for d in &s.dests {
@@ -220,9 +283,7 @@ impl LbManager {
                         port: p,
                         backend: i as u16,
                         weight: b.weight,
-                        usable: b.state == BackendState::Active
-                            && b.weight > 0
-                            && self.is_up((s.id, dests.len())),
+                        usable: ranks.contains(&b.rank) && self.dest_ok(s, dests.len()),
                     });
                     ports.push(DestPort {
                         mac: MacAddr(b.mac.0),
@@ -263,6 +324,11 @@ impl LbManager {
             idle_us: u64::from(spec.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS))
                 * 1_000_000,
             linger_us: u64::from(spec.linger_secs.unwrap_or(DEFAULT_LINGER_SECS)) * 1_000_000,
+            hold_us: spec
+                .launch
+                .as_ref()
+                .map_or(0, |l| u64::from(l.hold_ms) * 1000),
+            hold_max: spec.launch.as_ref().map_or(0, |l| l.hold_max),
         }
     }
 
@@ -326,6 +392,9 @@ impl LbManager {
     pub fn del(&mut self, name: &str) -> Result<Value, RpcError> {
         let gone = self.services.remove(name).ok_or_else(|| no_service(name))?;
         self.checker.forget(gone.id);
+        self.launches.remove(&gone.id);
+        self.ranks.remove(&gone.id);
+        self.overloaded.retain(|t| t.0 != gone.id);
         self.health.retain(|t, _| t.0 != gone.id);
         self.publish();
         Ok(json!({"service": name, "deleted": true}))
@@ -357,6 +426,33 @@ impl LbManager {
         f(&mut spec)?;
         self.check(&spec, Some(name))?;
         let dests = Self::assign(&spec, &cur.dests);
+        let id = cur.id;
+        // A destination that joins a checked service takes connections only once its
+        // checks pass (a launched backend is not sent SYNs before it listens).
+        if spec.health.is_some() {
+            let now = Instant::now();
+            for (i, d) in dests.iter().enumerate() {
+                let new = d.is_some() && cur.dests.get(i).cloned().flatten() != *d;
+                if new {
+                    self.health.insert(
+                        (id, i),
+                        DestHealth {
+                            up: false,
+                            passes: 0,
+                            fails: 0,
+                            next_at: now,
+                            reason: "new: waiting for its first checks".into(),
+                            passive_seen: 0,
+                        },
+                    );
+                }
+            }
+        }
+        for (i, d) in dests.iter().enumerate() {
+            if d.is_none() {
+                self.health.remove(&(id, i));
+            }
+        }
         if let Some(s) = self.services.get_mut(name) {
             s.spec = spec;
             s.dests = dests;
@@ -450,6 +546,12 @@ impl LbManager {
                 no_dest: sum_svc(SVC_NO_DEST),
                 table_full: sum_svc(SVC_TABLE_FULL),
                 no_conn: sum_svc(SVC_NO_CONN),
+                held: sum_svc(SVC_HELD),
+                released: sum_svc(SVC_RELEASED),
+                held_dropped: sum_svc(SVC_HELD_DROPPED),
+                held_now: sum_svc(SVC_HELD_NOW),
+                ranks_in_use: self.ranks_in_use(s),
+                launches: self.launches.get(&s.id).map_or(0, |l| l.count),
                 conns_now: 0,
                 dests: vec![],
             };
@@ -483,11 +585,15 @@ impl LbManager {
                     },
                     packets_in: sum(DEST_PKTS_IN),
                     packets_out: sum(DEST_PKTS_OUT),
-                    up: b.state == BackendState::Active && b.weight > 0 && self.is_up((s.id, i)),
+                    up: self.dest_ok(s, i) && self.ranks_in_use(s).contains(&b.rank),
                     reason: if b.state != BackendState::Active {
                         format!("backend {}", state_name(b.state))
                     } else if b.weight == 0 {
                         "weight 0".into()
+                    } else if self.overloaded.contains(&(s.id, i)) {
+                        "overloaded (max_conns)".into()
+                    } else if self.is_up((s.id, i)) && !self.ranks_in_use(s).contains(&b.rank) {
+                        format!("standby (rank {})", b.rank)
                     } else {
                         h.filter(|h| !h.up)
                             .map(|h| h.reason.clone())
@@ -521,6 +627,13 @@ impl LbManager {
     /// failures, and republishes when a destination went up or down. Returns frames to
     /// send.
     pub fn tick(&mut self, now: Instant) -> Vec<Outgoing> {
+        if self
+            .last_eval
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(50))
+        {
+            self.last_eval = Some(now);
+            self.evaluate(now);
+        }
         let mut out = Vec::new();
         let mut verdicts = Vec::new();
         for (t, v, rst) in self.checker.expire(now) {
@@ -593,6 +706,110 @@ impl LbManager {
         }
         self.apply(verdicts);
         out
+    }
+
+    /// The workers' counter `word` of service `s`, summed over those that know it.
+    fn svc_sum(&self, s: &Svc, word: usize) -> u64 {
+        let slot = usize::from(s.slot);
+        self.counters
+            .iter()
+            .filter(|c| {
+                c.svc_id.get(slot).is_some_and(|x| {
+                    x.load(std::sync::atomic::Ordering::Relaxed) == u64::from(s.id)
+                })
+            })
+            .map(|c| c.svc(slot, word))
+            .sum()
+    }
+
+    /// Overload (`max_conns`), failover order and launch on demand, every 50 ms.
+    fn evaluate(&mut self, now: Instant) {
+        let mut over = std::collections::HashSet::new();
+        for s in self.services.values() {
+            let Some(max) = s.spec.max_conns else {
+                continue;
+            };
+            let slot = usize::from(s.slot);
+            for i in 0..s.dests.len() {
+                let n: u64 = self
+                    .counters
+                    .iter()
+                    .filter(|c| {
+                        c.svc_id.get(slot).is_some_and(|x| {
+                            x.load(std::sync::atomic::Ordering::Relaxed) == u64::from(s.id)
+                        })
+                    })
+                    .map(|c| c.dest(slot, i, DEST_ACTIVE) + c.dest(slot, i, DEST_INACTIVE))
+                    .sum();
+                if n >= u64::from(max) {
+                    over.insert((s.id, i));
+                }
+            }
+        }
+        let mut changed = over != self.overloaded;
+        self.overloaded = over;
+        // Failover order: an event when the ranks in use change.
+        let mut rank_events = Vec::new();
+        for s in self.services.values() {
+            let r = self.ranks_in_use(s);
+            if self.ranks.get(&s.id) != Some(&r) {
+                if self.ranks.contains_key(&s.id) {
+                    rank_events.push(json!({
+                        "event": "lb_failover", "service": s.spec.name, "ranks_in_use": r,
+                    }));
+                }
+                self.ranks.insert(s.id, r);
+                changed = true;
+            }
+        }
+        self.events.extend(rank_events);
+        // Launch on demand: a held connection and no destination that can take it.
+        let mut to_launch = Vec::new();
+        for s in self.services.values() {
+            let Some(l) = &s.spec.launch else { continue };
+            let none = !(0..s.dests.len()).any(|i| self.dest_ok(s, i));
+            let held = self.svc_sum(s, SVC_HELD);
+            let st = self.launches.entry(s.id).or_default();
+            if let Some(c) = st.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    st.child = None;
+                }
+            }
+            let new_held = held > st.held_seen;
+            st.held_seen = held;
+            let recent = st.started.is_some_and(|t| {
+                now.duration_since(t) < Duration::from_millis(u64::from(l.hold_ms))
+            });
+            if none && new_held && st.child.is_none() && !recent {
+                to_launch.push((s.id, s.spec.name.clone(), l.command.clone(), s.dests.len()));
+            }
+        }
+        for (id, name, cmd, n) in to_launch {
+            let reason = format!(
+                "no backend can take a new connection ({n} destinations down or overloaded)"
+            );
+            let mut c = std::process::Command::new(&cmd[0]);
+            c.args(&cmd[1..]).arg(&name).arg(&reason);
+            c.stdin(std::process::Stdio::null());
+            let st = self.launches.entry(id).or_default();
+            st.started = Some(now);
+            match c.spawn() {
+                Ok(child) => {
+                    st.child = Some(child);
+                    st.count += 1;
+                    self.events.push(json!({
+                        "event": "lb_launch", "service": name, "command": cmd, "reason": reason,
+                    }));
+                }
+                Err(e) => self.events.push(json!({
+                    "event": "lb_launch_failed", "service": name, "command": cmd,
+                    "error": e.to_string(),
+                })),
+            }
+        }
+        if changed {
+            self.publish();
+        }
     }
 
     /// A frame for one of the switch's balancer addresses (a check's answer).

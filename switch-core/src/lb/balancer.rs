@@ -44,7 +44,7 @@ const EXPIRE_BUDGET: usize = 64;
 const DECAY_EVERY_US: u64 = 100_000;
 
 /// Words per service in [`LbCounters::svc`].
-pub const SVC_WORDS: usize = 4;
+pub const SVC_WORDS: usize = 8;
 /// Service counter: connections scheduled.
 pub const SVC_CONNS: usize = 0;
 /// Service counter: new connections with no usable destination.
@@ -53,6 +53,12 @@ pub const SVC_NO_DEST: usize = 1;
 pub const SVC_TABLE_FULL: usize = 2;
 /// Service counter: segments of no connection that open none.
 pub const SVC_NO_CONN: usize = 3;
+/// Service counters of launch on demand: connections held, released to a backend,
+/// dropped (held too long, or no room), held now.
+pub const SVC_HELD: usize = 4;
+pub const SVC_RELEASED: usize = 5;
+pub const SVC_HELD_DROPPED: usize = 6;
+pub const SVC_HELD_NOW: usize = 7;
 
 /// Words per destination in [`LbCounters::dest`].
 pub const DEST_WORDS: usize = 8;
@@ -102,6 +108,18 @@ impl LbCounters {
             .map_or(0, |c| c.load(Relaxed))
     }
 
+    /// Adds `n` to a service counter (the owning worker only).
+    pub fn add_svc(&self, slot: usize, word: usize, n: u64) {
+        if let Some(c) = self.svc.get(slot * SVC_WORDS + word) {
+            c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+        }
+    }
+
+    /// Sets a service counter (the owning worker only).
+    pub fn set_svc(&self, slot: usize, word: usize, v: u64) {
+        put(&self.svc, slot * SVC_WORDS + word, v);
+    }
+
     /// A destination counter.
     pub fn dest(&self, slot: usize, dest: usize, word: usize) -> u64 {
         self.dest
@@ -133,6 +151,9 @@ pub enum LbVerdict {
     Out(PortId),
     /// Drop it and count the reason.
     Drop(DropReason),
+    /// No destination now, but the service launches one on demand: hold the frame (a
+    /// connection's first) until `deadline_us` and offer it again.
+    Hold { slot: u16, deadline_us: u64 },
 }
 
 /// Per service slot: the worker's scheduler state, and whose it is.
@@ -366,6 +387,12 @@ impl Balancer {
             now_us / 1000,
         );
         let Some(d) = picked.filter(|&d| d < n) else {
+            if svc.hold_us > 0 {
+                return LbVerdict::Hold {
+                    slot,
+                    deadline_us: now_us + svc.hold_us,
+                };
+            }
             inc(&c.svc, slot_u * SVC_WORDS + SVC_NO_DEST);
             return LbVerdict::Drop(DropReason::LbNoDest);
         };
@@ -684,6 +711,8 @@ mod tests {
                 tables,
                 idle_us: 900_000_000,
                 linger_us: 10_000_000,
+                hold_us: 0,
+                hold_max: 0,
             })],
         )
     }

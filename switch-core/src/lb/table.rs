@@ -58,6 +58,10 @@ pub struct ServiceRt {
     pub tables: SchedTables,
     pub idle_us: u64,
     pub linger_us: u64,
+    /// Launch on demand: how long a new connection is held when no destination can
+    /// take it (0: refused at once), and how many a worker holds at most.
+    pub hold_us: u64,
+    pub hold_max: u32,
 }
 
 /// The balancer's published state.
