@@ -44,6 +44,7 @@ fn lab() -> Lab {
     cfg.push_str(&format!(
         "[lb]\nhealth_ipv4 = \"{HEALTH4}\"\nhealth_ipv6 = \"2001:db8::fe\"\n"
     ));
+    cfg.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\nconsole = false\n");
     let cfg_path = dir.join("stitchd.toml");
     std::fs::write(&cfg_path, cfg).expect("write config");
     let sd = Stitchd::start(
@@ -205,6 +206,16 @@ fn nat_balances_ipv4_round_robin_and_ipv6_weighted_round_robin_over_backends_and
         );
     }
     assert!(lab.sd.worker_sum("balanced") > 0);
+    // And /metrics says the same.
+    let body = scrape(&lab.sd.logged_addr("metrics on"));
+    assert!(body.contains("stitchd_lb_connections_total{service=\"web4\"} 80"), "{body}");
+    for d in &dests {
+        let (b, p) = d.split_once(':').unwrap();
+        let line = format!(
+            "stitchd_lb_dest_connections_total{{service=\"web4\",backend=\"{b}\",soft_port=\"{p}\"}} 10"
+        );
+        assert!(body.contains(&line), "{line} missing");
+    }
     assert_eq!(
         lab.sd.drops("lb_no_dest") + lab.sd.drops("lb_table_full"),
         0
@@ -778,4 +789,15 @@ fn failover_order_then_launch_on_demand_holds_connections_until_the_new_backend_
             st["held_now"] == 0 && st["held_dropped"].as_u64() >= Some(1)
         });
     drop(lab);
+}
+
+/// `GET /metrics` from stitchd's metrics listener.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("response");
+    assert!(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"), "{out}");
+    out
 }

@@ -141,6 +141,8 @@ pub struct SlowSample {
     pub agent: Vec<(String, u64)>,
     /// Hand-off outcomes, removals by reason, freeze times (`stats.get` -> `stitch.handoffs`).
     pub handoffs: HandoffsView,
+    /// The balancer's services and destinations (`lb.stats`).
+    pub lb: stitch_control::lb::LbStats,
 }
 
 fn u64_at(v: &Value, method: &'static str, field: &'static str) -> Result<u64, MetricsError> {
@@ -202,6 +204,15 @@ impl SlowSample {
         let stats = call("stats.get", Method::StatsGet)?;
         let macs = call("mac.list", Method::MacList(MacListParams { bridge: None }))?;
         let mut sample = Self::from_answers(&ports_v, &stats, &macs)?;
+        let lb = call(
+            "lb.stats",
+            Method::LbStats(stitch_control::lb::LbStatsParams { service: None }),
+        )?;
+        sample.lb =
+            stitch_control::lb::LbStats::deserialize(&lb).map_err(|_| MetricsError::Missing {
+                method: "lb.stats",
+                field: "services",
+            })?;
         if sample.stitches <= STATE_COUNT_LIMIT {
             let list = call("stitch.list", Method::StitchList)?;
             sample.states = Some(states_of(&list)?);
@@ -272,6 +283,7 @@ impl SlowSample {
                     field: "stitch.handoffs",
                 }
             })?,
+            lb: stitch_control::lb::LbStats::default(),
         })
     }
 }
@@ -595,17 +607,164 @@ impl Collector for Sample {
             prometheus_client::metrics::MetricType::Histogram,
         )?;
         FrozenHistogram(h).encode(m)?;
-        let rows: Vec<_> = s
+        let agent_rows: Vec<_> = s
             .agent
             .iter()
             .map(|(k, n)| (vec![("event", k.clone())], *n))
             .collect();
+        // The balancer: per service, then per destination.
+        let svc = |name: &str| -> Labels { vec![("service", name.to_string())] };
+        let lb = &s.lb.services;
+        let rows: Vec<_> = lb.iter().map(|x| (svc(&x.name), x.conns)).collect();
+        counters(
+            &mut enc,
+            "lb_connections",
+            "Connections scheduled by the balancer, per service",
+            None,
+            &rows,
+        )?;
+        let rows: Vec<_> = lb
+            .iter()
+            .flat_map(|x| {
+                [
+                    ("no_dest", x.no_dest),
+                    ("table_full", x.table_full),
+                    ("no_conn", x.no_conn),
+                ]
+                .map(|(r, n)| {
+                    let mut l = svc(&x.name);
+                    l.push(("reason", r.to_string()));
+                    (l, n)
+                })
+            })
+            .collect();
+        counters(
+            &mut enc,
+            "lb_refused",
+            "New connections refused (no_dest, table_full) and segments of no connection (no_conn)",
+            None,
+            &rows,
+        )?;
+        let rows: Vec<_> = lb
+            .iter()
+            .flat_map(|x| {
+                [
+                    ("held", x.held),
+                    ("released", x.released),
+                    ("dropped", x.held_dropped),
+                ]
+                .map(|(r, n)| {
+                    let mut l = svc(&x.name);
+                    l.push(("outcome", r.to_string()));
+                    (l, n)
+                })
+            })
+            .collect();
+        counters(
+            &mut enc,
+            "lb_held",
+            "Launch on demand: new connections held, released to a backend, dropped at the bound",
+            None,
+            &rows,
+        )?;
+        let rows: Vec<_> = lb.iter().map(|x| (svc(&x.name), x.held_now)).collect();
+        gauges(&mut enc, "lb_held_now", "New connections held now", &rows)?;
+        let rows: Vec<_> = lb.iter().map(|x| (svc(&x.name), x.launches)).collect();
+        counters(&mut enc, "lb_launches", "Launch hooks run", None, &rows)?;
+        let dest = |x: &stitch_control::lb::LbServiceStats,
+                    d: &stitch_control::lb::LbDestStats|
+         -> Labels {
+            vec![
+                ("service", x.name.clone()),
+                ("backend", d.backend.clone()),
+                ("soft_port", d.soft_port.to_string()),
+            ]
+        };
+        type DestField = (
+            &'static str,
+            &'static str,
+            bool,
+            fn(&stitch_control::lb::LbDestStats) -> u64,
+        );
+        let dest_metrics: [DestField; 8] = [
+            (
+                "lb_dest_connections",
+                "Connections given to the destination",
+                true,
+                |d| d.conns,
+            ),
+            (
+                "lb_dest_active",
+                "Active connections (IPVS activeconns)",
+                false,
+                |d| d.active,
+            ),
+            (
+                "lb_dest_inactive",
+                "Inactive connections (IPVS inactconns)",
+                false,
+                |d| d.inactive,
+            ),
+            (
+                "lb_dest_inflight_requests",
+                "Requests sent and not yet answered (NAT)",
+                false,
+                |d| d.inflight,
+            ),
+            (
+                "lb_dest_up",
+                "1 when the destination takes new connections",
+                false,
+                |d| u64::from(d.up),
+            ),
+            (
+                "lb_dest_packets_in",
+                "Frames sent to the destination",
+                true,
+                |d| d.packets_in,
+            ),
+            (
+                "lb_dest_packets_out",
+                "Reply frames rewritten back to clients (NAT)",
+                true,
+                |d| d.packets_out,
+            ),
+            (
+                "lb_dest_passive_failures",
+                "Client connections refused or unanswered by the destination",
+                true,
+                |d| d.passive_failures,
+            ),
+        ];
+        for (name, help, counter, f) in dest_metrics {
+            let rows: Vec<_> = lb
+                .iter()
+                .flat_map(|x| x.dests.iter().map(move |d| (dest(x, d), f(d))))
+                .collect();
+            if counter {
+                counters(&mut enc, name, help, None, &rows)?;
+            } else {
+                gauges(&mut enc, name, help, &rows)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "lb_dest_response_time",
+            "Smoothed response time (first request byte to first answer byte, EWMA; 0: unknown)",
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for x in lb {
+            for d in &x.dests {
+                ConstGauge::new(d.resp_ewma_us as f64 / 1e6)
+                    .encode(m.encode_family(&dest(x, d))?)?;
+            }
+        }
         counters(
             &mut enc,
             "agent_events",
             "In-band agent protocol events (probes answered, requests, refusals, ...)",
             None,
-            &rows,
+            &agent_rows,
         )?;
         Ok(())
     }
