@@ -208,7 +208,10 @@ fn nat_balances_ipv4_round_robin_and_ipv6_weighted_round_robin_over_backends_and
     assert!(lab.sd.worker_sum("balanced") > 0);
     // And /metrics says the same.
     let body = scrape(&lab.sd.logged_addr("metrics on"));
-    assert!(body.contains("stitchd_lb_connections_total{service=\"web4\"} 80"), "{body}");
+    assert!(
+        body.contains("stitchd_lb_connections_total{service=\"web4\"} 80"),
+        "{body}"
+    );
     for d in &dests {
         let (b, p) = d.split_once(':').unwrap();
         let line = format!(
@@ -795,9 +798,13 @@ fn failover_order_then_launch_on_demand_holds_connections_until_the_new_backend_
 fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
     let mut out = String::new();
     c.read_to_string(&mut out).expect("response");
-    assert!(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+        "{out}"
+    );
     out
 }

@@ -469,3 +469,44 @@ fn config_reload_applies_static_macs_and_port_policies_under_traffic_and_refuses
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" 0% packet loss"), "{text}");
 }
+
+/// Balanced services changed on the control socket are in the state file: after a crash
+/// (SIGKILL) the restarted switch has them, and clients reach the backend through them.
+#[test]
+fn balanced_services_survive_a_crash() {
+    let _g = serial();
+    let mut w = world();
+    let dir = w.sd.dir.clone();
+    let _srv = pmd_tests::lb::HttpBackend::start(&w.b, &dir, "b", &[8080]);
+    w.sd.ok(
+        "lb.service.add",
+        Some(
+            json!({"name": "web", "vip": "198.18.0.100", "port": 80, "scheduler": "rr",
+            "backends": [{"name": "b", "port": 2, "mac": "02:00:00:00:0b:01",
+                "ip": "198.18.0.3", "soft_ports": [8080]}]}),
+        ),
+    );
+    w.sd.ok(
+        "lb.backend.set",
+        Some(json!({"service": "web", "name": "b", "weight": 5})),
+    );
+    let url = "http://198.18.0.100/";
+    assert_eq!(
+        pmd_tests::lb::curl_many(&w.c, url, 2),
+        vec!["b:8080", "b:8080"]
+    );
+    let before = w.sd.ok("lb.service.list", None);
+    assert!(std::fs::read_to_string(&w.state)
+        .unwrap()
+        .contains("\"web\""));
+    w.sd.restart(Signal::SIGKILL);
+    assert_eq!(
+        w.sd.ok("lb.service.list", None),
+        before,
+        "services after the crash"
+    );
+    assert_eq!(
+        pmd_tests::lb::curl_many(&w.c, url, 2),
+        vec!["b:8080", "b:8080"]
+    );
+}

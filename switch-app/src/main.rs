@@ -580,15 +580,29 @@ fn restore_state(
     n_ports: usize,
 ) -> Result<()> {
     let base = state::L2Desired::from_config(cfg);
-    let (current, stitches) = match saved {
-        Some(st) => (st.l2.current.rebase(&st.l2.base, &base), st.stitches),
-        None => (slow.l2_desired(), Vec::new()),
+    let (current, stitches, lb_current) = match saved {
+        Some(st) => (
+            st.l2.current.rebase(&st.l2.base, &base),
+            st.stitches,
+            state::LbState::rebase(&st.lb.current, &st.lb.base, &cfg.lb.services),
+        ),
+        None => (slow.l2_desired(), Vec::new(), cfg.lb.services.clone()),
     };
+    slow.lb.replace_all(&lb_current).map_err(|e| {
+        anyhow::anyhow!(
+            "state file {}: its balanced services cannot be applied: {e}",
+            path.display()
+        )
+    })?;
     slow.stitcher.state = Some(state::StateFile {
         path: path.clone(),
         l2: state::L2State {
             base,
             current: current.clone(),
+        },
+        lb: state::LbState {
+            base: cfg.lb.services.clone(),
+            current: lb_current.clone(),
         },
         writes: 0,
         failures: 0,
@@ -607,10 +621,11 @@ fn restore_state(
         .map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))?;
     slow.stitcher.save_state();
     println!(
-        "stitchd: state file {}: {} static MACs, {} stitches restored",
+        "stitchd: state file {}: {} static MACs, {} stitches, {} balanced services restored",
         path.display(),
         current.static_macs.len(),
-        n
+        n,
+        lb_current.len()
     );
     Ok(())
 }

@@ -215,9 +215,20 @@ impl SlowPath {
                         method,
                         Method::MacAdd(_) | Method::MacDel(_) | Method::PortSecuritySet(_)
                     );
+                    let lb_change = matches!(
+                        method,
+                        Method::LbServiceAdd(_)
+                            | Method::LbServiceDel(_)
+                            | Method::LbBackendAdd(_)
+                            | Method::LbBackendDel(_)
+                            | Method::LbBackendSet(_)
+                    );
                     let answer = self.handle(method);
                     if l2_change && answer.is_ok() {
                         self.save_l2_state();
+                    }
+                    if lb_change && answer.is_ok() {
+                        self.save_lb_state();
                     }
                     self.flush_notices();
                     let _ = reply.send(answer);
@@ -309,6 +320,16 @@ impl SlowPath {
     }
 
     /// Records the switch's L2 settings in the state file (when configured) and writes it.
+    /// Writes the balanced services into the state file (after an `lb.*` change).
+    fn save_lb_state(&mut self) {
+        let current = self.lb.list().services;
+        match self.stitcher.state.as_mut() {
+            Some(f) => f.lb.current = current,
+            None => return,
+        }
+        self.stitcher.save_state();
+    }
+
     fn save_l2_state(&mut self) {
         if self.stitcher.state.is_none() {
             return;

@@ -45,6 +45,46 @@ pub struct State {
     pub l2: L2State,
     /// Committed stitches.
     pub stitches: Vec<SavedStitch>,
+    /// Load-balanced services (absent in files written before the balancer: none).
+    #[serde(default)]
+    pub lb: LbState,
+}
+
+/// The balancer part: services by name, with the same `base`/`current` scheme as L2.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbState {
+    /// The `[[lb.services]]` of the TOML last applied.
+    pub base: Vec<stitch_control::lb::LbService>,
+    /// What the switch holds.
+    pub current: Vec<stitch_control::lb::LbService>,
+}
+
+impl LbState {
+    /// `current` with the TOML's changes from `old` to `new` applied, by service name:
+    /// a service the TOML dropped is dropped (if unchanged since), one it added or
+    /// changed is set; services added on the control socket stay.
+    pub fn rebase(
+        current: &[stitch_control::lb::LbService],
+        old: &[stitch_control::lb::LbService],
+        new: &[stitch_control::lb::LbService],
+    ) -> Vec<stitch_control::lb::LbService> {
+        let mut out: Vec<stitch_control::lb::LbService> = current.to_vec();
+        for o in old {
+            if !new.iter().any(|n| n.name == o.name) {
+                out.retain(|c| c != o);
+            }
+        }
+        for n in new {
+            if old.iter().find(|o| o.name == n.name) != Some(n) {
+                match out.iter_mut().find(|c| c.name == n.name) {
+                    Some(c) => *c = n.clone(),
+                    None => out.push(n.clone()),
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The L2 part: see the module documentation for `base` and `current`.
@@ -257,6 +297,7 @@ pub fn unix_now() -> u64 {
 pub struct StateFile {
     pub path: PathBuf,
     pub l2: L2State,
+    pub lb: LbState,
     /// Files written.
     pub writes: u64,
     /// Writes that failed (the file then holds the previous version).
@@ -273,6 +314,7 @@ impl StateFile {
             written_at: unix_now(),
             l2: self.l2.clone(),
             stitches,
+            lb: self.lb.clone(),
         };
         match save(&self.path, &st) {
             Ok(()) => {
@@ -364,6 +406,7 @@ mod tests {
             written_at: 1,
             l2: L2State::default(),
             stitches: vec![],
+            lb: LbState::default(),
         };
         save(&path, &st).unwrap();
         st.l2.current = desired(&[("02:00:00:00:00:09", 3)], &[]);
@@ -383,6 +426,7 @@ mod tests {
             written_at: 1,
             l2: L2State::default(),
             stitches: vec![],
+            lb: LbState::default(),
         };
         save(&path, &st).unwrap();
         let text = fs::read_to_string(&path).unwrap();
@@ -398,5 +442,30 @@ mod tests {
         let moved = move_aside(&path, 42).unwrap();
         assert!(moved.to_string_lossy().ends_with("state.json.bad-42"));
         assert!(!path.exists());
+    }
+}
+
+#[cfg(test)]
+mod lb_tests {
+    use super::LbState;
+    use stitch_control::lb::LbService;
+
+    fn svc(name: &str, port: u16) -> LbService {
+        serde_json::from_value(
+            serde_json::json!({"name": name, "vip": "198.18.100.1", "port": port}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn lb_rebase_applies_only_what_the_toml_changed() {
+        // The TOML had a and b; the socket added c and changed b.
+        let old = vec![svc("a", 80), svc("b", 81)];
+        let current = vec![svc("a", 80), svc("b", 91), svc("c", 82)];
+        // The TOML now drops a, keeps b as it was, adds d.
+        let new = vec![svc("b", 81), svc("d", 83)];
+        let got = LbState::rebase(&current, &old, &new);
+        assert_eq!(got, vec![svc("b", 91), svc("c", 82), svc("d", 83)]);
+        assert_eq!(LbState::rebase(&current, &old, &old), current);
     }
 }

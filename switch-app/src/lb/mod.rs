@@ -876,6 +876,23 @@ impl LbManager {
         }
     }
 
+    /// Makes `services` the whole set (at start, from the state file): all or nothing.
+    pub fn replace_all(&mut self, services: &[LbService]) -> Result<(), String> {
+        let keep: Vec<LbService> = self.list().services;
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for n in &names {
+            let _ = self.del(n);
+        }
+        if let Err(e) = self.add_configured(services) {
+            for n in self.services.keys().cloned().collect::<Vec<_>>() {
+                let _ = self.del(&n);
+            }
+            let _ = self.add_configured(&keep);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Services in the configuration, added at start (each checked like `lb.service.add`).
     pub fn add_configured(&mut self, services: &[LbService]) -> Result<(), String> {
         for s in services {
