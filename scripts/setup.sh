@@ -9,6 +9,9 @@ PKGS=(libdpdk-dev dpdk dpdk-dev pkg-config clang libclang-dev iproute2 iputils-p
       procps kmod ca-certificates python3
       # the Debian package (scripts/package.sh): dpkg-shlibdeps finds its library dependencies
       dpkg-dev
+      # the load balancer's tests and demo (pmd-tests/tests/lb.rs, scripts/demo-lb.sh): a real
+      # HTTP client against Python's http.server backends
+      curl
       # the web console's browser test (pmd-tests/tests/console.rs): headless Chromium
       chromium
       # the fleet (stitch-fleet): prosody (started privately by its tests and demo; lua-sec

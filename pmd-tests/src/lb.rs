@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use crate::{require_cmd, Netns};
 
 /// The backend server's source, written next to the test's files.
-const SERVER: &str = include_str!("http_backend.py");
+const SERVER: &str = include_str!("../../examples/lb/backend.py");
 
 /// An HTTP server in a namespace answering `NAME:PORT` on each of its ports; stopped by
 /// its pid when dropped.

@@ -1455,12 +1455,20 @@ fn render_lb_stats(st: stitch_control::lb::LbStats) -> String {
     let mut out = String::new();
     for s in &st.services {
         out.push_str(&format!(
-            "{}: {} connections ({} now), refused: {} no destination, {} table full; {} segments of no connection\n",
-            s.name, s.conns, s.conns_now, s.no_dest, s.table_full, s.no_conn
+            "{}: {} connections ({} now), refused: {} no destination, {} table full; \
+             {} segments of no connection; ranks in use {:?}\n",
+            s.name, s.conns, s.conns_now, s.no_dest, s.table_full, s.no_conn, s.ranks_in_use
         ));
-        let mut rows = vec![[
+        if s.held + s.launches > 0 {
+            out.push_str(&format!(
+                "  launch on demand: {} hooks run; {} connections held, {} released, {} dropped, {} held now\n",
+                s.launches, s.held, s.released, s.held_dropped, s.held_now
+            ));
+        }
+        let head = [
             "  BACKEND",
             "DEST",
+            "STATE",
             "CONNS",
             "ACTIVE",
             "INACTIVE",
@@ -1468,14 +1476,17 @@ fn render_lb_stats(st: stitch_control::lb::LbStats) -> String {
             "RESP_US",
             "PKTS_IN",
             "PKTS_OUT",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()];
+        ];
+        let mut rows = vec![head.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
         for d in &s.dests {
             rows.push(vec![
                 format!("  {}", d.backend),
                 format!("{}:{}", bracket(d.ip), d.soft_port),
+                if d.up {
+                    "up".to_string()
+                } else {
+                    format!("down: {}", d.reason)
+                },
                 d.conns.to_string(),
                 d.active.to_string(),
                 d.inactive.to_string(),

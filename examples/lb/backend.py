@@ -1,10 +1,11 @@
-# A real HTTP server for the load-balancer tests: one process per backend namespace,
-# serving every port given (dual stack), answering any GET with "NAME:PORT\n".
+# A real HTTP server for the load-balancer demo (scripts/demo-lb.sh) and tests: one
+# process per backend namespace, serving every port given (dual stack), answering any GET
+# with "NAME:PORT\n". Usage: backend.py NAME DELAYFILE PORT...
 # If the file DELAYFILE exists, each answer waits the number of milliseconds it holds
 # (the `queue` scheduler test slows a backend down this way); if "status-NAME" exists
 # beside it, answers carry that HTTP status (health check tests). Prints "ready" once
 # every port listens.
-import os, socket, sys, threading, time
+import os, socket, stat, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 name, delayfile, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
@@ -59,4 +60,7 @@ servers = [Dual(("::", p), handler_for(p)) for p in ports]
 for s in servers:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print("ready", flush=True)
-sys.stdin.read()  # until the test closes our stdin (or kills us by pid)
+if stat.S_ISFIFO(os.fstat(0).st_mode):
+    sys.stdin.read()  # until the test closes our stdin (or kills us by pid)
+else:
+    threading.Event().wait()  # until killed (by pid)
