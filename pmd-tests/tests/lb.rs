@@ -7,7 +7,7 @@
 //! checked against a model of the scheduler computed here, independently.
 
 use pmd_tests::lb::{curl_many, curl_many_from, HttpBackend};
-use pmd_tests::{require_cmd, require_root, serial, unique_id, Netns, Stitchd};
+use pmd_tests::{require_cmd, require_root, serial, sh as sh_ok, unique_id, Netns, Stitchd};
 use serde_json::{json, Value};
 
 const BACKENDS: usize = 4;
@@ -31,18 +31,27 @@ fn backend_mac(i: usize) -> String {
 }
 
 fn lab() -> Lab {
+    lab_with("", false)
+}
+
+/// The lab with more `[lb]` settings, and optionally a second uplink to the client (port
+/// 5, the same MAC as port 0's interface, no address of its own: a team's second member).
+fn lab_with(lb_extra: &str, second_uplink: bool) -> Lab {
     require_root();
     require_cmd("curl", "curl");
     require_cmd("python3", "python3");
     let id = unique_id();
     let dir = Stitchd::make_dir(&id);
-    let taps: Vec<String> = (0..=BACKENDS).map(|i| format!("t{id}{i}")).collect();
+    let mut taps: Vec<String> = (0..=BACKENDS).map(|i| format!("t{id}{i}")).collect();
+    if second_uplink {
+        taps.push(format!("t{id}u"));
+    }
     let mut cfg = String::new();
     for (i, t) in taps.iter().enumerate() {
         cfg.push_str(&format!("[[ports]]\ndevargs = \"net_tap{i},iface={t}\"\n"));
     }
     cfg.push_str(&format!(
-        "[lb]\nhealth_ipv4 = \"{HEALTH4}\"\nhealth_ipv6 = \"2001:db8::fe\"\n"
+        "[lb]\nhealth_ipv4 = \"{HEALTH4}\"\nhealth_ipv6 = \"2001:db8::fe\"\n{lb_extra}\n"
     ));
     cfg.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\nconsole = false\n");
     let cfg_path = dir.join("stitchd.toml");
@@ -56,6 +65,20 @@ fn lab() -> Lab {
     let client = Netns::new(&format!("st{id}c"));
     client.attach(&taps[0], Some("02:00:00:00:02:01"), "198.18.0.1/24");
     client.ip(&["addr", "add", "2001:db8::1/64", "dev", &taps[0], "nodad"]);
+    if second_uplink {
+        let u = &taps[BACKENDS + 1];
+        sh_ok("ip", &["link", "set", u, "netns", &client.name]);
+        client.ip(&["link", "set", u, "address", "02:00:00:00:02:01"]);
+        client.ip(&["link", "set", u, "up"]);
+        // Replies may come in on either member: no reverse-path filter.
+        for k in ["all", "default", u.as_str(), taps[0].as_str()] {
+            let out = client.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{k}.rp_filter=0")],
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+    }
     let mut backends = Vec::new();
     for i in 0..BACKENDS {
         let ns = Netns::new(&format!("st{id}b{i}"));
@@ -807,4 +830,31 @@ fn scrape(addr: &str) -> String {
         "{out}"
     );
     out
+}
+
+/// Egress through an uplink team: the client's world is reached through ports 0 and 5;
+/// each NAT connection's replies leave through the member its L4 hash picks, so both
+/// members carry replies, and every request is answered.
+#[test]
+fn nat_replies_leave_through_the_uplink_team_spread_by_connection() {
+    let _g = serial();
+    let lab = lab_with("uplinks = [0, 5]\nuplink_select = \"hash\"", true);
+    lab.sd.ok(
+        "lb.service.add",
+        Some(service("web", VIP4, 80, "rr", "nat", [1; 4])),
+    );
+    let tx = |sd: &Stitchd, port: u64| {
+        sd.ok("ports.stats", Some(json!({"port": port})))["ports"][0]["tx_packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let (a0, b0) = (tx(&lab.sd, 0), tx(&lab.sd, 5));
+    let got = curl_many(&lab.client, &format!("http://{VIP4}/"), 40);
+    assert_eq!(got.len(), 40, "every request answered through the team");
+    let (a, b) = (tx(&lab.sd, 0) - a0, tx(&lab.sd, 5) - b0);
+    // About half the connections each (40 connections, each 4-6 reply frames).
+    assert!(
+        a > 40 && b > 40,
+        "replies per member: port 0 {a}, port 5 {b}"
+    );
 }

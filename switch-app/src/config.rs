@@ -48,6 +48,15 @@ pub struct Config {
     pub lb: LbConfig,
 }
 
+/// `[lb] uplink_select`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkSelectName {
+    #[default]
+    Hash,
+    Load,
+}
+
 /// `[lb]`: the balancer's settings and the services it starts with (`[[lb.services]]`,
 /// the same fields as `lb.service.add`; see docs/lb.md).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -63,6 +72,13 @@ pub struct LbConfig {
     /// with `health` of that family.
     pub health_ipv4: Option<std::net::Ipv4Addr>,
     pub health_ipv6: Option<std::net::Ipv6Addr>,
+    /// The uplink team towards the clients' world (switch ports, at least two, or none):
+    /// a NAT connection that came in on one of them has its replies sent out of the member
+    /// `uplink_select` picks for it.
+    pub uplinks: Vec<u16>,
+    /// `hash` (the connection's L4 hash) or `load` (the member that sent the fewest
+    /// frames in the last 50 ms when the connection was made).
+    pub uplink_select: UplinkSelectName,
     /// Services at start.
     pub services: Vec<stitch_control::lb::LbService>,
 }
@@ -74,6 +90,8 @@ impl Default for LbConfig {
             connections: 1 << 16,
             health_ipv4: None,
             health_ipv6: None,
+            uplinks: vec![],
+            uplink_select: UplinkSelectName::Hash,
             services: vec![],
         }
     }
@@ -492,6 +510,20 @@ impl Config {
                 "lb.connections = {} (must be 1 - 16777216)",
                 self.lb.connections
             ));
+        }
+        if self.lb.uplinks.len() == 1 {
+            return bad("lb.uplinks: a team needs at least two ports (or none)".into());
+        }
+        for (i, u) in self.lb.uplinks.iter().enumerate() {
+            if self.lb.uplinks[..i].contains(u) {
+                return bad(format!("lb.uplinks: port {u} given twice"));
+            }
+            if !self.ports.is_empty() && usize::from(*u) >= self.ports.len() {
+                return bad(format!(
+                    "lb.uplinks: port {u} but only {} ports are configured",
+                    self.ports.len()
+                ));
+            }
         }
         if !self.lb.mac.is_unicast() || self.lb.mac.is_zero() {
             return bad(format!("lb.mac {} is not a unicast address", self.lb.mac));

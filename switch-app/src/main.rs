@@ -436,6 +436,13 @@ fn serve(
     }
     let agent_addrs = slow.agent.as_ref().map(agent::Agent::addrs);
     slow.lb = lb::LbManager::new(cfg.lb.mac, n_ports, cfg.lb.health_ipv4, cfg.lb.health_ipv6);
+    if let Some(u) = cfg.lb.uplinks.iter().find(|u| usize::from(**u) >= n_ports) {
+        bail!("lb.uplinks: port {u} does not exist");
+    }
+    slow.lb.set_uplinks(
+        &cfg.lb.uplinks,
+        cfg.lb.uplink_select == config::UplinkSelectName::Load,
+    );
     slow.lb
         .add_configured(&cfg.lb.services)
         .map_err(anyhow::Error::msg)?;

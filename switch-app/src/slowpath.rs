@@ -97,6 +97,9 @@ pub struct SlowPath {
     pub capture: crate::capture::Captures,
     /// The load balancer's services.
     pub lb: crate::lb::LbManager,
+    /// When the uplinks' TX counters were last read, and what they were.
+    uplink_at: Option<Instant>,
+    uplink_tx: Vec<u64>,
     counters: Counters,
     /// Snapshots replaced recently: kept alive a while so that the last reference is never
     /// dropped (and freed) by a worker on its hot path.
@@ -150,6 +153,8 @@ impl SlowPath {
                 None,
                 None,
             ),
+            uplink_at: None,
+            uplink_tx: Vec::new(),
             counters: Counters::default(),
             retired: VecDeque::new(),
         }
@@ -164,6 +169,7 @@ impl SlowPath {
         let mut last_age = self.now();
         while !self.stop.load(Ordering::Relaxed) {
             let learned = self.apply_learning() + self.apply_punts();
+            self.measure_uplinks();
             for o in self.lb.tick(Instant::now()) {
                 if let Ok(m) = dpdk::Mbuf::from_slice(&self.pool, &o.frame) {
                     self.tx.send(o.port, m);
@@ -320,6 +326,33 @@ impl SlowPath {
     }
 
     /// Records the switch's L2 settings in the state file (when configured) and writes it.
+    /// Every 50 ms, the frames each uplink sent since the last look: the load the
+    /// balancer's `uplink_select = "load"` compares.
+    fn measure_uplinks(&mut self) {
+        let now = Instant::now();
+        if self
+            .uplink_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(50))
+            || self.lb.uplinks.ports.is_empty()
+        {
+            return;
+        }
+        self.uplink_at = Some(now);
+        let ports: Vec<PortId> = self.lb.uplinks.ports.clone();
+        self.uplink_tx.resize(ports.len(), 0);
+        for (i, p) in ports.iter().enumerate() {
+            let Some(ps) = self.ports.iter().find(|s| s.port.0 == p.0) else {
+                continue;
+            };
+            let Ok(st) = ps.port.stats(0) else { continue };
+            let delta = st.tx_packets.saturating_sub(self.uplink_tx[i]);
+            self.uplink_tx[i] = st.tx_packets;
+            if let Some(l) = self.lb.uplinks.load.get(i) {
+                l.store(delta, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Writes the balanced services into the state file (after an `lb.*` change).
     fn save_lb_state(&mut self) {
         let current = self.lb.list().services;

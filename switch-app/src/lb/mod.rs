@@ -97,6 +97,8 @@ pub struct LbManager {
     health: HashMap<Target, DestHealth>,
     /// Events for `events.subscribe`, taken by the slow path.
     pub events: Vec<Value>,
+    /// The uplink team (its load array is shared with the workers).
+    pub uplinks: switch_core::lb::table::Uplinks,
     /// Destinations at their service's `max_conns` (re-evaluated every 50 ms).
     overloaded: std::collections::HashSet<Target>,
     /// The ranks in use per service id, as last published (events on change).
@@ -133,6 +135,7 @@ impl LbManager {
             checker: Checker::new(mac, seed),
             health: HashMap::new(),
             events: Vec::new(),
+            uplinks: switch_core::lb::table::Uplinks::default(),
             overloaded: std::collections::HashSet::new(),
             ranks: HashMap::new(),
             launches: HashMap::new(),
@@ -343,9 +346,11 @@ impl LbManager {
             .into_iter()
             .chain(self.health_v6.map(IpAddr::from))
             .collect();
-        let old = self
-            .table
-            .swap(Arc::new(LbTable::new(self.mac, slots).with_own(own)));
+        let old = self.table.swap(Arc::new(
+            LbTable::new(self.mac, slots)
+                .with_own(own)
+                .with_uplinks(self.uplinks.clone()),
+        ));
         let now = Instant::now();
         self.retired.push_back((now, old));
         while self
@@ -874,6 +879,23 @@ impl LbManager {
             }
             self.publish();
         }
+    }
+
+    /// Sets the uplink team (at start).
+    pub fn set_uplinks(&mut self, ports: &[u16], by_load: bool) {
+        self.uplinks = switch_core::lb::table::Uplinks {
+            ports: ports.iter().map(|&p| PortId(p)).collect(),
+            select: if by_load {
+                switch_core::lb::table::UplinkSelect::Load
+            } else {
+                switch_core::lb::table::UplinkSelect::Hash
+            },
+            load: ports
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        };
+        self.publish();
     }
 
     /// Makes `services` the whole set (at start, from the state file): all or nothing.

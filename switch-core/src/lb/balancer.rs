@@ -396,7 +396,8 @@ impl Balancer {
             inc(&c.svc, slot_u * SVC_WORDS + SVC_NO_DEST);
             return LbVerdict::Drop(DropReason::LbNoDest);
         };
-        let conn = new_conn(frame, l4, in_port, t.mac, slot, svc, d, now_us);
+        let out_port = t.client_port(in_port, client.hash);
+        let conn = new_conn(frame, l4, out_port, t.mac, slot, svc, d, now_us);
         let Some(conn) = conn else {
             return LbVerdict::Drop(DropReason::TranslateError);
         };

@@ -78,6 +78,31 @@ pub struct LbTable {
     /// The switch's own addresses for the balancer (health checks come from them): their
     /// frames go to the slow path, and ARP/ND for them is answered.
     own: Vec<IpAddr>,
+    /// The uplink team towards the world (empty: none); see [`LbTable::client_port`].
+    pub uplinks: Uplinks,
+}
+
+/// How a connection's replies pick their uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UplinkSelect {
+    /// By the connection's L4 hash: stable, spread evenly, no state.
+    #[default]
+    Hash,
+    /// The uplink with the least load (the slow path's measure, in [`Uplinks::load`])
+    /// when the connection is made.
+    Load,
+}
+
+/// Ports that lead to the same world (a team, as a LAG's members): a client whose
+/// connection came in on one of them gets its replies on the one the team's rule picks
+/// for that connection, kept for the connection's life.
+#[derive(Debug, Clone, Default)]
+pub struct Uplinks {
+    pub ports: Vec<PortId>,
+    pub select: UplinkSelect,
+    /// Load per member (same order), written by the slow path, read by the workers:
+    /// frames sent per measuring interval.
+    pub load: std::sync::Arc<[std::sync::atomic::AtomicU64]>,
 }
 
 impl LbTable {
@@ -96,6 +121,44 @@ impl LbTable {
             services,
             index,
             own: Vec::new(),
+            uplinks: Uplinks::default(),
+        }
+    }
+
+    /// The same table with an uplink team.
+    pub fn with_uplinks(mut self, uplinks: Uplinks) -> LbTable {
+        self.uplinks = uplinks;
+        self
+    }
+
+    /// The port a new connection's replies go out of: `in_port` itself, or when it is a
+    /// member of the uplink team, the member the team's rule picks (`hash`: the
+    /// connection's L4 hash).
+    pub fn client_port(&self, in_port: PortId, hash: u64) -> PortId {
+        let team = &self.uplinks.ports;
+        if team.len() < 2 || !team.contains(&in_port) {
+            return in_port;
+        }
+        match self.uplinks.select {
+            UplinkSelect::Hash => team[((hash >> 32) % team.len() as u64) as usize],
+            UplinkSelect::Load => {
+                let load = |i: usize| {
+                    self.uplinks
+                        .load
+                        .get(i)
+                        .map_or(0, |l| l.load(std::sync::atomic::Ordering::Relaxed))
+                };
+                // Least loaded; among equals, the hash spreads.
+                let start = ((hash >> 32) % team.len() as u64) as usize;
+                let mut best = start;
+                for k in 1..team.len() {
+                    let i = (start + k) % team.len();
+                    if load(i) < load(best) {
+                        best = i;
+                    }
+                }
+                team[best]
+            }
         }
     }
 
@@ -133,5 +196,44 @@ impl LbTable {
     /// (the switch answers ARP/ND for it).
     pub fn is_vip(&self, ip: IpAddr) -> bool {
         self.index.iter().any(|e| e.0 == ip) || self.own.contains(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn table(select: UplinkSelect) -> LbTable {
+        LbTable::new(MacAddr([2, 0, 0, 0, 0, 1]), vec![]).with_uplinks(Uplinks {
+            ports: vec![PortId(0), PortId(5)],
+            select,
+            load: (0..2).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    #[test]
+    fn a_team_member_gets_replies_spread_by_hash_and_others_keep_their_port() {
+        let t = table(UplinkSelect::Hash);
+        assert_eq!(t.client_port(PortId(3), 7), PortId(3));
+        let picks: Vec<PortId> = (0..64u64)
+            .map(|i| t.client_port(PortId(0), i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        let fives = picks.iter().filter(|p| **p == PortId(5)).count();
+        assert!(
+            (16..=48).contains(&fives),
+            "{fives} of 64 on the second uplink"
+        );
+        assert!(picks.iter().all(|p| *p == PortId(0) || *p == PortId(5)));
+    }
+
+    #[test]
+    fn by_load_the_least_loaded_member_is_picked() {
+        let t = table(UplinkSelect::Load);
+        t.uplinks.load[0].store(100, Ordering::Relaxed);
+        t.uplinks.load[1].store(5, Ordering::Relaxed);
+        for h in 0..16u64 {
+            assert_eq!(t.client_port(PortId(0), h << 32), PortId(5));
+        }
     }
 }
