@@ -180,6 +180,10 @@ pub struct StitchConfig {
     pub flow_table_size: usize,
     /// Stitches installed at start, before any packet is forwarded (see `stitch.install`).
     pub install: Vec<stitch_control::protocol::StitchInstallParams>,
+    /// Packets all frozen stitches together may hold at once (default: a quarter of
+    /// `[mempool] mbufs`; at most half of it): what is beyond is refused and counted
+    /// (`hold_refused`), the senders retransmit, and RX keeps its buffers.
+    pub hold_budget: Option<usize>,
 }
 
 impl Default for StitchConfig {
@@ -187,6 +191,7 @@ impl Default for StitchConfig {
         StitchConfig {
             flow_table_size: 1 << 20,
             install: vec![],
+            hold_budget: None,
         }
     }
 }
@@ -546,6 +551,14 @@ impl Config {
                         s.name, b.name, b.port, self.ports.len()
                     ));
                 }
+            }
+        }
+        if let Some(b) = self.stitch.hold_budget {
+            if b == 0 || b > self.mempool.mbufs as usize / 2 {
+                return bad(format!(
+                    "stitch.hold_budget = {b} (must be 1 - half of mempool.mbufs, {})",
+                    self.mempool.mbufs / 2
+                ));
             }
         }
         if let Some(a) = &self.agent {

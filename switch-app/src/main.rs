@@ -425,6 +425,11 @@ fn serve(
     );
 
     slow.capture = capture::Captures::new(n_workers, tsc_hz);
+    // A quarter of the pool may wait in frozen stitches; the rest keeps RX going.
+    slow.stitcher.hold_budget = cfg
+        .stitch
+        .hold_budget
+        .unwrap_or((cfg.mempool.mbufs as usize / 4).max(64));
     slow.port_limits = vec![None; n_ports];
     for p in planned {
         slow.port_limits[usize::from(p.port.0)] = p.max_learned;

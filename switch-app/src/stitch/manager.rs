@@ -209,6 +209,14 @@ pub struct Stitcher {
     /// Counters for `stats.get`.
     pub table_full: u64,
     pub held_total: u64,
+    /// Packets held now over every frozen stitch, and how many may be: one budget for
+    /// the whole switch, sized against the mempool, so that a few concurrent freezes
+    /// can never take the mbufs every port's RX needs (the senders retransmit what is
+    /// refused).
+    pub held_now: usize,
+    pub hold_budget: usize,
+    /// Packets not held because the budget was spent.
+    pub hold_refused: u64,
     pub acks_sent: u64,
     /// Whether the agent protocol is configured (teardown 4B and 4D need it).
     pub agents: bool,
@@ -262,6 +270,9 @@ impl Stitcher {
             subscribers: Arc::new(Mutex::new(Vec::new())),
             table_full: 0,
             held_total: 0,
+            held_now: 0,
+            hold_budget: MAX_HELD,
+            hold_refused: 0,
             acks_sent: 0,
             agents: false,
             notices: Vec::new(),
@@ -453,6 +464,9 @@ impl Stitcher {
             "records_capacity": self.table.record_capacity(),
             "table_full": self.table_full,
             "held_total": self.held_total,
+            "held_now": self.held_now,
+            "hold_budget": self.hold_budget,
+            "hold_refused": self.hold_refused,
             "acks_to_shell": self.acks_sent,
             "handoffs": serde_json::to_value(&self.handoffs).unwrap_or_default(),
         })
@@ -997,6 +1011,7 @@ impl Stitcher {
         let held: Vec<(Dir, Mbuf)> = s.held.drain(..).collect();
         let released = held.len();
         let fin_to_shell = matches!(s.params.teardown, Teardown::D | Teardown::E);
+        self.held_now = self.held_now.saturating_sub(released);
         // A FIN or RST held during the freeze ends the stitch like one that arrives
         // later: the same notice goes through the teardown logic once it is sent on.
         let mut ends = Vec::new();
@@ -1093,6 +1108,8 @@ impl Stitcher {
     /// all: a stitched or closing stitch holds nothing.
     fn remove(&mut self, id: u32) -> Option<Stitch> {
         let s = self.stitches.remove(&id)?;
+        // What it holds leaves the budget (the caller sends it on or drops it).
+        self.held_now = self.held_now.saturating_sub(s.held.len());
         self.state_dirty |= matches!(s.phase, Phase::Stitched | Phase::Closing);
         for st in s.states.iter() {
             st.frozen.store(false, Release);
@@ -1167,11 +1184,15 @@ impl Stitcher {
                                 self.acks_sent += 1;
                             }
                         }
-                        if s.held.len() < MAX_HELD {
+                        if s.held.len() < MAX_HELD && self.held_now < self.hold_budget {
                             s.held.push_back((p.dir, m));
+                            self.held_now += 1;
                             self.held_total += 1;
                         } else {
                             s.held_dropped += 1;
+                            if self.held_now >= self.hold_budget {
+                                self.hold_refused += 1;
+                            }
                         }
                     }
                     Phase::Stitched | Phase::Closing => self.send_live(p.stitch, p.dir, m, io),
