@@ -775,12 +775,20 @@ impl Job<'_> {
         *lock(&m.failed_by_reason).entry(key.clone()).or_default() += 1;
         let reason = f.to_string();
         push_reason(m, reason.clone());
-        let retry = tries.failed(&s.cfg.handoff, Instant::now());
+        // A connection that is ending gets no further attempt, and is not "given up".
+        let closing = matches!(f, Failure::Closing);
+        let retry = if closing {
+            None
+        } else {
+            tries.failed(&s.cfg.handoff, Instant::now())
+        };
         log::warn!(target: LOG_HANDOFF, mapping:% = m.listen, client:% = self.client,
             stitch_id, attempt, outcome = "failed", reason_key = key.as_str(),
             reason = reason.as_str(), frozen_ms = frozen_for.map(ms),
             retry_in_ms = retry.map(ms); "hand-off failed: {reason}");
-        self.maybe_gave_up(retry, attempt);
+        if !closing {
+            self.maybe_gave_up(retry, attempt);
+        }
     }
 
     fn deferred(&self, tries: &mut Attempts, attempt: u32, stitch_id: u32, seen: LegsSeen) {
@@ -804,6 +812,7 @@ impl Job<'_> {
         }
     }
 }
+
 /// Accounts for a stitch that ended and drops its silenced sockets.
 fn finish(s: &Shared, st: Stitched, bytes: Option<(u64, u64)>, why: &str) {
     let m = &s.maps[st.mapping];
