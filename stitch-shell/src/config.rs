@@ -12,6 +12,13 @@
 //! check_interfaces = true         # figure 5B step 542; false: trust the topology
 //! drain_timeout_ms = 5000         # hand-off gives up if the relay does not drain
 //! heartbeat_secs = 5              # Heartbeat for live stitches (0: never)
+//! max_handoff_attempts = 5        # per connection; then it stays relayed for good
+//! handoff_backoff_ms = 50         # wait after a failed attempt, doubled each time ...
+//! handoff_backoff_max_ms = 5000   # ... up to this
+//! handoff_ready_wait_ms = 3000    # prepared, how long to wait for both legs to be seen
+//! provoke_idle_legs = true        # keepalive probes make a quiet leg send an ACK
+//! log_format = "text"             # or "json": one object per line (--log-json)
+//! log_level = "info"              # error | warn | info | debug | trace | off
 //!
 //! [[mapping]]
 //! listen = "198.18.0.2:7000"
@@ -160,6 +167,61 @@ pub struct Mapping {
     pub linger_s: Option<u32>,
 }
 
+/// How often and how patiently the shell tries to hand a connection off.
+///
+/// An attempt starts with Prepare and ends committed, failed (refused, drain timeout,
+/// ...) or deferred: the switch did not see both legs within `ready_wait`, so nothing
+/// was frozen and the stitch was aborted. After a failed or deferred attempt the
+/// connection waits `backoff`, doubled after each one up to `backoff_max`; after
+/// `max_attempts` it is relayed to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffConfig {
+    /// Attempts per connection (at least 1).
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt.
+    pub backoff: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// How long a prepared stitch waits for both legs to be seen.
+    pub ready_wait: Duration,
+    /// Keepalive probes on a prepared connection's sockets, so that a quiet end sends
+    /// an ACK the switch can see.
+    pub provoke_idle_legs: bool,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            max_attempts: 5,
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            ready_wait: Duration::from_secs(3),
+            provoke_idle_legs: true,
+        }
+    }
+}
+
+impl HandoffConfig {
+    /// The wait after the `failures`-th failed or deferred attempt (1-based):
+    /// `backoff * 2^(failures - 1)`, at most `backoff_max`.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.backoff
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.backoff_max)
+            .min(self.backoff_max)
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `time LEVEL target: message key=value ...`.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct ShellConfig {
@@ -183,6 +245,12 @@ pub struct ShellConfig {
     pub drain_timeout: Duration,
     /// Heartbeat period for live stitches; zero: none.
     pub heartbeat: Duration,
+    /// Hand-off attempts, back-off and readiness.
+    pub handoff: HandoffConfig,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Most verbose level logged.
+    pub log_level: log::LevelFilter,
     /// Where interfaces are listed (`/sys/class/net`).
     pub sysfs_net: PathBuf,
     /// Where the routing tables are (`/proc/net`).
@@ -241,6 +309,13 @@ macro_rules! with_common {
             check_interfaces: Option<bool>,
             drain_timeout_ms: Option<u64>,
             heartbeat_secs: Option<u64>,
+            max_handoff_attempts: Option<u32>,
+            handoff_backoff_ms: Option<u64>,
+            handoff_backoff_max_ms: Option<u64>,
+            handoff_ready_wait_ms: Option<u64>,
+            provoke_idle_legs: Option<bool>,
+            log_format: Option<String>,
+            log_level: Option<String>,
             sysfs_net: Option<PathBuf>,
             proc_net: Option<PathBuf>,
         }
@@ -392,6 +467,42 @@ impl Raw {
         let check_interfaces = pick!(check_interfaces).unwrap_or(true);
         let drain_timeout_ms = pick!(drain_timeout_ms).unwrap_or(5000);
         let heartbeat_secs = pick!(heartbeat_secs).unwrap_or(5);
+        let d = HandoffConfig::default();
+        let ms = Duration::from_millis;
+        let handoff = HandoffConfig {
+            max_attempts: pick!(max_handoff_attempts).unwrap_or(d.max_attempts),
+            backoff: pick!(handoff_backoff_ms).map_or(d.backoff, ms),
+            backoff_max: pick!(handoff_backoff_max_ms).map_or(d.backoff_max, ms),
+            ready_wait: pick!(handoff_ready_wait_ms).map_or(d.ready_wait, ms),
+            provoke_idle_legs: pick!(provoke_idle_legs).unwrap_or(d.provoke_idle_legs),
+        };
+        if handoff.max_attempts == 0 {
+            return Err(invalid(
+                "max_handoff_attempts must be at least 1 (bypass policy \"never\" relays everything)",
+            ));
+        }
+        if handoff.backoff.is_zero() || handoff.backoff_max < handoff.backoff {
+            return Err(invalid(
+                "handoff_backoff_ms must be at least 1 and at most handoff_backoff_max_ms",
+            ));
+        }
+        let log_format = match pick!(log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "log_format {other:?}: want \"text\" or \"json\""
+                )))
+            }
+        };
+        let log_level = match pick!(log_level) {
+            None => log::LevelFilter::Info,
+            Some(l) => l.parse().map_err(|_| {
+                invalid(format!(
+                    "log_level {l:?}: want error, warn, info, debug, trace or off"
+                ))
+            })?,
+        };
         let sysfs_net = pick!(sysfs_net).unwrap_or_else(|| "/sys/class/net".into());
         let proc_net = pick!(proc_net).unwrap_or_else(|| "/proc/net".into());
         if self.mapping.is_empty() {
@@ -449,6 +560,9 @@ impl Raw {
             check_interfaces,
             drain_timeout: Duration::from_millis(drain_timeout_ms),
             heartbeat: Duration::from_secs(heartbeat_secs),
+            handoff,
+            log_format,
+            log_level,
             sysfs_net,
             proc_net,
             mappings,
@@ -509,6 +623,59 @@ mss = 1400
         assert_eq!(d.switch, None);
         assert_eq!(d.agent_listen, "0.0.0.0:4791".parse().unwrap());
         assert!(d.check_interfaces);
+    }
+
+    #[test]
+    fn handoff_and_log_keys_parse_with_defaults_and_checks() {
+        let base = "listen = \"198.18.0.2:7000\"\ncore = \"198.18.0.3:8000\"";
+        let d = cfg(base).unwrap();
+        assert_eq!(d.handoff, HandoffConfig::default());
+        assert_eq!(d.handoff.max_attempts, 5);
+        assert_eq!(
+            (d.log_format, d.log_level),
+            (LogFormat::Text, log::LevelFilter::Info)
+        );
+        let c = ShellConfig::from_toml(&format!(
+            "max_handoff_attempts = 2\nhandoff_backoff_ms = 10\nhandoff_backoff_max_ms = 30\nhandoff_ready_wait_ms = 0\nprovoke_idle_legs = false\nlog_format = \"json\"\nlog_level = \"debug\"\n[switch]\nkey_id = 1\nkey = \"{KEY}\"\n[[mapping]]\n{base}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.handoff,
+            HandoffConfig {
+                max_attempts: 2,
+                backoff: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(30),
+                ready_wait: Duration::ZERO,
+                provoke_idle_legs: false,
+            }
+        );
+        assert_eq!(
+            (c.log_format, c.log_level),
+            (LogFormat::Json, log::LevelFilter::Debug)
+        );
+        let top = |k: &str| {
+            err(ShellConfig::from_toml(&format!(
+                "{k}\n[switch]\nkey_id = 1\nkey = \"{KEY}\"\n[[mapping]]\n{base}\n"
+            )))
+        };
+        assert!(top("max_handoff_attempts = 0").contains("at least 1"));
+        assert!(top("handoff_backoff_ms = 0").contains("handoff_backoff_ms"));
+        assert!(top("handoff_backoff_ms = 100\nhandoff_backoff_max_ms = 99").contains("at most"));
+        assert!(top("log_format = \"xml\"").contains("xml"));
+        assert!(top("log_level = \"loud\"").contains("loud"));
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let h = HandoffConfig {
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            ..HandoffConfig::default()
+        };
+        let ms: Vec<u128> = (1..=6).map(|n| h.delay(n).as_millis()).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 500, 500]);
+        assert_eq!(h.delay(0), Duration::from_millis(50));
+        assert_eq!(h.delay(u32::MAX), Duration::from_millis(500), "no overflow");
     }
 
     #[test]

@@ -4,18 +4,33 @@
 //! writing whatever it already read (so no byte ever waits in user space), then stops
 //! reading until released. The hand-off (DESIGN.md, "Hand-off without losing a byte"):
 //!
-//! 1. Prepare (the switch starts watching both legs) -> stitch id;
-//! 2. Freeze (the switch holds data towards the shell);
-//! 3. drain: keep relaying until both receive queues are empty and everything sent is
+//! 1. Prepare (the switch starts watching both legs) -> stitch id ([`Conn::prepare`]);
+//! 2. wait, relaying, until both C and B have sent a packet through the switch since
+//!    Prepare ([`Conn::legs_seen`]): the switch learns where each end is and its clock
+//!    from its packets and refuses a commit without them. The shell cannot see the
+//!    switch's state, but every segment its own socket receives after the Prepare answer
+//!    (`tcpi_segs_in`, pure ACKs included) passed the watching switch. A request/response
+//!    connection is often quiet between requests; optionally 1 s keepalives make a quiet
+//!    peer answer with an ACK (a segment without data, one byte behind; the switch's
+//!    checks ignore its sequence number, as it is not after anything seen). The caller
+//!    gives up waiting with [`Conn::abort`], having frozen nothing;
+//! 3. Freeze (the switch holds data towards the shell) ([`Conn::commit`] from here on);
+//! 4. drain: keep relaying until both receive queues are empty and everything sent is
 //!    acknowledged (SIOCINQ/SIOCOUTQ = 0 on both sockets), stable for 30 ms, then park
 //!    the pumps and check once more;
-//! 4. read TCP_INFO, enter TCP_REPAIR on both sockets, read the sequence numbers;
-//! 5. Commit (S1 R1 S2 R2, window scales, timestamps, SACK).
+//! 5. read TCP_INFO, enter TCP_REPAIR on both sockets, read the sequence numbers;
+//! 6. Commit (S1 R1 S2 R2, window scales, timestamps, SACK).
 //!
 //! On ANY failure: leave repair mode if entered, release the pumps, send Abort (best
 //! effort), carry on relaying; the client never notices. A Commit that gets no answer
 //! at all is resolved by the Abort: if the switch says the stitch is not abortable any
-//! more (`BAD_STATE`) it went live, and the hand-off counts as done.
+//! more (`BAD_STATE`) it went live, and the hand-off counts as done. What failed is a
+//! [`Failure`], with a stable [`Failure::key`] for counters.
+//!
+//! A failure after step 3 is what costs: the switch held the connection's packets
+//! towards the shell for the whole drain (up to `drain_timeout_ms`), so the ends saw a
+//! stall, and possibly retransmissions. Step 2 exists so that the predictable refusal
+//! ("no packet seen yet") never costs a freeze.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -31,6 +46,9 @@ use stitch_core::{canonical, AgentKeys, Requester, SendError};
 const QUIET: Duration = Duration::from_millis(30);
 /// Pump read timeout: how often an idle pump looks at its flags.
 const PUMP_TICK: Duration = Duration::from_millis(10);
+/// Keepalive idle time and interval while a prepared stitch waits for a quiet leg (the
+/// kernel's minimum).
+const PROVOKE_IDLE: Duration = Duration::from_secs(1);
 
 /// State a pump shares with its connection.
 #[derive(Debug, Default)]
@@ -138,17 +156,24 @@ pub struct HandedOff {
     pub ab: TcpStream,
     /// The stitch id.
     pub stitch_id: u32,
+    /// The switch's request address.
+    pub switch: SocketAddr,
     /// The legs.
     pub legs: Legs,
     /// Sequence state at commit.
     pub seqs: Seqs,
+    /// From the Freeze request to the Commit's answer: how long the switch may have held
+    /// packets and the shell drained.
+    pub frozen_for: Duration,
 }
 
-/// Why a hand-off failed, with the stitch id when Prepare got that far.
+/// A failed freeze-drain-commit: why, and the connection back (relaying again).
 #[derive(Debug)]
 pub struct HandOffError {
-    /// Human-readable reason, recorded in the status output.
-    pub reason: String,
+    /// Why.
+    pub failure: Failure,
+    /// From the Freeze request to the failure (`None`: it failed before the freeze).
+    pub frozen_for: Option<Duration>,
     /// The connection, relaying again.
     pub conn: Box<Conn>,
 }
@@ -224,6 +249,13 @@ fn pump(
         totals.fetch_add(n as u64, Ordering::Relaxed);
     }
     me.finished.store(true, Ordering::SeqCst);
+}
+
+fn queue_error(error: io::Error) -> Failure {
+    Failure::Socket {
+        what: "SIOCINQ/SIOCOUTQ",
+        error,
+    }
 }
 
 impl Conn {
@@ -334,26 +366,22 @@ impl Conn {
 
     /// Relays until both sockets' receive queues are empty and everything sent is
     /// acknowledged, for [`QUIET`]; returns with the pumps parked.
-    fn drain(&self, limit: Duration) -> Result<(), String> {
+    fn drain(&self, limit: Duration) -> Result<(), Failure> {
         let deadline = Instant::now() + limit;
         let mut empty_since: Option<Instant> = None;
         let mut last = [0u32; 4];
         while Instant::now() < deadline {
             if self.half_closed() {
-                return Err("connection closing during hand-off".into());
+                return Err(Failure::Closing);
             }
-            last = self
-                .queues()
-                .map_err(|e| format!("SIOCINQ/SIOCOUTQ: {e}"))?;
+            last = self.queues().map_err(queue_error)?;
             if last == [0; 4] {
                 let since = *empty_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= QUIET {
                     if !self.park(deadline) {
                         break;
                     }
-                    last = self
-                        .queues()
-                        .map_err(|e| format!("SIOCINQ/SIOCOUTQ: {e}"))?;
+                    last = self.queues().map_err(queue_error)?;
                     if last == [0; 4] && !self.half_closed() {
                         return Ok(());
                     }
@@ -366,102 +394,177 @@ impl Conn {
             std::thread::sleep(Duration::from_millis(2));
         }
         self.release();
-        Err(format!(
-            "drain timeout after {} ms: unread C->A {} B->A {}, unacked A->C {} A->B {}",
-            limit.as_millis(),
-            last[0],
-            last[1],
-            last[2],
-            last[3]
-        ))
+        Err(Failure::DrainTimeout {
+            limit,
+            queues: last,
+        })
     }
 
-    /// The whole hand-off (module docs). On success the pumps are gone and the sockets
-    /// are silent; on failure the connection is relaying again.
+    /// Step 1: Prepare. The switch starts watching both legs; the answer names the
+    /// stitch. From here on every segment the shell's sockets receive has passed the
+    /// watching switch, which is what [`Conn::legs_seen`] counts. With `provoke`, both
+    /// sockets get 1 s keepalives until [`Conn::commit`] or [`Conn::abort`]: a leg that
+    /// stays quiet is made to send an ACK (module docs).
     ///
     /// # Errors
-    /// [`HandOffError`] with the reason and the connection back.
-    pub fn hand_off(
-        mut self,
+    /// [`Failure::AgentSocket`] or [`Failure::Switch`] (the connection relays on; a
+    /// Prepare that was carried out but whose answers were all lost leaves a stitch the
+    /// shell cannot name, which the switch ages out).
+    pub fn prepare(
+        &self,
         keys: &AgentKeys,
         switch: SocketAddr,
-        teardown: Teardown,
-        idle_timeout_s: Option<u32>,
-        linger_s: Option<u32>,
-        drain_limit: Duration,
-    ) -> Result<HandedOff, HandOffError> {
-        let fail = |conn: Conn, reason: String| {
-            Err(HandOffError {
-                reason,
-                conn: Box::new(conn),
-            })
-        };
-        let mut req = match Requester::for_peer(switch, keys.clone()) {
-            Ok(r) => r,
-            Err(e) => return fail(self, format!("agent socket: {e}")),
-        };
+        p: PrepareParams,
+    ) -> Result<Prepared, Failure> {
+        let mut req = Requester::for_peer(switch, keys.clone()).map_err(Failure::AgentSocket)?;
         let prepare = Message::Prepare(PrepareReq {
             client: self.legs.client,
             shell_a: self.legs.shell_a,
             shell_b: self.legs.shell_b,
             core: self.legs.core,
             proto: Proto::Tcp,
-            teardown,
-            idle_timeout_s,
-            linger_s,
+            teardown: p.teardown,
+            idle_timeout_s: p.idle_timeout_s,
+            linger_s: p.linger_s,
         });
-        let stitch_id = match call(&mut req, switch, &prepare) {
-            Ok(id) => match id {
-                Some(id) => id,
-                None => return fail(self, "prepare: reply without a stitch id".into()),
-            },
-            Err(e) => {
-                // A Prepare that was carried out but whose answers were all lost leaves
-                // a stitch we cannot name; the switch ages it out.
-                return fail(self, format!("prepare: {e}"));
-            }
+        let step = |error| Failure::Switch {
+            step: Step::Prepare,
+            error,
         };
+        let stitch_id = call(&mut req, switch, &prepare)
+            .map_err(step)?
+            .ok_or_else(|| {
+                step(CallError::Send(SendError::Unexpected(
+                    "reply without a stitch id".into(),
+                )))
+            })?;
+        let mut prepared = Prepared {
+            stitch_id,
+            switch,
+            req,
+            base: self.segs_in(),
+            at: Instant::now(),
+            provoking: false,
+        };
+        if p.provoke {
+            prepared.provoking = self.keepalive(Some(PROVOKE_IDLE)).is_ok();
+        }
+        Ok(prepared)
+    }
+
+    /// Segments received on leg A and leg B so far (`None`: the kernel does not say).
+    fn segs_in(&self) -> [Option<u32>; 2] {
+        let n = |s: &TcpStream| tcp_repair::tcp_info(s).ok().and_then(|i| i.segs_in);
+        [n(&self.ca), n(&self.ab)]
+    }
+
+    fn keepalive(&self, idle: Option<Duration>) -> io::Result<()> {
+        let a = tcp_repair::set_keepalive(&self.ca, idle);
+        let b = tcp_repair::set_keepalive(&self.ab, idle);
+        a.and(b)
+    }
+
+    /// Which legs have sent anything through the switch since it started watching them:
+    /// the switch can commit only when both have (it learns where C and B are, and their
+    /// clocks, from their packets). A kernel that does not count received segments
+    /// makes both count as seen, as before this check existed.
+    pub fn legs_seen(&self, p: &Prepared) -> LegsSeen {
+        let [a, b] = self.segs_in();
+        let moved = |now: Option<u32>, base: Option<u32>| match (now, base) {
+            (Some(now), Some(base)) => now != base,
+            _ => true,
+        };
+        LegsSeen {
+            client: moved(a, p.base[0]),
+            core: moved(b, p.base[1]),
+        }
+    }
+
+    /// Gives a prepared stitch back (best effort) without having frozen anything.
+    pub fn abort(&self, mut p: Prepared) {
+        if p.provoking {
+            let _ = self.keepalive(None);
+        }
+        let _ = call(
+            &mut p.req,
+            p.switch,
+            &Message::Abort {
+                stitch_id: p.stitch_id,
+            },
+        );
+    }
+
+    /// Steps 2-5 (module docs): freeze, drain, repair mode, commit. Call it once
+    /// [`Conn::legs_seen`] says both legs were seen, or the switch refuses the commit.
+    /// On success the pumps are gone and the sockets are silent; on failure the
+    /// connection is relaying again and the stitch was aborted.
+    ///
+    /// # Errors
+    /// [`HandOffError`] with the reason and the connection back.
+    pub fn commit(
+        mut self,
+        mut p: Prepared,
+        drain_limit: Duration,
+    ) -> Result<HandedOff, HandOffError> {
+        if p.provoking {
+            // No keepalive may leave a socket in repair mode, or after a failure.
+            let _ = self.keepalive(None);
+        }
+        let stitch_id = p.stitch_id;
         let mut in_repair = false;
-        match self.freeze_and_commit(&mut req, switch, stitch_id, drain_limit, &mut in_repair) {
+        let mut frozen_at = None;
+        match self.freeze_and_commit(&mut p, drain_limit, &mut in_repair, &mut frozen_at) {
             Ok(seqs) => {
+                let frozen_for = frozen_at.map(|t| t.elapsed()).unwrap_or_default();
                 self.stop();
                 Ok(HandedOff {
                     stitch_id,
+                    switch: p.switch,
                     legs: self.legs,
                     seqs,
+                    frozen_for,
                     ca: self.ca,
                     ab: self.ab,
                 })
             }
-            Err(reason) => {
+            Err(failure) => {
                 if in_repair {
                     let _ = tcp_repair::leave_repair(&self.ca);
                     let _ = tcp_repair::leave_repair(&self.ab);
                 }
                 self.release();
-                let _ = call(&mut req, switch, &Message::Abort { stitch_id });
-                fail(self, reason)
+                let _ = call(&mut p.req, p.switch, &Message::Abort { stitch_id });
+                Err(HandOffError {
+                    failure,
+                    frozen_for: frozen_at.map(|t| t.elapsed()),
+                    conn: Box::new(self),
+                })
             }
         }
     }
 
     fn freeze_and_commit(
         &mut self,
-        req: &mut Requester,
-        switch: SocketAddr,
-        stitch_id: u32,
+        p: &mut Prepared,
         drain_limit: Duration,
         in_repair: &mut bool,
-    ) -> Result<Seqs, String> {
-        call(req, switch, &Message::Freeze { stitch_id }).map_err(|e| format!("freeze: {e}"))?;
+        frozen_at: &mut Option<Instant>,
+    ) -> Result<Seqs, Failure> {
+        let (stitch_id, switch, req) = (p.stitch_id, p.switch, &mut p.req);
+        let sw = |step| move |error| Failure::Switch { step, error };
+        let sock = |what| move |error| Failure::Socket { what, error };
+        let sent = Instant::now();
+        call(req, switch, &Message::Freeze { stitch_id }).map_err(sw(Step::Freeze))?;
+        // From the request on: the switch may hold packets as soon as it has it.
+        *frozen_at = Some(sent);
         self.drain(drain_limit)?;
-        let ia = tcp_repair::tcp_info(&self.ca).map_err(|e| format!("TCP_INFO: {e}"))?;
-        let ib = tcp_repair::tcp_info(&self.ab).map_err(|e| format!("TCP_INFO: {e}"))?;
-        tcp_repair::enter_repair(&self.ca).map_err(|e| format!("TCP_REPAIR: {e}"))?;
+        let ia = tcp_repair::tcp_info(&self.ca).map_err(sock("TCP_INFO"))?;
+        let ib = tcp_repair::tcp_info(&self.ab).map_err(sock("TCP_INFO"))?;
+        tcp_repair::enter_repair(&self.ca).map_err(sock("TCP_REPAIR"))?;
         *in_repair = true;
-        tcp_repair::enter_repair(&self.ab).map_err(|e| format!("TCP_REPAIR: {e}"))?;
-        let a = tcp_repair::read_seqs(&self.ca).map_err(|e| format!("TCP_QUEUE_SEQ: {e}"))?;
-        let b = tcp_repair::read_seqs(&self.ab).map_err(|e| format!("TCP_QUEUE_SEQ: {e}"))?;
+        tcp_repair::enter_repair(&self.ab).map_err(sock("TCP_REPAIR"))?;
+        let a = tcp_repair::read_seqs(&self.ca).map_err(sock("TCP_QUEUE_SEQ"))?;
+        let b = tcp_repair::read_seqs(&self.ab).map_err(sock("TCP_QUEUE_SEQ"))?;
         let seqs = Seqs {
             s1: a.send,
             r1: a.recv,
@@ -487,19 +590,193 @@ impl Conn {
         });
         match call(req, switch, &commit) {
             Ok(_) => Ok(seqs),
-            Err(CallError::Refused { code, message }) => {
-                Err(format!("commit refused (code {code}): {message}"))
-            }
-            Err(CallError::Send(SendError::NoReply { .. })) => {
+            Err(CallError::Send(SendError::NoReply {
+                to,
+                tries,
+                waited_ms,
+            })) => {
                 // Did it go live? Ask by aborting: a live stitch cannot be aborted.
                 match call(req, switch, &Message::Abort { stitch_id }) {
                     Err(CallError::Refused { code, .. }) if code == error_code::BAD_STATE => {
                         Ok(seqs)
                     }
-                    _ => Err(format!("commit: no reply from {switch}")),
+                    _ => Err(Failure::Switch {
+                        step: Step::Commit,
+                        error: CallError::Send(SendError::NoReply {
+                            to,
+                            tries,
+                            waited_ms,
+                        }),
+                    }),
                 }
             }
-            Err(e) => Err(format!("commit: {e}")),
+            Err(e) => Err(sw(Step::Commit)(e)),
+        }
+    }
+}
+
+/// What Prepare asks of the switch, and whether to provoke quiet legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrepareParams {
+    /// Teardown variant.
+    pub teardown: Teardown,
+    /// Idle timeout passed to the switch.
+    pub idle_timeout_s: Option<u32>,
+    /// Linger passed to the switch.
+    pub linger_s: Option<u32>,
+    /// Keepalive probes on both legs while waiting for them to be seen.
+    pub provoke: bool,
+}
+
+/// A stitch the switch watches for this connection; nothing is frozen yet. Hand it to
+/// [`Conn::commit`] or [`Conn::abort`]; dropping it leaves the stitch to the switch's
+/// idle timeout.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The stitch id.
+    pub stitch_id: u32,
+    switch: SocketAddr,
+    req: Requester,
+    /// Segments received on leg A and leg B when the switch answered Prepare.
+    base: [Option<u32>; 2],
+    /// When the switch answered Prepare.
+    pub at: Instant,
+    /// Keepalives are on (to be turned off).
+    provoking: bool,
+}
+
+/// Which legs sent a packet through the switch since Prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegsSeen {
+    /// C, on leg A.
+    pub client: bool,
+    /// B, on leg B.
+    pub core: bool,
+}
+
+impl LegsSeen {
+    /// Both: a commit can succeed.
+    pub fn both(self) -> bool {
+        self.client && self.core
+    }
+
+    /// The legs not seen, for logs: "C", "B" or "C and B" (empty when both were).
+    pub fn missing(self) -> &'static str {
+        match (self.client, self.core) {
+            (false, false) => "C and B",
+            (false, true) => "C",
+            (true, false) => "B",
+            (true, true) => "",
+        }
+    }
+}
+
+/// The agent protocol step a request belonged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Prepare.
+    Prepare,
+    /// Freeze.
+    Freeze,
+    /// Commit.
+    Commit,
+}
+
+impl Step {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Prepare => "prepare",
+            Step::Freeze => "freeze",
+            Step::Commit => "commit",
+        }
+    }
+}
+
+/// Why a hand-off attempt failed; the connection carries on through the shell.
+#[derive(Debug)]
+pub enum Failure {
+    /// No agent socket could be opened.
+    AgentSocket(io::Error),
+    /// The switch refused a step, did not answer it, or answered something else.
+    Switch {
+        /// Which request.
+        step: Step,
+        /// What went wrong.
+        error: CallError,
+    },
+    /// One direction of the connection ended during the hand-off.
+    Closing,
+    /// The relay did not drain in time.
+    DrainTimeout {
+        /// The limit.
+        limit: Duration,
+        /// Unread C->A, unread B->A, unacknowledged A->C, unacknowledged A->B at the end.
+        queues: [u32; 4],
+    },
+    /// A socket call failed.
+    Socket {
+        /// Which one (`SIOCINQ/SIOCOUTQ`, `TCP_INFO`, `TCP_REPAIR`, `TCP_QUEUE_SEQ`).
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+}
+
+/// An agent protocol error code as a word, for counter keys.
+pub fn code_name(code: u16) -> &'static str {
+    match code {
+        error_code::UNSPECIFIED => "unspecified",
+        error_code::BAD_REQUEST => "bad_request",
+        error_code::NO_SUCH_STITCH => "no_such_stitch",
+        error_code::BAD_STATE => "bad_state",
+        error_code::BUSY => "busy",
+        error_code::UNSUPPORTED => "unsupported",
+        error_code::SEQ_MISMATCH => "seq_mismatch",
+        _ => "other",
+    }
+}
+
+impl Failure {
+    /// A short stable key for counters: `agent_socket`, `<step>_refused_<code>`,
+    /// `<step>_no_reply`, `<step>_error`, `closing`, `drain_timeout`, `socket_error`.
+    pub fn key(&self) -> String {
+        match self {
+            Failure::AgentSocket(_) => "agent_socket".into(),
+            Failure::Switch { step, error } => match error {
+                CallError::Refused { code, .. } => {
+                    format!("{}_refused_{}", step.name(), code_name(*code))
+                }
+                CallError::Send(SendError::NoReply { .. }) => format!("{}_no_reply", step.name()),
+                CallError::Send(_) => format!("{}_error", step.name()),
+            },
+            Failure::Closing => "closing".into(),
+            Failure::DrainTimeout { .. } => "drain_timeout".into(),
+            Failure::Socket { .. } => "socket_error".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::AgentSocket(e) => write!(f, "agent socket: {e}"),
+            Failure::Switch {
+                step,
+                error: CallError::Refused { code, message },
+            } => write!(f, "{} refused (code {code}): {message}", step.name()),
+            Failure::Switch { step, error } => write!(f, "{}: {error}", step.name()),
+            Failure::Closing => write!(f, "connection closing during hand-off"),
+            Failure::DrainTimeout { limit, queues: q } => write!(
+                f,
+                "drain timeout after {} ms: unread C->A {} B->A {}, unacked A->C {} A->B {}",
+                limit.as_millis(),
+                q[0],
+                q[1],
+                q[2],
+                q[3]
+            ),
+            Failure::Socket { what, error } => write!(f, "{what}: {error}"),
         }
     }
 }

@@ -21,8 +21,19 @@
 //! An end that arrives before the shell recorded its stitch (the commit answer is still
 //! on its way) is kept for 30 s and applied when the stitch is recorded.
 //!
-//! On ANY hand-off failure the connection carries on through the shell and the reason
-//! is counted. [`Shell`] is the library handle (tests, embedding); the binary wraps it.
+//! A hand-off attempt (per connection, [`config::HandoffConfig`]): Prepare, then wait
+//! until both C and B have sent through the switch (a quiet leg is provoked with a
+//! keepalive, or after `handoff_ready_wait_ms` the stitch is given back unfrozen:
+//! *deferred*), then freeze, drain, commit ([`conn`]). On ANY failure the connection
+//! carries on through the shell; the next attempt waits `handoff_backoff_ms`, doubled
+//! each time up to `handoff_backoff_max_ms`, and after `max_handoff_attempts` the shell
+//! relays the connection to its end (*given up*). Every outcome is counted per mapping
+//! (by reason for failures), freeze-to-commit times go into a histogram
+//! ([`status::HandoffCounts`]), and every step is logged through the `log` facade
+//! (targets `stitch_shell::handoff`, `stitch_shell::conn`, `stitch_shell::discovery`;
+//! the binary installs [`logging::Logger`], text or JSON lines).
+//!
+//! [`Shell`] is the library handle (tests, embedding); the binary wraps it.
 
 #![forbid(unsafe_code)]
 
@@ -30,9 +41,10 @@ pub mod config;
 pub mod conn;
 pub mod discovery;
 pub mod ifaces;
+pub mod logging;
 pub mod status;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
@@ -47,10 +59,14 @@ use agent_proto::{
 use stitch_core::{expect_ok, names, AgentCounters, AgentKeys, Requester, Responder, SendError};
 use thiserror::Error;
 
-pub use config::{Bypass, ConfigError, ConnSample, Mapping, Policy, ShellConfig};
-use conn::{Conn, HandedOff};
+pub use config::{
+    Bypass, ConfigError, ConnSample, HandoffConfig, LogFormat, Mapping, Policy, ShellConfig,
+};
+use conn::{Conn, Failure, HandedOff, LegsSeen, PrepareParams, Prepared};
 use ifaces::{HostView, IfaceCount};
-pub use status::{Bytes, MappingStatus, ShellStatus, SwitchInfo, TeardownCounts};
+pub use status::{
+    Bytes, HandoffCounts, Histogram, MappingStatus, ShellStatus, SwitchInfo, TeardownCounts,
+};
 
 /// Why the shell could not start.
 #[derive(Debug, Error)]
@@ -81,6 +97,12 @@ struct MappingCounters {
     failed: AtomicU64,
     core_connect_failures: AtomicU64,
     active_stitched: AtomicU64,
+    /// Hand-off attempts started (Prepare sent).
+    attempted: AtomicU64,
+    /// Attempts given back unfrozen: a leg stayed unseen for `ready_wait`.
+    deferred: AtomicU64,
+    /// Connections that used up `max_attempts`.
+    given_up: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -93,6 +115,10 @@ struct MappingRt {
     /// Bytes the switch carried for finished stitches.
     switch_bytes: Mutex<(u64, u64)>,
     reasons: Mutex<VecDeque<String>>,
+    /// Failed attempts by [`Failure::key`].
+    failed_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Freeze-to-commit times of committed hand-offs.
+    handoff_time: Mutex<Histogram>,
     /// Where to send requests, or why stitching is not available.
     avail: Mutex<Result<SocketAddr, String>>,
 }
@@ -226,6 +252,8 @@ impl Shell {
                 relayed_bytes: [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))],
                 switch_bytes: Mutex::new((0, 0)),
                 reasons: Mutex::new(VecDeque::new()),
+                failed_by_reason: Mutex::new(BTreeMap::new()),
+                handoff_time: Mutex::new(Histogram::default()),
                 avail: Mutex::new(Err("not probed yet".into())),
             });
         }
@@ -286,6 +314,12 @@ impl Shell {
             early: Mutex::new(VecDeque::new()),
             cfg,
         });
+        for m in &shared.maps {
+            log::info!(target: "stitch_shell", mapping:% = m.listen, core:% = m.cfg.core,
+                policy = m.cfg.bypass.describe().as_str(),
+                teardown = names::variant(m.cfg.teardown).as_str();
+                "relaying {} -> {}", m.listen, m.cfg.core);
+        }
         discover(&shared);
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -373,8 +407,26 @@ impl Drop for Shell {
     }
 }
 
-/// Figure 5B for every mapping; sets the availability strings.
+/// Figure 5B for every mapping; sets the availability strings and logs a change.
 fn discover(s: &Shared) {
+    let before = lock(&s.stitching).clone();
+    discover_now(s);
+    let after = lock(&s.stitching).clone();
+    if after != before {
+        let switch = lock(&s.switch)
+            .as_ref()
+            .map(|c| format!("{} ({})", c.request_addr, c.switch_id));
+        if after == "available" {
+            log::info!(target: "stitch_shell::discovery", switch = switch.as_deref();
+                "stitching available");
+        } else {
+            log::warn!(target: "stitch_shell::discovery", switch = switch.as_deref();
+                "stitching {after}");
+        }
+    }
+}
+
+fn discover_now(s: &Shared) {
     let set_all = |reason: &str| {
         for m in &s.maps {
             *lock(&m.avail) = Err(reason.to_string());
@@ -508,10 +560,12 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
     let _ = ca.set_nonblocking(false);
     let ab = match tcp_repair::connect_with_mss(m.cfg.core, m.cfg.mss, Duration::from_secs(10)) {
         Ok(ab) => ab,
-        Err(_) => {
+        Err(e) => {
             m.counters
                 .core_connect_failures
                 .fetch_add(1, Ordering::Relaxed);
+            log::warn!(target: LOG_CONN, mapping:% = m.listen, core:% = m.cfg.core, error:% = e;
+                "cannot connect to the core; client dropped");
             return;
         }
     };
@@ -524,24 +578,62 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
     c.connections.fetch_add(1, Ordering::Relaxed);
     c.active_relayed.fetch_add(1, Ordering::Relaxed);
     let qualifies = m.cfg.bypass.qualifies(client_port);
-    // A refused hand-off (the switch has not yet seen what it needs, the relay did not
-    // drain in time) is retried a few times, later, while the connection is relayed.
-    let mut attempts = 0u32;
-    let mut next_try = std::time::Instant::now();
+    let hc = s.cfg.handoff;
+    let job = Job {
+        s,
+        idx,
+        m,
+        client: conn.legs.client,
+    };
+    let mut tries = Attempts::new(Instant::now());
+    // A stitch the switch watches for this connection, waiting for both legs to have
+    // been seen; with its attempt number.
+    let mut prepared: Option<(Prepared, u32)> = None;
     loop {
         if conn.closed() {
+            if let Some((p, attempt)) = prepared.take() {
+                let id = p.stitch_id;
+                conn.abort(p);
+                job.failed(&mut tries, attempt, Some(id), &Failure::Closing, None);
+            }
             c.relayed.fetch_add(1, Ordering::Relaxed);
             break;
         }
         if s.stop.load(Ordering::SeqCst) {
+            if let Some((p, _)) = prepared.take() {
+                conn.abort(p);
+            }
             conn.stop();
             break;
         }
-        if qualifies
-            && attempts < MAX_HANDOFF_ATTEMPTS
-            && std::time::Instant::now() >= next_try
-            && !conn.half_closed()
-        {
+        let now = Instant::now();
+        if let Some((p, attempt)) = prepared.take() {
+            let id = p.stitch_id;
+            let seen = conn.legs_seen(&p);
+            if conn.half_closed() {
+                conn.abort(p);
+                job.failed(&mut tries, attempt, Some(id), &Failure::Closing, None);
+            } else if seen.both() {
+                log::debug!(target: LOG_HANDOFF, mapping:% = m.listen, client:% = job.client,
+                    stitch_id = id, attempt, waited_ms = ms(p.at.elapsed());
+                    "both legs seen; freezing");
+                match conn.commit(p, s.cfg.drain_timeout) {
+                    Ok(h) => {
+                        job.committed(h, attempt);
+                        return;
+                    }
+                    Err(e) => {
+                        conn = *e.conn;
+                        job.failed(&mut tries, attempt, Some(id), &e.failure, e.frozen_for);
+                    }
+                }
+            } else if now.duration_since(p.at) >= hc.ready_wait {
+                conn.abort(p);
+                job.deferred(&mut tries, attempt, id, seen);
+            } else {
+                prepared = Some((p, attempt));
+            }
+        } else if qualifies && tries.may_start(&hc, now) && !conn.half_closed() {
             let sample = ConnSample {
                 bytes: conn.bytes(),
                 reads: conn.reads(),
@@ -550,46 +642,25 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
             };
             let avail = lock(&m.avail).clone();
             if let (true, Ok(switch)) = (m.cfg.bypass.triggers(&sample), avail) {
-                attempts += 1;
-                next_try =
-                    std::time::Instant::now() + Duration::from_millis(50 * u64::from(attempts));
-                match conn.hand_off(
-                    &s.keys,
-                    switch,
-                    m.cfg.teardown,
-                    m.cfg.idle_timeout_s,
-                    m.cfg.linger_s,
-                    s.cfg.drain_timeout,
-                ) {
-                    Ok(h) => {
-                        c.active_relayed.fetch_sub(1, Ordering::Relaxed);
-                        c.bypassed.fetch_add(1, Ordering::Relaxed);
-                        c.active_stitched.fetch_add(1, Ordering::Relaxed);
-                        let id = h.stitch_id;
-                        let old = lock(&s.stitched).insert(
-                            id,
-                            Stitched {
-                                h,
-                                mapping: idx,
-                                switch,
-                                variant: m.cfg.teardown,
-                                fin_client: false,
-                                fin_core: false,
-                                first_fin: None,
-                                estimate: (0, 0),
-                            },
-                        );
-                        if let Some(old) = old {
-                            finish(s, old, None);
-                        }
-                        replay_early(s);
-                        return;
+                let attempt = tries.start();
+                c.attempted.fetch_add(1, Ordering::Relaxed);
+                log::info!(target: LOG_HANDOFF, mapping:% = m.listen, client:% = job.client,
+                    core:% = m.cfg.core, attempt, bytes = sample.bytes, age_ms = ms(sample.age),
+                    switch:% = switch; "hand-off start");
+                let params = PrepareParams {
+                    teardown: m.cfg.teardown,
+                    idle_timeout_s: m.cfg.idle_timeout_s,
+                    linger_s: m.cfg.linger_s,
+                    provoke: hc.provoke_idle_legs,
+                };
+                match conn.prepare(&s.keys, switch, params) {
+                    Ok(p) => {
+                        log::debug!(target: LOG_HANDOFF, mapping:% = m.listen,
+                            client:% = job.client, stitch_id = p.stitch_id, attempt;
+                            "prepared; waiting for both legs to be seen");
+                        prepared = Some((p, attempt));
                     }
-                    Err(e) => {
-                        conn = *e.conn;
-                        c.failed.fetch_add(1, Ordering::Relaxed);
-                        push_reason(m, e.reason);
-                    }
+                    Err(f) => job.failed(&mut tries, attempt, None, &f, None),
                 }
             }
         }
@@ -598,25 +669,169 @@ fn run_conn(s: &Shared, idx: usize, ca: TcpStream) {
     c.active_relayed.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Hand-off attempts per connection before the shell keeps relaying it for good.
-const MAX_HANDOFF_ATTEMPTS: u32 = 5;
+/// Log target of hand-off lines.
+const LOG_HANDOFF: &str = "stitch_shell::handoff";
+/// Log target of connection and stitch life lines.
+const LOG_CONN: &str = "stitch_shell::conn";
+
+/// Milliseconds, fractional, for logs.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Per connection: attempts made, and when the next may start (time is passed in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Attempts {
+    made: u32,
+    failures: u32,
+    next: Instant,
+    gave_up: bool,
+}
+
+impl Attempts {
+    fn new(now: Instant) -> Attempts {
+        Attempts {
+            made: 0,
+            failures: 0,
+            next: now,
+            gave_up: false,
+        }
+    }
+
+    /// Whether an attempt may start now.
+    fn may_start(&self, hc: &HandoffConfig, now: Instant) -> bool {
+        !self.gave_up && self.made < hc.max_attempts && now >= self.next
+    }
+
+    /// Records an attempt; returns its number (1-based).
+    fn start(&mut self) -> u32 {
+        self.made += 1;
+        self.made
+    }
+
+    /// Records that the attempt failed or was deferred at `now`: the wait before the
+    /// next one, or `None` when that was the last.
+    fn failed(&mut self, hc: &HandoffConfig, now: Instant) -> Option<Duration> {
+        self.failures += 1;
+        if self.made >= hc.max_attempts {
+            self.gave_up = true;
+            return None;
+        }
+        let d = hc.delay(self.failures);
+        self.next = now + d;
+        Some(d)
+    }
+}
+
+/// One connection's hand-off bookkeeping: counters, reasons, histogram, log lines.
+struct Job<'a> {
+    s: &'a Shared,
+    idx: usize,
+    m: &'a MappingRt,
+    client: SocketAddr,
+}
+
+impl Job<'_> {
+    fn committed(&self, h: HandedOff, attempt: u32) {
+        let (s, m, c) = (self.s, self.m, &self.m.counters);
+        c.active_relayed.fetch_sub(1, Ordering::Relaxed);
+        c.bypassed.fetch_add(1, Ordering::Relaxed);
+        c.active_stitched.fetch_add(1, Ordering::Relaxed);
+        lock(&m.handoff_time).record(h.frozen_for);
+        let id = h.stitch_id;
+        log::info!(target: LOG_HANDOFF, mapping:% = m.listen, client:% = self.client,
+            stitch_id = id, attempt, outcome = "committed",
+            freeze_to_commit_ms = ms(h.frozen_for); "hand-off committed");
+        let old = lock(&s.stitched).insert(
+            id,
+            Stitched {
+                switch: h.switch,
+                h,
+                mapping: self.idx,
+                variant: m.cfg.teardown,
+                fin_client: false,
+                fin_core: false,
+                first_fin: None,
+                estimate: (0, 0),
+            },
+        );
+        if let Some(old) = old {
+            finish(s, old, None, "replaced by a new stitch with the same id");
+        }
+        replay_early(s);
+    }
+
+    fn failed(
+        &self,
+        tries: &mut Attempts,
+        attempt: u32,
+        stitch_id: Option<u32>,
+        f: &Failure,
+        frozen_for: Option<Duration>,
+    ) {
+        let (s, m, c) = (self.s, self.m, &self.m.counters);
+        c.failed.fetch_add(1, Ordering::Relaxed);
+        let key = f.key();
+        *lock(&m.failed_by_reason).entry(key.clone()).or_default() += 1;
+        let reason = f.to_string();
+        push_reason(m, reason.clone());
+        // A connection that is ending gets no further attempt, and is not "given up".
+        let closing = matches!(f, Failure::Closing);
+        let retry = if closing {
+            None
+        } else {
+            tries.failed(&s.cfg.handoff, Instant::now())
+        };
+        log::warn!(target: LOG_HANDOFF, mapping:% = m.listen, client:% = self.client,
+            stitch_id, attempt, outcome = "failed", reason_key = key.as_str(),
+            reason = reason.as_str(), frozen_ms = frozen_for.map(ms),
+            retry_in_ms = retry.map(ms); "hand-off failed: {reason}");
+        if !closing {
+            self.maybe_gave_up(retry, attempt);
+        }
+    }
+
+    fn deferred(&self, tries: &mut Attempts, attempt: u32, stitch_id: u32, seen: LegsSeen) {
+        let (s, m) = (self.s, self.m);
+        m.counters.deferred.fetch_add(1, Ordering::Relaxed);
+        let retry = tries.failed(&s.cfg.handoff, Instant::now());
+        log::info!(target: LOG_HANDOFF, mapping:% = m.listen, client:% = self.client,
+            stitch_id, attempt, outcome = "deferred_not_ready", not_seen = seen.missing(),
+            waited_ms = ms(s.cfg.handoff.ready_wait), retry_in_ms = retry.map(ms);
+            "hand-off deferred: nothing seen from {} since prepare; given back without a freeze",
+            seen.missing());
+        self.maybe_gave_up(retry, attempt);
+    }
+
+    fn maybe_gave_up(&self, retry: Option<Duration>, attempts: u32) {
+        if retry.is_none() {
+            self.m.counters.given_up.fetch_add(1, Ordering::Relaxed);
+            log::warn!(target: LOG_HANDOFF, mapping:% = self.m.listen, client:% = self.client,
+                attempts, outcome = "given_up";
+                "giving up hand-off after {attempts} attempts; the shell relays this connection to its end");
+        }
+    }
+}
 
 /// Accounts for a stitch that ended and drops its silenced sockets.
-fn finish(s: &Shared, st: Stitched, bytes: Option<(u64, u64)>) {
+fn finish(s: &Shared, st: Stitched, bytes: Option<(u64, u64)>, why: &str) {
     let m = &s.maps[st.mapping];
     m.counters.active_stitched.fetch_sub(1, Ordering::Relaxed);
     let (cb, bc) = bytes.unwrap_or(st.estimate);
+    log::info!(target: LOG_CONN, mapping:% = m.listen, client:% = st.h.legs.client,
+        stitch_id = st.h.stitch_id, why, bytes_c_to_b = cb, bytes_b_to_c = bc,
+        bytes_estimated = bytes.is_none(); "stitch ended: {why}");
     let mut sb = lock(&m.switch_bytes);
     sb.0 += cb;
     sb.1 += bc;
     // Dropping `st.h` closes the repair-mode sockets: no FIN, no RST.
 }
 
-fn free(s: &Shared, id: u32, bytes: Option<(u64, u64)>) -> bool {
+fn free(s: &Shared, id: u32, bytes: Option<(u64, u64)>, why: &str) -> bool {
     let st = lock(&s.stitched).remove(&id);
     match st {
         Some(st) => {
-            finish(s, st, bytes);
+            finish(s, st, bytes, why);
             true
         }
         None => false,
@@ -654,7 +869,7 @@ fn apply_notice(s: &Shared, msg: &TeardownMsg) -> bool {
     };
     match id {
         Some(id) => {
-            free(s, id, msg.bytes);
+            free(s, id, msg.bytes, "teardown notice");
             true
         }
         None => false,
@@ -781,7 +996,12 @@ fn apply_segment(s: &Shared, seg: &tcp_repair::TcpSegment) -> bool {
             });
     }
     if let Some(id) = done {
-        free(s, id, None);
+        let why = if seg.flags.rst() {
+            "RST seen"
+        } else {
+            "FINs seen from both ends"
+        };
+        free(s, id, None, why);
     }
     true
 }
@@ -820,7 +1040,7 @@ fn housekeeping(s: Arc<Shared>) {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if free(&s, id, None) {
+            if free(&s, id, None, "half-close timeout after one FIN") {
                 s.td.half_close_expired.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -868,7 +1088,7 @@ fn heartbeat(s: &Shared) {
                     .collect()
             };
             for id in gone {
-                if free(s, id, None) {
+                if free(s, id, None, "the switch no longer knows it (heartbeat)") {
                     s.td.forgotten.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -920,6 +1140,15 @@ fn build_status(s: &Shared) -> ShellStatus {
                 bypassed: ld(&c.bypassed),
                 failed_handoffs: ld(&c.failed),
                 last_failure_reasons: lock(&m.reasons).iter().cloned().collect(),
+                handoffs: HandoffCounts {
+                    attempted: ld(&c.attempted),
+                    committed: ld(&c.bypassed),
+                    failed: ld(&c.failed),
+                    failed_by_reason: lock(&m.failed_by_reason).clone(),
+                    deferred_not_ready: ld(&c.deferred),
+                    given_up: ld(&c.given_up),
+                    freeze_to_commit_ms: lock(&m.handoff_time).clone(),
+                },
                 core_connect_failures: ld(&c.core_connect_failures),
                 bytes_relayed_by_shell: Bytes {
                     c_to_b: ld(&m.relayed_bytes[0]),
@@ -961,5 +1190,38 @@ fn build_status(s: &Shared) -> ShellStatus {
             half_close_expired: ld(&td.half_close_expired),
         },
         mappings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_wait_the_backoff_and_stop_at_the_bound() {
+        let hc = HandoffConfig {
+            max_attempts: 3,
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(80),
+            ..HandoffConfig::default()
+        };
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut a = Attempts::new(t0);
+        assert!(a.may_start(&hc, t0));
+        assert_eq!(a.start(), 1);
+        assert_eq!(a.failed(&hc, at(10)), Some(Duration::from_millis(50)));
+        assert!(!a.may_start(&hc, at(59)));
+        assert!(a.may_start(&hc, at(60)));
+        assert_eq!(a.start(), 2);
+        assert_eq!(
+            a.failed(&hc, at(100)),
+            Some(Duration::from_millis(80)),
+            "capped"
+        );
+        assert!(!a.may_start(&hc, at(179)) && a.may_start(&hc, at(180)));
+        assert_eq!(a.start(), 3);
+        assert_eq!(a.failed(&hc, at(200)), None, "the third was the last");
+        assert!(!a.may_start(&hc, at(100_000)));
     }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use stitch_shell::{status, ShellConfig};
+use stitch_shell::logging::Logger;
+use stitch_shell::{status, LogFormat, ShellConfig};
 
 const DEFAULT_STATUS_SOCKET: &str = "/run/stitch-shell/status.sock";
 
@@ -23,14 +24,21 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Print the running shell's status as JSON (per mapping: connections, relayed,
-    /// bypassed, failed hand-offs and reasons, bytes relayed by the shell and carried by
-    /// the switch, live stitches; process CPU seconds; stitching availability) and exit.
+    /// bypassed, failed hand-offs and reasons, hand-off outcomes - attempted, committed,
+    /// failed by reason, deferred, given up - and a freeze-to-commit histogram, bytes
+    /// relayed by the shell and carried by the switch, live stitches; process CPU
+    /// seconds; stitching availability) and exit.
     #[arg(long)]
     status: bool,
     /// Status socket to query (default: the config's status_socket, else
     /// /run/stitch-shell/status.sock).
     #[arg(long, value_name = "PATH")]
     status_socket: Option<PathBuf>,
+    /// Log one JSON object per line on standard error (the same as log_format = "json"
+    /// in the configuration). Every hand-off is logged: start, outcome, reason,
+    /// freeze-to-commit time.
+    #[arg(long)]
+    log_json: bool,
 }
 
 fn main() -> Result<()> {
@@ -55,6 +63,12 @@ fn main() -> Result<()> {
     if let Some(p) = args.status_socket {
         config.status_socket = Some(p);
     }
+    if args.log_json {
+        config.log_format = LogFormat::Json;
+    }
+    Logger::stderr(config.log_format, config.log_level)
+        .install()
+        .context("logger")?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).context("signal handler")?;

@@ -7,7 +7,8 @@
 //! neither FIN nor RST (FIELD-NOTES, "Linux TCP hand-off"). Needs `CAP_NET_ADMIN`.
 //!
 //! Beside that, the OS facts the endpoint agents need and `std` lacks: `TCP_MAXSEG` before
-//! connect ([`connect_with_mss`]), IPv6 hop limits for one-hop probes, interface
+//! connect ([`connect_with_mss`]), keepalive probes that make a quiet peer send a packet
+//! ([`set_keepalive`]), IPv6 hop limits for one-hop probes, interface
 //! addresses, process CPU time (module `sock`), and an `AF_PACKET` watcher that sees the
 //! FINs the switch copies to the shell in teardown variants 4D/4E ([`PacketWatcher`]).
 //!
@@ -23,7 +24,7 @@ mod watch;
 
 pub use sock::{
     bind_to_device, connect_with_mss, interface_addresses, process_cpu_time, set_hop_limit_v6,
-    set_mss,
+    set_keepalive, set_mss,
 };
 pub use watch::{parse_tcp, Observed, PacketWatcher, TcpFlags, TcpSegment, WatchFilter};
 
@@ -57,6 +58,10 @@ pub struct TcpInfo {
     pub advmss: u32,
     /// Segments sent and not yet acknowledged.
     pub unacked: u32,
+    /// Segments received so far, pure ACKs and window probes included
+    /// (`tcpi_segs_in`, Linux 4.2+; `None` from a kernel that does not report it).
+    /// Wraps around.
+    pub segs_in: Option<u32>,
 }
 
 /// Sequence state read in repair mode.
@@ -130,6 +135,8 @@ pub fn tcp_info(sock: &impl AsRawFd) -> io::Result<TcpInfo> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    let has_segs_in =
+        len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_segs_in) + size_of::<u32>();
     Ok(TcpInfo {
         state: info.tcpi_state,
         timestamps: info.tcpi_options & 1 != 0,
@@ -140,6 +147,7 @@ pub fn tcp_info(sock: &impl AsRawFd) -> io::Result<TcpInfo> {
         snd_mss: info.tcpi_snd_mss,
         advmss: info.tcpi_advmss,
         unacked: info.tcpi_unacked,
+        segs_in: has_segs_in.then_some(info.tcpi_segs_in),
     })
 }
 
@@ -262,5 +270,45 @@ mod tests {
         );
         assert_eq!(peer.send, after.recv);
         assert!(timestamp(&c).is_ok());
+    }
+
+    #[test]
+    fn segments_in_counts_pure_acks_and_keepalive_answers() {
+        assert!(
+            is_root(),
+            "tcp-repair tests need root (CAP_NET_ADMIN for TCP_REPAIR)"
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let segs = |c: &TcpStream| tcp_info(c).unwrap().segs_in.expect("Linux 4.2+");
+        let before = segs(&c);
+        // Data one way: the client receives only the server's ACK(s), no data.
+        c.write_all(&[1u8; 100]).unwrap();
+        let mut buf = [0u8; 100];
+        s.read_exact(&mut buf).unwrap();
+        for _ in 0..100 {
+            if unacked_bytes(&c).unwrap() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let acked = segs(&c);
+        assert!(acked != before, "a pure ACK counts");
+        // Idle: nothing arrives. With a 1 s keepalive the server answers a probe.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(segs(&c), acked, "idle: nothing counted");
+        set_keepalive(&c, Some(std::time::Duration::from_secs(1))).unwrap();
+        let t = std::time::Instant::now();
+        while segs(&c) == acked {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "no answer to a keepalive probe"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        set_keepalive(&c, None).unwrap();
+        // The probe carried no data: nothing to read on the server.
+        assert_eq!(unread_bytes(&s).unwrap(), 0);
     }
 }

@@ -3,6 +3,8 @@
 //! - [`connect_with_mss`] / [`set_mss`]: `TCP_MAXSEG` set BEFORE the handshake, so the MSS
 //!   each leg announces is one the other leg can honour (DESIGN.md: "an MSS the far side
 //!   may exceed is refused ... the shell can set TCP_MAXSEG before it connects leg B");
+//! - [`set_keepalive`]: keepalive probes at a chosen idle time, to make a quiet peer send
+//!   an ACK;
 //! - [`set_hop_limit_v6`]: IPv6 unicast and multicast hop limit, for one-hop probes
 //!   (`std` only has `set_ttl`, which is IPv4's `IP_TTL`);
 //! - [`interface_addresses`]: which interface owns which address (`getifaddrs`), for the
@@ -34,6 +36,25 @@ pub fn set_mss(sock: &impl AsRawFd, mss: u16) -> io::Result<()> {
         libc::TCP_MAXSEG,
         i32::from(mss),
     )
+}
+
+/// Turns TCP keepalive on with probes after `idle` without anything received and every
+/// `idle` after that (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`; whole seconds, at
+/// least 1), or off with `None`. A probe is a segment without data one byte behind what
+/// the peer has acknowledged: the peer answers it with an ACK, so a quiet peer is made to
+/// send a packet (the shell uses this to let the switch see an idle leg).
+///
+/// # Errors
+/// When the socket is not TCP.
+pub fn set_keepalive(sock: &impl AsRawFd, idle: Option<Duration>) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let Some(idle) = idle else {
+        return setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
+    };
+    let secs = i32::try_from(idle.as_secs()).unwrap_or(i32::MAX).max(1);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
 }
 
 /// Sets the IPv6 unicast AND multicast hop limit of a UDP socket (`IPV6_UNICAST_HOPS`,

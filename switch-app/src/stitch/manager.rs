@@ -834,9 +834,16 @@ impl Stitcher {
             s.state(Dir::AtoB),
         );
         let (Some(c_port), Some(b_port)) = (ca.port(), ba.port()) else {
+            // Say which end: the shell waits for that one (or provokes it) before it
+            // freezes again.
+            let (c, b) = (s.params.leg_a.client, s.params.leg_b.core);
+            let missing = match (ca.port(), ba.port()) {
+                (None, None) => format!("C ({c}) nor from B ({b})"),
+                (None, Some(_)) => format!("C ({c}); B was seen"),
+                _ => format!("B ({b}); C was seen"),
+            };
             return Err(err(format!(
-                "stitch {id}: no packet seen yet from {} (C) or {} (B); cannot learn where they are",
-                s.params.leg_a.client, s.params.leg_b.core
+                "stitch {id}: no packet seen yet since prepare from {missing}; cannot learn where it is, retry once it has sent"
             )));
         };
         let mac = |v: &std::sync::atomic::AtomicU64| MacAddr::from_u64(v.load(Relaxed));
