@@ -297,7 +297,7 @@ impl LbManager {
                     dests.push(Dest {
                         addr: spec.vip,
                         port: 0,
-                        backend: u16::MAX,
+                        backend: Dest::HOLE,
                         weight: 0,
                         usable: false,
                     });

@@ -109,7 +109,9 @@ impl SchedKind {
 }
 
 /// One destination as configured (immutable for a service generation): a software port
-/// of a backend. The dests of one backend are consecutive in a service's list.
+/// of a backend. The dests of one backend are usually consecutive in a service's list, but
+/// need not be (a removed destination leaves a hole its index is kept by); `backend`
+/// groups them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dest {
     /// The backend's IP address.
@@ -122,6 +124,18 @@ pub struct Dest {
     pub weight: u32,
     /// False when the backend is down, draining or disabled: no new connections.
     pub usable: bool,
+}
+
+impl Dest {
+    /// The `backend` of a hole: a removed destination whose index is kept so that the
+    /// other destinations keep theirs (and their counts).
+    pub const HOLE: u16 = u16::MAX;
+
+    /// A hole (see [`Dest::HOLE`]): never chosen, and not in the dh/sh/maglev tables, as
+    /// a removed real server is not in IPVS's list.
+    pub fn is_hole(&self) -> bool {
+        self.backend == Dest::HOLE
+    }
 }
 
 /// What one worker measured for one destination (its local view).

@@ -64,12 +64,23 @@ pub fn sh_bucket(addr: &IpAddr, port: u16) -> usize {
 /// round; all empty without dests.
 pub(super) fn dh_assign(dests: &[Dest]) -> Vec<u32> {
     (0..IP_VS_DH_TAB_SIZE)
-        .map(|i| dh_dest_of_bucket(dests.len(), i).map_or(NO_DEST, |d| d as u32))
+        .map(|i| dh_dest_of_bucket(dests, i).map_or(NO_DEST, |d| d as u32))
         .collect()
 }
 
-fn dh_dest_of_bucket(n: usize, b: usize) -> Option<usize> {
-    (n > 0).then(|| b % n)
+/// Bucket `b`'s dest: the `(b mod n)`-th of the `n` dests that are not holes (a hole is
+/// a removed destination whose index is kept; IPVS's list no longer has it).
+fn dh_dest_of_bucket(dests: &[Dest], b: usize) -> Option<usize> {
+    let n = dests.iter().filter(|d| !d.is_hole()).count();
+    if n == 0 {
+        return None;
+    }
+    dests
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_hole())
+        .nth(b % n)
+        .map(|(i, _)| i)
 }
 
 /// `ip_vs_sh_reassign`: the list walked round and round, each dest filling as many
@@ -78,19 +89,26 @@ fn dh_dest_of_bucket(n: usize, b: usize) -> Option<usize> {
 /// buckets `0..=last`; nothing without dests.
 fn sh_walk(dests: &[Dest], last: usize, mut f: impl FnMut(usize, usize)) {
     let n = dests.len();
-    if n == 0 {
+    if !dests.iter().any(|d| !d.is_hole()) {
         return;
     }
-    let mut p = 0usize;
-    let mut d_count = 0u64;
-    for i in 0..=last.min(IP_VS_SH_TAB_SIZE - 1) {
-        if p == n {
+    // The next dest at or after `p` that is not a hole, round and round.
+    let present = |mut p: usize| loop {
+        if p >= n {
             p = 0;
         }
+        if !dests[p].is_hole() {
+            return p;
+        }
+        p += 1;
+    };
+    let mut p = present(0);
+    let mut d_count = 0u64;
+    for i in 0..=last.min(IP_VS_SH_TAB_SIZE - 1) {
         f(i, p);
         d_count += 1;
         if d_count >= u64::from(dests[p].weight) {
-            p += 1;
+            p = present(p + 1);
             d_count = 0;
         }
     }
@@ -111,7 +129,7 @@ fn bucket_dest(tables: &SchedTables, kind: SchedKind, dests: &[Dest], b: usize) 
         return tables.bucket(b);
     }
     match kind {
-        SchedKind::Dh => dh_dest_of_bucket(dests.len(), b),
+        SchedKind::Dh => dh_dest_of_bucket(dests, b),
         _ => {
             let mut found = None;
             sh_walk(dests, b, |i, d| {
@@ -149,6 +167,26 @@ mod tests {
     use super::super::testutil::*;
     use super::super::*;
     use super::*;
+
+    #[test]
+    fn a_hole_is_not_in_the_dh_or_sh_tables() {
+        let mk = |backend: u16, weight: u32| Dest {
+            addr: v4(198, 18, 0, backend as u8),
+            port: 80,
+            backend,
+            weight,
+            usable: backend != Dest::HOLE,
+        };
+        // [a, hole, c] deals its buckets as [a, c] would.
+        let with_hole = [mk(0, 1), mk(Dest::HOLE, 0), mk(2, 1)];
+        let dh = dh_assign(&with_hole);
+        assert!(
+            dh.iter().step_by(2).all(|&d| d == 0) && dh.iter().skip(1).step_by(2).all(|&d| d == 2)
+        );
+        let sh = sh_assign(&with_hole);
+        assert!(sh.iter().all(|&d| d == 0 || d == 2), "{sh:?}");
+        assert_eq!(sh.iter().filter(|&&d| d == 0).count(), 128);
+    }
 
     #[test]
     fn hash_32_is_the_kernels() {
