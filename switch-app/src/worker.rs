@@ -413,6 +413,15 @@ impl Worker {
                 // Stage 2b: frames of balanced services (and their NAT replies) that no
                 // stitch took.
                 if balancing || !balancer.is_empty() {
+                    // Hash the burst's keys and prefetch their index words first, so the
+                    // connection table's misses overlap instead of following one another.
+                    let mut hashes = [0u64; MAX_BURST];
+                    for j in 0..k {
+                        if hits[j].is_none() {
+                            hashes[j] = balancer.hash(&l4s[j].key);
+                            balancer.prefetch(hashes[j]);
+                        }
+                    }
                     for j in 0..k {
                         if hits[j].is_some() {
                             continue;
@@ -435,8 +444,15 @@ impl Worker {
                         }
                         let Some(m) = slot.as_mut() else { continue };
                         let Some(frame) = m.data_mut() else { continue };
-                        match balancer.process(frame, &l4s[j], in_port, &lbt, now_us, &lb_counters)
-                        {
+                        match balancer.process_hashed(
+                            frame,
+                            &l4s[j],
+                            hashes[j],
+                            in_port,
+                            &lbt,
+                            now_us,
+                            &lb_counters,
+                        ) {
                             LbVerdict::NotMine => {}
                             LbVerdict::Out(p) => {
                                 if let Some(m) = slot.take() {

@@ -327,6 +327,20 @@ impl Balancer {
         }
     }
 
+    /// The connection table's hash of a frame's key: a worker hashes a whole burst and
+    /// [`Balancer::prefetch`]es it before [`Balancer::process_hashed`] (the misses of
+    /// the burst overlap).
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.conns.hash(key)
+    }
+
+    /// Starts loading what a lookup of hash `h` reads first.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        self.conns.prefetch(h);
+    }
+
     /// Handles one frame (see the module docs). `l4` is the frame's parse.
     pub fn process(
         &mut self,
@@ -337,9 +351,25 @@ impl Balancer {
         now_us: u64,
         c: &LbCounters,
     ) -> LbVerdict {
+        let h = self.conns.hash(&l4.key);
+        self.process_hashed(frame, l4, h, in_port, t, now_us, c)
+    }
+
+    /// [`Balancer::process`] with the key's hash ([`Balancer::hash`]) already known.
+    #[allow(clippy::too_many_arguments)]
+    pub fn process_hashed(
+        &mut self,
+        frame: &mut [u8],
+        l4: &L4Info,
+        h: u64,
+        in_port: PortId,
+        t: &LbTable,
+        now_us: u64,
+        c: &LbCounters,
+    ) -> LbVerdict {
         let tcp = l4.key.proto == PROTO_TCP;
         let flags = if tcp { l4.tcp_flags } else { 0 };
-        if let Some((id, side)) = self.conns.lookup(&l4.key) {
+        if let Some((id, side)) = self.conns.lookup_hashed(&l4.key, h) {
             let reuse = side == Side::Fwd
                 && tcp
                 && flags & (SYN | ACK) == SYN
@@ -401,7 +431,8 @@ impl Balancer {
         let Some(conn) = conn else {
             return LbVerdict::Drop(DropReason::TranslateError);
         };
-        match self.conns.insert(conn) {
+        // The client key was just looked up and missed (or its closed connection removed).
+        match self.conns.insert_new(conn) {
             Ok(id) => {
                 inc(&c.svc, slot_u * SVC_WORDS + SVC_CONNS);
                 let di = (base + d) * DEST_WORDS;

@@ -12,7 +12,11 @@
 //! `u64` words `signature:32 | (index << 1 | side) + 1` with linear probing and
 //! backward-shift deletion (no tombstones, so lookups never degrade). The index has four
 //! words per connection (two keys at most 50 % full), so a probe sequence is short and a
-//! miss usually reads one cache line.
+//! miss usually reads one cache line. A key's home word is taken from the same hash bits
+//! as its signature, so deletion finds where a word belongs from the word alone, without
+//! loading its connection. [`ConnTable::hash`] and [`ConnTable::prefetch`] let a worker
+//! hash a whole burst and prefetch its index words before the lookups
+//! ([`ConnTable::lookup_hashed`]), so the misses of a burst overlap.
 //!
 //! What it guarantees: [`ConnTable::lookup`], [`ConnTable::insert`],
 //! [`ConnTable::remove`] and [`ConnTable::expire_step`] never allocate (the pool and the
@@ -149,16 +153,39 @@ impl ConnTable {
         self.words.len() * 8 + self.conns.len() * std::mem::size_of::<Option<Conn>>()
     }
 
-    fn hash(&self, key: &FlowKey) -> u64 {
+    /// A key's hash in this table (for [`ConnTable::prefetch`] and
+    /// [`ConnTable::lookup_hashed`]).
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
         hash_with_seed(key, self.seed)
+    }
+
+    /// The home word of a signature.
+    #[inline]
+    fn home(&self, sig: u32) -> usize {
+        // The signature's bits, mixed so that tables larger than 2^16 words use them all.
+        (sig.wrapping_mul(0x9E37_79B1).rotate_left(16) as usize) & self.mask
+    }
+
+    /// Starts loading the index word a hash starts at (a hint; never faults).
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        if let Some(w) = self.words.get(self.home((h >> 32) as u32)) {
+            crate::flow::table::prefetch_ref(w);
+        }
     }
 
     /// The connection a key belongs to, and which of its keys it is.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<(u32, Side)> {
-        let h = self.hash(key);
+        self.lookup_hashed(key, self.hash(key))
+    }
+
+    /// [`ConnTable::lookup`] with the key's hash already computed.
+    #[inline]
+    pub fn lookup_hashed(&self, key: &FlowKey, h: u64) -> Option<(u32, Side)> {
         let sig = (h >> 32) as u32;
-        let mut i = h as usize & self.mask;
+        let mut i = self.home(sig);
         loop {
             let w = self.words[i];
             if w == 0 {
@@ -193,10 +220,18 @@ impl ConnTable {
     /// Stores a connection under its keys. Refused (nothing changed) when full or when a
     /// key is taken.
     pub fn insert(&mut self, conn: Conn) -> Result<u32, InsertError> {
-        if self.lookup(&conn.fwd_key).is_some()
-            || conn
-                .rev_key
-                .is_some_and(|k| k == conn.fwd_key || self.lookup(&k).is_some())
+        if self.lookup(&conn.fwd_key).is_some() {
+            return Err(InsertError::Exists);
+        }
+        self.insert_new(conn)
+    }
+
+    /// [`ConnTable::insert`] for a connection whose client key was just looked up and
+    /// not found (the balancer's case): only the reply key is checked.
+    pub fn insert_new(&mut self, conn: Conn) -> Result<u32, InsertError> {
+        if conn
+            .rev_key
+            .is_some_and(|k| k == conn.fwd_key || self.lookup(&k).is_some())
         {
             return Err(InsertError::Exists);
         }
@@ -214,7 +249,7 @@ impl ConnTable {
 
     fn place(&mut self, key: &FlowKey, id: u32, side: Side) {
         let h = self.hash(key);
-        let mut i = h as usize & self.mask;
+        let mut i = self.home((h >> 32) as u32);
         // At most half the words are used: an empty one is always found.
         while self.words[i] != 0 {
             i = (i + 1) & self.mask;
@@ -225,7 +260,7 @@ impl ConnTable {
     fn unplace(&mut self, key: &FlowKey, id: u32, side: Side) {
         let h = self.hash(key);
         let want = word((h >> 32) as u32, id, side);
-        let mut i = h as usize & self.mask;
+        let mut i = self.home((h >> 32) as u32);
         loop {
             let w = self.words[i];
             if w == 0 {
@@ -245,16 +280,7 @@ impl ConnTable {
             if w == 0 {
                 break;
             }
-            let (cid, cside) = unword(w);
-            let home = self
-                .conns
-                .get(cid as usize)
-                .and_then(Option::as_ref)
-                .and_then(|c| match cside {
-                    Side::Fwd => Some(self.hash(&c.fwd_key) as usize & self.mask),
-                    Side::Rev => c.rev_key.map(|k| self.hash(&k) as usize & self.mask),
-                })
-                .unwrap_or(j);
+            let home = self.home((w >> 32) as u32);
             // Distance from home to j, and from home to the hole (cyclic).
             let d_j = j.wrapping_sub(home) & self.mask;
             let d_hole = hole.wrapping_sub(home) & self.mask;
@@ -294,7 +320,10 @@ impl ConnTable {
         let mut removed = 0;
         for _ in 0..budget.min(n) {
             let id = self.cursor as u32;
-            self.cursor = (self.cursor + 1) % n;
+            self.cursor += 1;
+            if self.cursor == n {
+                self.cursor = 0;
+            }
             if self.conns[id as usize]
                 .as_ref()
                 .is_some_and(|c| c.expires_us <= now_us)
