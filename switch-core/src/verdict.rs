@@ -203,7 +203,10 @@ mod tests {
                 "punt_full",
                 "translate_error",
                 "fault_injected",
-                "mac_owned"
+                "mac_owned",
+                "lb_no_dest",
+                "lb_no_conn",
+                "lb_table_full"
             ]
         );
         assert_eq!(
