@@ -14,7 +14,7 @@
 //!
 //! `stitch-mkpcap --lb KIND OUT.pcap FLOWS [FRAMES=FLOWS] [FRAME_SIZE=60]`: TCP frames of
 //! FLOWS distinct clients of a load-balanced service, VIP 198.18.100.1:80, client `i` =
-//! 10.0.0.1 + i / 50000, port 10000 + i % 50000 (MAC 02:00:00:00:0c:01, frames to the
+//! 198.19.0.1 + i / 50000, port 10000 + i % 50000 (MAC 02:00:00:00:0c:01, frames to the
 //! balancer's MAC 02:53:54:4c:42:01). Every frame is FRAME_SIZE bytes (SYN and RST padded).
 //! KIND: `syn`: one SYN per flow (a pass that opens every connection); `ack`: FRAMES data
 //! segments (ACK, payload FRAME_SIZE - 54 bytes) spread over the flows (flow `j % FLOWS`
@@ -126,7 +126,7 @@ fn stitched(args: &[String]) -> Result<()> {
 
 /// The load balancer's client `i` (see the module docs): address and port.
 fn lb_client(i: u32) -> ([u8; 4], u16) {
-    let ip = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)) + i / 50_000;
+    let ip = u32::from(std::net::Ipv4Addr::new(198, 19, 0, 1)) + i / 50_000;
     (ip.to_be_bytes(), (10_000 + i % 50_000) as u16)
 }
 

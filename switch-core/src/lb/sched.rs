@@ -363,10 +363,10 @@ pub(crate) mod testutil {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    /// Dest `i` of backend `i`: 10.0.0.(i+1):80, usable, with weight `w`.
+    /// Dest `i` of backend `i`: 198.18.x.(i+1):80, usable, with weight `w`.
     pub fn dest(i: usize, w: u32) -> Dest {
         Dest {
-            addr: IpAddr::V4(Ipv4Addr::new(10, 0, (i >> 8) as u8, (i & 0xff) as u8 + 1)),
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, (i >> 8) as u8, (i & 0xff) as u8 + 1)),
             port: 80,
             backend: i as u16,
             weight: w,

@@ -199,25 +199,28 @@ mod tests {
         // 3 * 0x61C88647 = 0x1_255992D5 -> 0x255992D5 (mod 2^32) -> 0x25.
         assert_eq!(hash_32(3, 8), 0x25);
         assert_eq!(hash_32(3, 32), 0x2559_92D5);
-        // 10.0.0.1 = 0x0A000001 -> bucket 0x27.
-        assert_eq!(hash_32(0x0A00_0001, 8), 0x27);
+        // 198.18.0.1 = 0xC6120001 -> 0xC6120001 * 0x61C88647 = 0x...BC... -> bucket 0xBC.
+        assert_eq!(hash_32(0xC612_0001, 8), 0xBC);
     }
 
     #[test]
     fn addresses_fold_as_the_kernel_does() {
-        assert_eq!(addr_fold(&v4(10, 0, 0, 1)), 0x0A00_0001);
+        assert_eq!(addr_fold(&v4(198, 18, 0, 1)), 0xC612_0001);
         // 2001:db8::1 -> 0x20010db8 ^ 0 ^ 0 ^ 0x00000001.
         let a = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
         assert_eq!(addr_fold(&a), 0x2001_0db9);
         // sh adds the port (0 here) before hashing; dh does not.
-        assert_eq!(sh_bucket(&v4(10, 0, 0, 1), 0), dh_bucket(&v4(10, 0, 0, 1)));
         assert_eq!(
-            dh_bucket(&v4(10, 0, 0, 1)),
-            (0x0A00_0001u32.wrapping_mul(0x61C8_8647) >> 24) as usize
+            sh_bucket(&v4(198, 18, 0, 1), 0),
+            dh_bucket(&v4(198, 18, 0, 1))
         );
         assert_eq!(
-            sh_bucket(&v4(10, 0, 0, 1), 5),
-            (0x0A00_0006u32.wrapping_mul(0x61C8_8647) >> 24) as usize
+            dh_bucket(&v4(198, 18, 0, 1)),
+            (0xC612_0001u32.wrapping_mul(0x61C8_8647) >> 24) as usize
+        );
+        assert_eq!(
+            sh_bucket(&v4(198, 18, 0, 1), 5),
+            (0xC612_0006u32.wrapping_mul(0x61C8_8647) >> 24) as usize
         );
     }
 

@@ -260,7 +260,7 @@ mod tests {
         let ds = dests(&[1, 1, 1, 1]);
         let mut s = SchedState::new(SchedKind::Rr);
         assert_eq!(run(SchedKind::Rr, &mut s, &ds, 2), vec![Some(0), Some(1)]);
-        // A dest is added in front: dest 1 (10.0.0.2) is now index 2; IPVS's pointer
+        // A dest is added in front: dest 1 (198.18.0.2) is now index 2; IPVS's pointer
         // stays on it, so the next is the one after it.
         let mut grown = vec![dest(9, 1)];
         grown.extend_from_slice(&ds);
