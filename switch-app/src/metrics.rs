@@ -623,49 +623,44 @@ impl Collector for Sample {
             None,
             &rows,
         )?;
-        let rows: Vec<_> = lb
-            .iter()
-            .flat_map(|x| {
-                [
-                    ("no_dest", x.no_dest),
-                    ("table_full", x.table_full),
-                    ("no_conn", x.no_conn),
-                ]
-                .map(|(r, n)| {
-                    let mut l = svc(&x.name);
-                    l.push(("reason", r.to_string()));
-                    (l, n)
+        // One row per service and per value of `label`.
+        type SvcSplit = fn(&stitch_control::lb::LbServiceStats) -> [(&'static str, u64); 3];
+        let split = |label: &'static str, f: SvcSplit| -> Vec<(Labels, u64)> {
+            lb.iter()
+                .flat_map(|x| {
+                    f(x).map(|(v, n)| {
+                        let mut l = svc(&x.name);
+                        l.push((label, v.to_string()));
+                        (l, n)
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
         counters(
             &mut enc,
             "lb_refused",
             "New connections refused (no_dest, table_full) and segments of no connection (no_conn)",
             None,
-            &rows,
-        )?;
-        let rows: Vec<_> = lb
-            .iter()
-            .flat_map(|x| {
+            &split("reason", |x| {
                 [
-                    ("held", x.held),
-                    ("released", x.released),
-                    ("dropped", x.held_dropped),
+                    ("no_dest", x.no_dest),
+                    ("table_full", x.table_full),
+                    ("no_conn", x.no_conn),
                 ]
-                .map(|(r, n)| {
-                    let mut l = svc(&x.name);
-                    l.push(("outcome", r.to_string()));
-                    (l, n)
-                })
-            })
-            .collect();
+            }),
+        )?;
         counters(
             &mut enc,
             "lb_held",
             "Launch on demand: new connections held, released to a backend, dropped at the bound",
             None,
-            &rows,
+            &split("outcome", |x| {
+                [
+                    ("held", x.held),
+                    ("released", x.released),
+                    ("dropped", x.held_dropped),
+                ]
+            }),
         )?;
         let rows: Vec<_> = lb.iter().map(|x| (svc(&x.name), x.held_now)).collect();
         gauges(&mut enc, "lb_held_now", "New connections held now", &rows)?;

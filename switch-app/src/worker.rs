@@ -428,17 +428,8 @@ impl Worker {
                         }
                         let slot = &mut pkts[usize::from(idx[j])];
                         if lbt.is_own(l4s[j].key.dst_ip()) {
-                            let h = Punt {
-                                stitch: 0,
-                                dir: Dir::CtoA,
-                                kind: PuntKind::Health,
-                                tcp_flags: l4s[j].tcp_flags,
-                                mbuf: slot.take(),
-                                fin: FinCopy::default(),
-                            };
-                            match punt.push(h) {
-                                Ok(()) => r.punted += 1,
-                                Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
+                            if let Some(m) = slot.take() {
+                                punt_frame(&punt, PuntKind::Health, l4s[j].tcp_flags, m, &mut r);
                             }
                             continue;
                         }
@@ -501,34 +492,12 @@ impl Worker {
                     if balancing
                         && crate::neighbor::query_target(m.data()).is_some_and(|ip| lbt.is_vip(ip))
                     {
-                        let p = Punt {
-                            stitch: 0,
-                            dir: Dir::CtoA,
-                            kind: PuntKind::Neighbor,
-                            tcp_flags: 0,
-                            mbuf: Some(m),
-                            fin: FinCopy::default(),
-                        };
-                        match punt.push(p) {
-                            Ok(()) => r.punted += 1,
-                            Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
-                        }
+                        punt_frame(&punt, PuntKind::Neighbor, 0, m, &mut r);
                         continue;
                     }
                     if let Some(a) = &agent {
                         if for_agent(m.data(), a) {
-                            let p = Punt {
-                                stitch: 0,
-                                dir: Dir::CtoA,
-                                kind: PuntKind::Agent,
-                                tcp_flags: 0,
-                                mbuf: Some(m),
-                                fin: FinCopy::default(),
-                            };
-                            match punt.push(p) {
-                                Ok(()) => r.punted += 1,
-                                Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
-                            }
+                            punt_frame(&punt, PuntKind::Agent, 0, m, &mut r);
                             continue;
                         }
                     }
@@ -640,6 +609,24 @@ impl Worker {
         out.drain(&mut r);
         publish(&stats, &r);
         0
+    }
+}
+
+/// Hands a frame for the switch itself (agent protocol, ARP/ND for its addresses, a
+/// health check's answer) to the slow path; a full queue drops and counts it.
+#[inline]
+fn punt_frame(punt: &ArrayQueue<Punt>, kind: PuntKind, tcp_flags: u8, m: Mbuf, r: &mut Round) {
+    let p = Punt {
+        stitch: 0,
+        dir: Dir::CtoA,
+        kind,
+        tcp_flags,
+        mbuf: Some(m),
+        fin: FinCopy::default(),
+    };
+    match punt.push(p) {
+        Ok(()) => r.punted += 1,
+        Err(_) => r.drops[DropReason::PuntFull.index()] += 1,
     }
 }
 

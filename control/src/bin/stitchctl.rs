@@ -990,22 +990,7 @@ fn render_stitches(r: StitchListResult) -> String {
             s.teardown.clone(),
         ]);
     }
-    let mut widths = [0; 8];
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = table(rows);
     out.push_str(&format!("{} stitches\n", r.stitches.len()));
     out
 }
